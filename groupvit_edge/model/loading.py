@@ -1,0 +1,197 @@
+"""Turn a model spec into a GroupViT in eval mode. Kept apart from the architecture (timm's `load_pretrained`).
+
+Specs, in the order they are tried:
+- `random:SEED`          the gcc-yfcc architecture with seeded, transformers-style random weights;
+- an existing directory  a HuggingFace checkpoint: config.json + model.safetensors or pytorch_model.bin;
+- an existing file       an original NVlabs checkpoint (.pth, keys remapped) or a bare HF state dict;
+- `owner/name`           a HuggingFace Hub id, downloaded with huggingface_hub.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .config import GroupViTConfig
+from .groupvit import GroupViT, init_weights
+from .nvlabs_keys import is_nvlabs_state_dict, nvlabs_to_hf
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HUB_PATTERNS = ["config.json", "model.safetensors", "pytorch_model.bin", "vocab.json", "merges.txt"]
+# Keys some HF checkpoints carry that hold no weights.
+IGNORED_KEYS = re.compile(r"(^|\.)position_ids$|num_batches_tracked$")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: GroupViT
+    model_id: str            # what the user passed, e.g. "random:0" or "nvidia/groupvit-gcc-yfcc"
+    weights_sha256: str      # of the tensors, not the file: the same weights hash alike in any format
+    tokenizer_dir: Path | None = None   # where vocab.json/merges.txt were found, if any
+
+
+def load_model(spec: str) -> LoadedModel:
+    spec = str(spec)
+    if spec.startswith("random:"):
+        return _load_random(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _finish(_load_hf_dir(path), spec, tokenizer_dir=path)
+    if path.is_file():
+        return _finish(_load_state_dict_file(path), spec)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not spec.startswith((".", "/")):
+        local = _download_from_hub(spec)
+        return _finish(_load_hf_dir(local), spec, tokenizer_dir=local)
+    raise UserError(f"model {spec!r} does not exist: pass a checkpoint directory, a .pth/.bin file, "
+                    f"a HuggingFace Hub id or random:SEED")
+
+
+def _load_random(spec: str) -> LoadedModel:
+    try:
+        seed = int(spec.split(":", 1)[1])
+    except ValueError:
+        raise UserError(f"model {spec!r}: the seed must be an integer, e.g. random:0") from None
+    model = init_weights(GroupViT(GroupViTConfig()), seed).eval()
+    return _finish(model, spec)
+
+
+def _finish(model: GroupViT, spec: str, tokenizer_dir: Path | None = None) -> LoadedModel:
+    has_vocab = tokenizer_dir is not None and (tokenizer_dir / "vocab.json").is_file()
+    return LoadedModel(model.eval(), spec, state_dict_sha256(model.state_dict()),
+                       tokenizer_dir if has_vocab else None)
+
+
+def state_dict_sha256(state_dict: dict) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load_hf_dir(directory: Path) -> GroupViT:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{directory} has no config.json: pass a HuggingFace GroupViT checkpoint directory")
+    config = GroupViTConfig.from_json(config_path)
+    weights = next((directory / name for name in WEIGHT_FILES if (directory / name).is_file()), None)
+    if weights is None:
+        raise UserError(f"{directory} has neither {' nor '.join(WEIGHT_FILES)}: add the weights file")
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            state_dict = load_file(str(weights))
+        except Exception as error:  # safetensors raises its own error types for corrupt headers
+            raise UserError(f"{weights} is not a readable safetensors file ({error}); re-download it") from None
+    else:
+        state_dict = _torch_load(weights)
+    return _build(config, state_dict, weights)
+
+
+def _load_state_dict_file(path: Path) -> GroupViT:
+    checkpoint = _torch_load(path)
+    state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict):
+        raise UserError(f"{path} does not hold a state dict: pass a GroupViT checkpoint")
+    if is_nvlabs_state_dict(state_dict):
+        state_dict = nvlabs_to_hf(state_dict)
+    # Original checkpoints carry no config.json; their published models all use the gcc-yfcc architecture
+    # (the released yfcc and redcap checkpoints included), so that is what we build.
+    return _build(GroupViTConfig(), state_dict, path)
+
+
+def _build(config: GroupViTConfig, state_dict: dict, source: Path) -> GroupViT:
+    model = GroupViT(config)
+    state_dict = {k: v for k, v in state_dict.items() if not IGNORED_KEYS.search(k) or k in model.state_dict()}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise UserError(f"{source} does not match the GroupViT architecture of its config "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {detail}): "
+                        f"pass a GroupViT checkpoint")
+    for key, tensor in state_dict.items():
+        if tensor.shape != expected[key].shape:
+            raise UserError(f"{source}: {key} has shape {tuple(tensor.shape)} but the config asks for "
+                            f"{tuple(expected[key].shape)}; the config.json does not belong to these weights")
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    return model
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Original NVlabs checkpoints pickle their training config (omegaconf objects) beside the weights.
+        # Load them with every non-torch class replaced by an inert stub, so nothing of theirs runs.
+        pass
+    except Exception as error:
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}); "
+                        f"check the file or re-download it") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StubbingPickle)
+    except Exception as error:
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error}); "
+                        f"check the file or re-download it") from None
+
+
+class _Stub:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+class _StubbingUnpickler(pickle.Unpickler):
+    SAFE_MODULES = ("torch._utils", "torch.storage", "torch.serialization", "collections", "torch._tensor")
+    SAFE_NAMES = {("torch", "Size"), ("torch", "device"), ("torch", "float32"), ("torch", "float16"),
+                  ("torch", "bfloat16"), ("torch", "int64")}
+
+    def find_class(self, module, name):
+        if module.startswith(self.SAFE_MODULES) or (module, name) in self.SAFE_NAMES or (
+                module == "torch" and name.endswith("Storage")):
+            return super().find_class(module, name)
+        return _Stub
+
+
+class _StubbingPickle:
+    """A pickle module for torch.load whose Unpickler never imports a class outside torch's tensor machinery."""
+    Unpickler = _StubbingUnpickler
+    load = pickle.load
+    __name__ = "pickle"
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(f"loading {repo_id} from the Hub needs huggingface_hub: pip install "
+                        f"groupvit-edge[export], or pass a local checkpoint directory") from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"could not download {repo_id} from the HuggingFace Hub ({reason}); pass a local "
+                        f"checkpoint directory instead, e.g. --model ./groupvit-gcc-yfcc "
+                        f"(config.json + model.safetensors)") from None
+
+
+def save_pretrained(model: GroupViT, directory: str | Path) -> Path:
+    """Write config.json + model.safetensors, the layout `load_model` and `transformers` both read."""
+    from safetensors.torch import save_file
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2))
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
