@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input: the message is one sentence that names the input and how to fix it."""
+
+
+class ValidationFailed(Exception):
+    """A check the user asked for failed (export validation, --max-drop): the CLI exits 1, not 2."""

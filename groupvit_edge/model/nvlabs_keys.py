@@ -88,7 +88,11 @@ RULES: List[Tuple[str, str, str]] = [
     (f"{_V}.blocks.{{j}}.norm2.{{p}}", f"{_H}.layers.{{j}}.layer_norm2.{{p}}", "copy"),
     (f"{_V}.blocks.{{j}}.mlp.{{fc}}.{{p}}", f"{_H}.layers.{{j}}.mlp.{{fc}}.{{p}}", "copy"),
     *[(f"{_V}.downsample.{s}", f"{_H}.downsample.{s}", "copy") for s in _GROUPING_BLOCK_SAME],
-    (f"{_V}.downsample.pre_assign_attn.attn.proj.{{p}}", f"{_H}.downsample.pre_assign_attn.attn.out_proj.{{p}}", "copy"),
+    (
+        f"{_V}.downsample.pre_assign_attn.attn.proj.{{p}}",
+        f"{_H}.downsample.pre_assign_attn.attn.out_proj.{{p}}",
+        "copy",
+    ),
     (f"{_V}.group_projector.0.{{p}}", f"{_H}.group_projector.0.{{p}}", "copy"),
     (f"{_V}.group_projector.1.{{fc}}.{{p}}", f"{_H}.group_projector.1.{{fc}}.{{p}}", "copy"),
     ("img_encoder.norm.{p}", "vision_model.layernorm.{p}", "copy"),
@@ -194,7 +198,9 @@ def hf_to_nvlabs(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     """
     unknown = [k for k in state_dict if k not in HF_DROPPED and _match(_HF_PATTERNS, k) is None]
     if unknown:
-        raise _unknown(unknown[0], "transformers", len(unknown), "pass GroupViTModel.state_dict() of the default architecture")
+        raise _unknown(
+            unknown[0], "transformers", len(unknown), "pass GroupViTModel.state_dict() of the default architecture"
+        )
 
     out: Dict[str, Tensor] = {}
     pending: Dict[str, Dict[str, Tensor]] = {}  # fused NVlabs key -> {"q": ..., "k": ..., "v": ...}

@@ -1,0 +1,206 @@
+"""The artifact directory and its manifest: everything a runtime needs to use the graphs correctly.
+
+An artifact is a directory holding `manifest.json`, the graphs it names (image.onnx, text.onnx, later IR and
+engines), the tokenizer files and optionally a precomputed vocabulary. Runtimes refuse an artifact whose manifest
+is missing, corrupt, from a newer schema, or written for another backend, with a one-line reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UserError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+# GroupViT's evaluation normalises with the ImageNet statistics (mmseg's Normalize, to_rgb=True).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass
+class Preprocess:
+    """How pixels are prepared; identical for every backend."""
+    height: int = 448
+    width: int = 448
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize: str = "slide"            # "slide": short side → crop size, sliding window; "letterbox": fit + pad
+    stride: tuple[int, int] = (224, 224)
+
+    def to_dict(self) -> dict:
+        return {"height": self.height, "width": self.width, "mean": list(self.mean), "std": list(self.std),
+                "resize": self.resize, "stride": list(self.stride)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(height=int(d["height"]), width=int(d["width"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                   resize=d["resize"], stride=tuple(d["stride"]))
+
+
+@dataclass
+class Manifest:
+    """The parsed manifest. `data` is the whole JSON; the properties are the fields every runtime reads."""
+    data: dict[str, Any]
+    directory: Path | None = None
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.data["preprocess"])
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.data["logit_scale"])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.data["patch_size"])
+
+    @property
+    def graphs(self) -> dict[str, dict]:
+        return self.data["graphs"]
+
+    @property
+    def target(self) -> str:
+        return self.data["precision"]["target"]
+
+    def graph_path(self, graph: str, key: str = "file") -> Path:
+        return self.directory / self.graphs[graph][key]
+
+    def _resolve(self, relative: str) -> Path:
+        # In-memory manifests (the PyTorch reference) hold absolute paths and no directory.
+        return Path(relative) if self.directory is None else self.directory / relative
+
+    def tokenizer_dir(self) -> Path | None:
+        entry = self.data.get("tokenizer")
+        return self._resolve(entry["dir"]) if entry else None
+
+    def vocabulary_path(self) -> Path | None:
+        entry = self.data.get("vocabulary")
+        return self._resolve(entry["file"]) if entry else None
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, indent=2, sort_keys=False) + "\n"
+
+
+def new_manifest_data(*, model_id: str, weights_sha256: str, config: dict, preprocess: Preprocess,
+                      patch_size: int, logit_scale: float, num_groups: int, embed_dim: int) -> dict:
+    """The model half of a manifest; exporters add graphs, precision, calibration and validation."""
+    from . import __version__
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "toolkit_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"id": model_id, "weights_sha256": weights_sha256, "config": config},
+        "preprocess": preprocess.to_dict(),
+        "patch_size": patch_size,
+        "logit_scale": logit_scale,
+        "num_groups": num_groups,
+        "embed_dim": embed_dim,
+        "graphs": {},
+        "precision": {"target": "reference", "compute": "fp32", "kept_float": [], "quantized_nodes": []},
+        "calibration": None,
+        "validation": None,
+    }
+
+
+REQUIRED_KEYS = ("schema_version", "toolkit_version", "model", "preprocess", "patch_size", "logit_scale",
+                 "graphs", "precision")
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        raise UserError(f"artifact {directory} does not exist: pass a directory made by `groupvit-edge export`")
+    if not path.is_file():
+        raise UserError(f"{directory} has no {MANIFEST_NAME}: it is not a groupvit-edge artifact; "
+                        f"re-run `groupvit-edge export`")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} is corrupt ({error}); re-run `groupvit-edge export`") from None
+    if not isinstance(data, dict) or any(key not in data for key in REQUIRED_KEYS):
+        missing = [key for key in REQUIRED_KEYS if not isinstance(data, dict) or key not in data]
+        raise UserError(f"{path} lacks {', '.join(missing)}; re-run `groupvit-edge export`")
+    if int(data["schema_version"]) > SCHEMA_VERSION:
+        raise UserError(f"{path} has schema {data['schema_version']}, newer than this groupvit-edge understands "
+                        f"({SCHEMA_VERSION}): upgrade groupvit-edge")
+    manifest = Manifest(data, directory)
+    for name, graph in manifest.graphs.items():
+        if not (directory / graph["file"]).is_file():
+            raise UserError(f"{directory} is missing {graph['file']} ({name} graph) that its manifest names; "
+                            f"re-run `groupvit-edge export`")
+    return manifest
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_directory(destination: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces `destination`, on any error it vanishes.
+
+    An existing destination is replaced only if it is an artifact (has a manifest) or empty, so a typo in
+    --out never wipes unrelated files.
+    """
+    destination = Path(destination).resolve()
+    if destination.exists() and not (destination / MANIFEST_NAME).is_file() and (
+            not destination.is_dir() or any(destination.iterdir())):
+        raise UserError(f"{destination} exists and is not a groupvit-edge artifact: choose another --out")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)   # mkdtemp makes 0700; the artifact should get ordinary permissions
+    try:
+        yield staging
+        if destination.exists():
+            retired = destination.with_name(f".{destination.name}.{os.getpid()}.old")
+            destination.rename(retired)
+            staging.rename(destination)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def tensor_spec(name: str, dtype: str, shape: list) -> dict:
+    return {"name": name, "dtype": dtype, "shape": shape}
+
+
+@dataclass
+class GraphRecord:
+    """One graph file in the manifest: what it is, how to feed it and what it returns."""
+    file: str
+    format: str
+    precision: str
+    inputs: list[dict]
+    outputs: list[dict]
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self, directory: Path) -> dict:
+        return {"file": self.file, "format": self.format, "precision": self.precision,
+                "sha256": sha256_file(directory / self.file), "inputs": self.inputs, "outputs": self.outputs,
+                **self.extra}

@@ -1,0 +1,200 @@
+"""`--target onnx`: trace GroupViT into image.onnx + text.onnx, simplify, validate in ONNX Runtime, write the artifact.
+
+The artifact appears only when everything passed: it is built in a temporary sibling directory and renamed.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..artifact import GraphRecord, Manifest, Preprocess, atomic_directory, write_json_atomic, MANIFEST_NAME
+from ..errors import UserError, ValidationFailed
+from ..segmentation.preprocess import load_image, prepare
+from ..segmentation.postprocess import final_groups
+from ..segmentation.vocabulary import Vocabulary, load_tokenizer
+
+OPSET = 17   # ≥ 17 so LayerNorm is one LayerNormalization op (DESIGN.md precision policy)
+TEXT_CONTEXT = 77
+# fp32 ONNX must agree with eager PyTorch up to float reassociation; larger gaps mean a broken graph.
+FP32_MAX_ABS_DIFF = 1e-3
+FP32_MIN_GROUP_AGREEMENT = 0.99
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    manifest: Manifest
+    seconds: float
+
+
+def export_onnx(model, out_dir: str | Path, *, image_size=448, tokenizer=None, labels=None, templates=None,
+                validation_image=None, resize: str = "slide", simplify: bool = True,
+                log: Callable[[str], None] = print) -> ExportResult:
+    """Export `model` (a spec like "random:0", a checkpoint path, or a LoadedModel) to an ONNX artifact."""
+    import torch
+    from ..model import LoadedModel, load_model
+    from ..runtimes.pytorch import TorchRuntime, check_image_size
+
+    started = time.perf_counter()
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    loaded = model if isinstance(model, LoadedModel) else load_model(str(model))
+    check_image_size(height, width, loaded.model.config.vision.patch_size)
+    tokenizer_source = _tokenizer_source(tokenizer, loaded)
+    validation_image = load_image(validation_image) if validation_image is not None else _test_card()
+    reference = TorchRuntime(loaded, image_size=(height, width), resize=resize)
+
+    with atomic_directory(out_dir) as staging:
+        log(f"tracing image graph at {height}x{width} (opset {OPSET})")
+        with torch.inference_mode(False), torch.no_grad():
+            _export_graph(reference._image, torch.zeros(1, 3, height, width), staging / "image.onnx",
+                          "pixels", ("group_embeds", "image_embed", "grouping"), "batch", simplify)
+            log("tracing text graph")
+            _export_graph(reference._text, torch.zeros(2, TEXT_CONTEXT, dtype=torch.int32), staging / "text.onnx",
+                          "token_ids", ("text_embeds",), "classes", simplify)
+        data = dict(reference.manifest.data)
+        data["graphs"] = {"image": _record(staging, "image.onnx"), "text": _record(staging, "text.onnx")}
+        data["precision"] = {"target": "onnx", "compute": "fp32", "kept_float": ["*"], "quantized_nodes": []}
+        data["tokenizer"] = {"dir": "tokenizer", "files": _copy_tokenizer(tokenizer_source, staging / "tokenizer")}
+        manifest = Manifest(data, staging)
+        if labels:
+            vocabulary = Vocabulary.encode(reference, labels, templates or None, load_tokenizer(tokenizer_source))
+            vocabulary.save(staging / "vocab.npz")
+            data["vocabulary"] = {"file": "vocab.npz", "labels": vocabulary.labels,
+                                  "templates": list(vocabulary.templates)}
+        log("validating in ONNX Runtime against PyTorch")
+        data["validation"] = validate_against_reference(manifest, reference, validation_image)
+        write_json_atomic(staging / MANIFEST_NAME, manifest.to_json())
+        _report(data["validation"], log)
+        _enforce_fp32_tolerance(data["validation"])
+    seconds = time.perf_counter() - started
+    log(f"wrote {Path(out_dir)} in {seconds:.1f} s")
+    return ExportResult(Path(out_dir), Manifest(data, Path(out_dir)), seconds)
+
+
+def _export_graph(module, example, path: Path, input_name: str, output_names, batch_axis: str, simplify: bool):
+    import onnx
+    import torch
+    dynamic = {name: {0: batch_axis} for name in (input_name, *output_names)}
+    raw = path.with_suffix(".raw.onnx")
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo, which needs onnxscript; it remains the
+        # one that gives clean static graphs with named dynamic batch axes on every torch ≥ 2.1.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(raw), dynamo=False, opset_version=OPSET,
+                          input_names=[input_name], output_names=list(output_names), dynamic_axes=dynamic,
+                          do_constant_folding=True)
+    graph = onnx.load(str(raw))
+    if simplify:
+        import onnxsim
+        graph, ok = onnxsim.simplify(graph)
+        if not ok:
+            raise RuntimeError(f"onnxsim could not verify the simplified {path.name}")
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+    raw.unlink()
+
+
+def _record(directory: Path, file: str) -> dict:
+    import onnx
+    graph = onnx.load(str(directory / file), load_external_data=False)
+
+    def specs(values):
+        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+    return GraphRecord(file=file, format="onnx", precision="fp32", inputs=specs(graph.graph.input),
+                       outputs=specs(graph.graph.output), extra={"opset": OPSET}).to_dict(directory)
+
+
+def _tokenizer_source(tokenizer, loaded) -> Path:
+    source = tokenizer or loaded.tokenizer_dir
+    if source is None:
+        raise UserError("no CLIP tokenizer vocabulary: pass --tokenizer PATH/bpe_simple_vocab_16e6.txt.gz "
+                        "(or a checkpoint directory with vocab.json + merges.txt)")
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"tokenizer {path} does not exist: pass bpe_simple_vocab_16e6.txt.gz or a directory "
+                        f"with vocab.json + merges.txt")
+    load_tokenizer(path)   # fail now, with the tokenizer's own sentence, rather than on a device later
+    return path
+
+
+def _copy_tokenizer(source: Path, destination: Path) -> list[str]:
+    destination.mkdir()
+    if source.is_file():
+        files = [source]
+    elif (source / "vocab.json").is_file():
+        files = [source / "vocab.json", source / "merges.txt"]
+    else:
+        files = sorted(source.glob("bpe*.txt.gz"))[:1]
+    for file in files:
+        shutil.copyfile(file, destination / file.name)
+    return [file.name for file in files]
+
+
+def _test_card():
+    """A deterministic stand-in photo when no --validation-image is given: smooth gradients and shapes."""
+    from PIL import Image, ImageDraw
+    y, x = np.mgrid[0:480, 0:640].astype(np.float32)
+    pixels = np.stack([x / 640 * 255, y / 480 * 255, (x + y) / 1120 * 255], axis=-1).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([80, 60, 300, 280], fill=(200, 40, 40))
+    draw.rectangle([360, 200, 600, 440], fill=(30, 160, 60))
+    return image
+
+
+def validate_against_reference(manifest: Manifest, reference, image) -> dict:
+    """Run the artifact's image graph in ONNX Runtime and PyTorch on one image's windows and compare.
+
+    Class-level agreement uses a label-free vocabulary: the reference's own group embeddings of the first
+    window act as class prototypes, which gives rich label maps even with random weights.
+    """
+    from ..runtimes.onnxruntime import OnnxRuntime
+    from ..segmentation.postprocess import stitch, window_scores
+
+    candidate = OnnxRuntime(manifest)
+    prepared = prepare(image, manifest.preprocess)
+    ours, theirs = candidate.encode_image(prepared.windows), reference.encode_image(prepared.windows)
+    height, width = prepared.windows.shape[-2:]
+    diffs = {name: float(np.abs(getattr(ours, name) - getattr(theirs, name)).max())
+             for name in ("group_embeds", "image_embed", "grouping")}
+    agree_groups = np.mean([np.mean(final_groups(a, height, width) == final_groups(b, height, width))
+                            for a, b in zip(ours.grouping, theirs.grouping)])
+    prototypes = theirs.group_embeds[0]
+
+    def labels(encoding):
+        windows = [window_scores(encoding.grouping[i], encoding.group_embeds[i], encoding.image_embed[i],
+                                 prototypes, manifest.logit_scale, height, width, None)
+                   for i in range(len(prepared.windows))]
+        return stitch(windows, prepared.boxes, prepared.canvas_size, prepared.original_size)[0]
+
+    tokens = np.zeros((2, TEXT_CONTEXT), dtype=np.int32)
+    tokens[:, :3] = [[49406, 320, 49407], [49406, 1125, 49407]]
+    diffs["text_embeds"] = float(np.abs(candidate.encode_text(tokens) - reference.encode_text(tokens)).max())
+    return {"image": getattr(image, "filename", "") or "<test card>", "windows": len(prepared.windows),
+            "max_abs_diff": diffs, "group_agreement": float(agree_groups),
+            "label_agreement": float(np.mean(labels(ours) == labels(theirs))),
+            "label_vocabulary": "prototypes:reference-groups"}
+
+
+def _report(validation: dict, log) -> None:
+    diffs = ", ".join(f"{name} {value:.2e}" for name, value in validation["max_abs_diff"].items())
+    log(f"  max abs diff vs PyTorch: {diffs}")
+    log(f"  group agreement {validation['group_agreement']:.4%}, label agreement "
+        f"{validation['label_agreement']:.4%} ({validation['windows']} windows)")
+
+
+def _enforce_fp32_tolerance(validation: dict) -> None:
+    worst = max(validation["max_abs_diff"].items(), key=lambda item: item[1])
+    if worst[1] > FP32_MAX_ABS_DIFF or validation["group_agreement"] < FP32_MIN_GROUP_AGREEMENT:
+        raise ValidationFailed(
+            f"ONNX graphs disagree with PyTorch (max abs diff {worst[1]:.2e} in {worst[0]}, tolerance "
+            f"{FP32_MAX_ABS_DIFF:.0e}; group agreement {validation['group_agreement']:.2%}, needed "
+            f"{FP32_MIN_GROUP_AGREEMENT:.0%}); the artifact was not written")

@@ -1,0 +1,71 @@
+"""One Runtime interface, one module per backend; `open` picks the backend an artifact and this machine allow.
+
+Each backend module defines NAME, EXTRA (the pip extra that installs it), `is_installed()`,
+`unsupported_reason(manifest) -> str | None` and `open_runtime(manifest, **options) -> Runtime`.
+No code outside a backend's module knows anything about that backend.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..artifact import MANIFEST_NAME, read_manifest
+from ..errors import UserError
+from .base import ImageEncoding, Runtime
+
+# Artifact backends in order of preference: the fastest one the artifact and the machine support wins.
+ARTIFACT_BACKENDS = ("tensorrt", "openvino", "onnxruntime")
+REFERENCE_BACKEND = "torch"
+_MODULES = {"torch": "pytorch", "onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+
+
+def backend_module(name: str):
+    if name not in _MODULES:
+        raise UserError(f"backend {name!r} is unknown: use one of {', '.join(_MODULES)}")
+    return importlib.import_module(f"{__name__}.{_MODULES[name]}")
+
+
+def available_backends() -> list[str]:
+    """Backends whose packages are importable here (modules not written yet count as absent)."""
+    found = []
+    for name in _MODULES:
+        try:
+            if backend_module(name).is_installed():
+                found.append(name)
+        except ImportError:
+            continue
+    return found
+
+
+def is_artifact(source) -> bool:
+    return isinstance(source, (str, Path)) and (Path(source) / MANIFEST_NAME).is_file()
+
+
+def open(source, backend: str | None = None, **options) -> Runtime:  # noqa: A001 - mirrors io.open's role
+    """An artifact directory → its best installed backend; a checkpoint/model spec → the PyTorch reference."""
+    if not is_artifact(source):
+        if backend not in (None, REFERENCE_BACKEND):
+            raise UserError(f"{source} is a model, not an artifact: export it first "
+                            f"(groupvit-edge export --model {source} --out DIR) or use --backend torch")
+        return backend_module(REFERENCE_BACKEND).open_runtime(source, **options)
+    manifest = read_manifest(source)
+    candidates = [backend] if backend else list(ARTIFACT_BACKENDS)
+    reasons = []
+    for name in candidates:
+        try:
+            module = backend_module(name)
+        except ImportError:
+            continue
+        reason = module.unsupported_reason(manifest)
+        if reason is None and module.is_installed():
+            return module.open_runtime(manifest, **options)
+        reasons.append((name, module, reason))
+    usable = [(name, module) for name, module, reason in reasons if reason is None]
+    if usable:
+        name, module = usable[0]
+        raise UserError(f"{source} needs {name}, which is not installed: pip install groupvit-edge[{module.EXTRA}]")
+    detail = "; ".join(f"{name}: {reason}" for name, _, reason in reasons) or "no backend module"
+    raise UserError(f"no backend can run {source} ({detail}); re-export it for a backend installed here")
+
+
+__all__ = ["ImageEncoding", "Runtime", "open", "available_backends", "backend_module", "is_artifact"]

@@ -1,0 +1,46 @@
+"""The one small interface every backend implements (Polygraphy's runner, narrowed to GroupViT's two graphs)."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..artifact import Manifest
+
+
+@dataclass
+class ImageEncoding:
+    """Outputs of the image graph for a batch of windows (see DESIGN.md for the contract)."""
+    group_embeds: np.ndarray   # [B, G, D] float32, L2-normalised
+    image_embed: np.ndarray    # [B, D] float32, L2-normalised
+    grouping: np.ndarray       # [B, G, H/p, W/p] float32, soft maps multiplied over stages
+
+
+class Runtime(abc.ABC):
+    """Runs the image and text graphs of one artifact (or the PyTorch reference) on numpy arrays."""
+
+    name: str = "?"            # backend name, e.g. "onnxruntime"
+    manifest: Manifest
+
+    @abc.abstractmethod
+    def encode_image(self, pixels: np.ndarray) -> ImageEncoding:
+        """pixels [B, 3, H, W] float32 at the manifest's size, normalised."""
+
+    @abc.abstractmethod
+    def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
+        """token_ids [K, 77] integer → text_embeds [K, D] float32, L2-normalised."""
+
+    @property
+    def description(self) -> str:
+        """Backend, version and what actually runs (device, precision), for reports and `bench`."""
+        return self.name
+
+    def close(self) -> None:
+        """Release sessions and device memory; the runtime is unusable afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

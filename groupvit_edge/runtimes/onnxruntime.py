@@ -1,0 +1,87 @@
+"""ONNX Runtime backend: runs image.onnx / text.onnx of an artifact, CPU by default, providers selectable."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..artifact import Manifest
+from ..errors import UserError
+from .base import ImageEncoding, Runtime
+
+NAME = "onnxruntime"
+EXTRA = "onnxruntime"
+
+
+def is_installed() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def unsupported_reason(manifest: Manifest) -> str | None:
+    formats = {name: graph.get("format") for name, graph in manifest.graphs.items()}
+    if formats.get("image") != "onnx":
+        return "the artifact has no ONNX image graph"
+    return None
+
+
+def _import():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("onnxruntime is not installed: pip install groupvit-edge[onnxruntime]") from None
+    return onnxruntime
+
+
+def open_runtime(manifest: Manifest, providers=None, threads: int | None = None, **_ignored) -> "OnnxRuntime":
+    return OnnxRuntime(manifest, providers=providers, threads=threads)
+
+
+class OnnxRuntime(Runtime):
+    name = NAME
+
+    def __init__(self, manifest: Manifest, providers=None, threads: int | None = None):
+        ort = _import()
+        self.manifest = manifest
+        self._options = ort.SessionOptions()
+        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            self._options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            raise UserError(f"ONNX Runtime provider {missing[0]} is not available here (available: "
+                            f"{', '.join(available)}): choose one of those")
+        self._ort = ort
+        self._image = self._session("image")
+        self._text = None    # built on first use: a precomputed vocabulary never needs it
+
+    def _session(self, graph: str):
+        path = self.manifest.graph_path(graph)
+        try:
+            return self._ort.InferenceSession(str(path), self._options, providers=self.providers)
+        except Exception as error:  # ORT raises its own Fail/InvalidGraph types
+            raise UserError(f"ONNX Runtime cannot load {path} ({str(error).splitlines()[0]}); "
+                            f"re-run `groupvit-edge export`") from None
+
+    def encode_image(self, pixels: np.ndarray) -> ImageEncoding:
+        group_embeds, image_embed, grouping = self._image.run(
+            ["group_embeds", "image_embed", "grouping"], {"pixels": np.ascontiguousarray(pixels, np.float32)})
+        return ImageEncoding(group_embeds, image_embed, grouping)
+
+    def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
+        if self._text is None:
+            self._text = self._session("text")
+        dtype = np.dtype(self.manifest.graphs["text"]["inputs"][0]["dtype"])
+        (text_embeds,) = self._text.run(["text_embeds"], {"token_ids": np.ascontiguousarray(token_ids, dtype)})
+        return text_embeds
+
+    @property
+    def description(self) -> str:
+        return f"onnxruntime {self._ort.__version__} ({', '.join(self.providers)}, " \
+               f"{self.manifest.data['precision'].get('compute', 'fp32')})"
+
+    def close(self) -> None:
+        self._image = self._text = None

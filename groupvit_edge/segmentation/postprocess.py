@@ -1,0 +1,109 @@
+"""The GroupViT paper's segmentation protocol in numpy: one implementation for every backend.
+
+Per window (NVlabs GroupViT `GroupViTSegInference.encode_decode`):
+  soft grouping maps (product over stages) → bilinear upsample to the window → argmax over groups (one-hot) →
+  group→class affinity × logit_scale (clamped at 100) → softmax over classes, restricted to the top-5 classes
+  of the image embedding and multiplied by the unrestricted softmax → each pixel takes its group's class scores;
+  with a background class, pixels whose best score is below min(0.95, max affinity) become background.
+Windows are stitched like mmseg's slide_inference (sum, divide by coverage), resized to the image, argmax.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LOGIT_SCALE_MAX = 100.0
+TOP_K_CLASSES = 5
+BACKGROUND_THRESHOLD = 0.95
+
+
+def _interpolation_taps(size_in: int, size_out: int):
+    """Source indices and weights of torch's bilinear resize with align_corners=False, along one axis."""
+    scale = size_in / size_out
+    source = np.maximum((np.arange(size_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    weight_high = (source - low).astype(np.float32)
+    return low, high, 1.0 - weight_high, weight_high
+
+
+def resize_bilinear(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[C, h, w] → [C, height, width], matching `F.interpolate(mode="bilinear", align_corners=False)`.
+
+    Separable, two taps per axis: O(C·H·W), far cheaper than dense interpolation matrices on label maps.
+    """
+    _, in_h, in_w = maps.shape
+    if (in_h, in_w) == (height, width):
+        return maps
+    low, high, w_low, w_high = _interpolation_taps(in_h, height)
+    rows = maps[:, low, :] * w_low[None, :, None] + maps[:, high, :] * w_high[None, :, None]
+    low, high, w_low, w_high = _interpolation_taps(in_w, width)
+    return rows[:, :, low] * w_low + rows[:, :, high] * w_high
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=axis, keepdims=True)
+
+
+def group_class_affinity(group_embeds: np.ndarray, image_embed: np.ndarray, text_embeds: np.ndarray,
+                         logit_scale: float, top_k: int = TOP_K_CLASSES) -> np.ndarray:
+    """[G, D], [D], [K, D] → [G, K] class scores of each group (zero outside the image's top-k classes)."""
+    scale = min(float(logit_scale), LOGIT_SCALE_MAX)
+    affinity = (group_embeds @ text_embeds.T) * scale
+    unrestricted = softmax(affinity)
+    image_affinity = softmax((image_embed @ text_embeds.T) * scale)
+    top = np.argsort(-image_affinity, kind="stable")[: min(top_k, text_embeds.shape[0])]
+    allowed = np.zeros(text_embeds.shape[0], dtype=bool)
+    allowed[top] = True
+    restricted = softmax(np.where(allowed, affinity, -np.inf))
+    return restricted * unrestricted
+
+
+def final_groups(grouping: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[G, h, w] soft maps → [height, width] id of the winning group after bilinear upsampling."""
+    return resize_bilinear(grouping, height, width).argmax(axis=0)
+
+
+@dataclass
+class WindowScores:
+    """Class scores of one window, stored sparsely: only classes some group can score are materialised."""
+    classes: np.ndarray      # [C'] class indices (0 = background when enabled), ascending
+    scores: np.ndarray       # [C', H, W]
+    groups: np.ndarray       # [H, W] final group id
+
+
+def window_scores(grouping: np.ndarray, group_embeds: np.ndarray, image_embed: np.ndarray,
+                  text_embeds: np.ndarray, logit_scale: float, height: int, width: int,
+                  background_threshold: float | None = BACKGROUND_THRESHOLD) -> WindowScores:
+    groups = final_groups(grouping, height, width)
+    affinity = group_class_affinity(group_embeds, image_embed, text_embeds, logit_scale)   # [G, K]
+    offset = 0 if background_threshold is None else 1
+    # Classes outside the top-k have exactly zero score everywhere; skipping them changes no argmax.
+    active = np.flatnonzero(affinity.max(axis=0) > 0)
+    scores = affinity[:, active].T[:, groups]                                          # [C', H, W]
+    classes = active + offset
+    if background_threshold is not None:
+        threshold = min(background_threshold, float(affinity.max()))
+        background = (scores.max(axis=0) < threshold).astype(np.float32)[None]
+        scores = np.concatenate([background, scores])
+        classes = np.concatenate([[0], classes])
+    return WindowScores(classes, scores.astype(np.float32), groups)
+
+
+def stitch(windows: list[WindowScores], boxes, canvas_size, original_size) -> tuple[np.ndarray, np.ndarray]:
+    """Average overlapping windows on the canvas, resize to the image, argmax → (labels, winning score)."""
+    classes = np.unique(np.concatenate([w.classes for w in windows]))
+    position = {c: i for i, c in enumerate(classes)}
+    canvas = np.zeros((len(classes), *canvas_size), dtype=np.float32)
+    coverage = np.zeros(canvas_size, dtype=np.float32)
+    for window, (top, left, box_h, box_w) in zip(windows, boxes):
+        rows = [position[c] for c in window.classes]
+        canvas[rows, top:top + box_h, left:left + box_w] += window.scores[:, :box_h, :box_w]
+        coverage[top:top + box_h, left:left + box_w] += 1
+    canvas /= coverage
+    resized = resize_bilinear(canvas, *original_size)
+    best = resized.argmax(axis=0)
+    return classes[best].astype(np.int32), np.take_along_axis(resized, best[None], 0)[0]

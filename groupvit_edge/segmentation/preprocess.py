@@ -1,0 +1,104 @@
+"""Image loading and preprocessing, identical for every backend (numpy + Pillow only).
+
+Two ways to fit an arbitrary photo to the fixed export size H×W:
+- "slide" (GroupViT's COCO/VOC protocol): resize the short side to min(H, W) (long side capped like mmseg's
+  (2048, 448) scale), then cover the image with H×W crops at the manifest's stride; results are stitched.
+- "letterbox": one inference: fit the whole image inside H×W keeping its aspect, pad the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..artifact import Preprocess
+from ..errors import UserError
+
+RESIZE_MODES = ("slide", "letterbox")
+# mmseg's test pipeline for GroupViT: img_scale=(2048, 448), keep_ratio — the long side may reach 2048/448×short.
+LONG_SIDE_RATIO = 2048 / 448
+
+
+def load_image(source) -> Image.Image:
+    """A path, PIL image or HxWx3 uint8 array → an upright 8-bit RGB PIL image."""
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
+            raise UserError(f"image array has shape {source.shape} and dtype {source.dtype}: pass an HxWx3 uint8 "
+                            f"RGB array")
+        return Image.fromarray(source, "RGB")
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"image {path} does not exist: check the path")
+        try:
+            image = Image.open(path)
+            image.load()
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+            raise UserError(f"{path} is not a readable image ({error.__class__.__name__}): pass a JPEG, PNG or "
+                            f"other format Pillow reads") from None
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB. 16-bit and float greyscale are rescaled by their range, not clipped."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+@dataclass
+class Prepared:
+    """An image ready for the image graph, and what is needed to map results back onto it."""
+    windows: np.ndarray              # [N, 3, H, W] float32, normalised
+    boxes: list[tuple[int, int, int, int]]   # per window (top, left, height, width) of valid pixels in the canvas
+    canvas_size: tuple[int, int]     # (h, w) of the resized image the windows cover
+    original_size: tuple[int, int]   # (h, w) of the input image
+
+
+def normalize(pixels: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    """HxWx3 uint8 → 3xHxW float32 with the manifest's mean/std (pixel scale 0..255)."""
+    mean = np.asarray(preprocess.mean, dtype=np.float32)
+    inv_std = 1.0 / np.asarray(preprocess.std, dtype=np.float32)
+    return ((pixels.astype(np.float32) - mean) * inv_std).transpose(2, 0, 1)
+
+
+def prepare(image: Image.Image, preprocess: Preprocess, resize: str | None = None) -> Prepared:
+    resize = resize or preprocess.resize
+    if resize not in RESIZE_MODES:
+        raise UserError(f"resize mode {resize!r} is unknown: use one of {', '.join(RESIZE_MODES)}")
+    width, height = image.size
+    if resize == "letterbox":
+        scale = min(preprocess.height / height, preprocess.width / width)
+    else:
+        short = min(preprocess.height, preprocess.width)
+        scale = min(short / min(height, width), short * LONG_SIDE_RATIO / max(height, width))
+    # mmcv's rescale_size rounds with int(x + 0.5)
+    canvas_h, canvas_w = max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+    canvas = normalize(np.asarray(image.resize((canvas_w, canvas_h), Image.BILINEAR)), preprocess)
+    boxes = sliding_windows(canvas_h, canvas_w, preprocess.height, preprocess.width, *preprocess.stride)
+    windows = np.zeros((len(boxes), 3, preprocess.height, preprocess.width), dtype=np.float32)
+    for window, (top, left, box_h, box_w) in zip(windows, boxes):
+        # Zero after normalisation is the mean colour: the padding of crops smaller than the export size.
+        window[:, :box_h, :box_w] = canvas[:, top:top + box_h, left:left + box_w]
+    return Prepared(windows, boxes, (canvas_h, canvas_w), (height, width))
+
+
+def sliding_windows(height: int, width: int, crop_h: int, crop_w: int, stride_h: int, stride_w: int):
+    """mmseg's slide_inference grid: crops of crop size at the stride, the last one flush with the edge."""
+    def starts(size, crop, stride):
+        count = max(size - crop + stride - 1, 0) // stride + 1
+        return [max(min(i * stride + crop, size) - crop, 0) for i in range(count)]
+
+    return [(top, left, min(crop_h, height - top), min(crop_w, width - left))
+            for top in starts(height, crop_h, stride_h) for left in starts(width, crop_w, stride_w)]

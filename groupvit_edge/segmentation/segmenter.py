@@ -1,0 +1,158 @@
+"""`Segmenter.segment(image)`: the whole user story in one call, the same on every backend."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..errors import UserError
+from ..runtimes import Runtime
+from ..runtimes import open as open_runtime
+from ..runtimes.base import ImageEncoding
+from .postprocess import BACKGROUND_THRESHOLD, stitch, window_scores
+from .preprocess import Prepared, load_image, prepare
+from .vocabulary import Vocabulary, parse_labels
+
+BACKGROUND = "background"
+
+
+@dataclass
+class Segmentation:
+    """A label map over the input image and what is needed to show or score it."""
+    labels: np.ndarray               # [H, W] int32 index into class_names
+    scores: np.ndarray               # [H, W] float32 score of the winning class
+    class_names: list[str]
+    image: Image.Image = field(repr=False)
+
+    def class_fractions(self) -> dict[str, float]:
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
+        return {name: count / self.labels.size for name, count in zip(self.class_names, counts) if count}
+
+    def _is_background(self) -> np.ndarray:
+        if self.class_names and self.class_names[0] == BACKGROUND:
+            return self.labels == 0
+        return np.zeros(self.labels.shape, dtype=bool)
+
+    def label_image(self) -> Image.Image:
+        """A paletted PNG whose pixel values are class indices: viewable and machine-readable."""
+        if len(self.class_names) > 256:
+            raise UserError(f"{len(self.class_names)} classes do not fit a paletted PNG: use at most 256 labels")
+        image = Image.fromarray(self.labels.astype(np.uint8), "P")
+        image.putpalette(palette(256).ravel().tolist())
+        return image
+
+    def overlay(self, alpha: float = 0.55, legend: bool = True) -> Image.Image:
+        colors = palette(len(self.class_names))[self.labels]
+        base = np.asarray(self.image, dtype=np.float32)
+        # Background keeps the photo's own pixels, so the eye goes to what was recognised.
+        weight = np.where(self._is_background()[..., None], 0.0, alpha)
+        blended = Image.fromarray((base * (1 - weight) + colors * weight).round().astype(np.uint8), "RGB")
+        return _draw_legend(blended, self.class_fractions(), self.class_names) if legend else blended
+
+    def save(self, directory: str | Path, stem: str) -> tuple[Path, Path]:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for suffix, image in (("overlay", self.overlay()), ("labels", self.label_image())):
+            path = directory / f"{stem}.{suffix}.png"
+            partial = directory / f".{stem}.{suffix}.png.partial"
+            image.save(partial, format="PNG")
+            partial.replace(path)
+            written.append(path)
+        return written[0], written[1]
+
+
+def palette(count: int) -> np.ndarray:
+    """PASCAL VOC's colour map: index 0 (background) is black, neighbours get distinct colours."""
+    colors = np.zeros((count, 3), dtype=np.uint8)
+    for index in range(count):
+        value, red, green, blue = index, 0, 0, 0
+        for bit in range(8):
+            red |= ((value >> 0) & 1) << (7 - bit)
+            green |= ((value >> 1) & 1) << (7 - bit)
+            blue |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        colors[index] = (red, green, blue)
+    return colors
+
+
+def _draw_legend(image: Image.Image, fractions: dict[str, float], class_names: list[str]) -> Image.Image:
+    draw = ImageDraw.Draw(image)
+    colors = palette(len(class_names))
+    y = 4
+    for name, share in sorted(fractions.items(), key=lambda item: -item[1]):
+        color = tuple(int(c) for c in colors[class_names.index(name)])
+        text = f"{name} {share:.0%}"
+        width = int(draw.textlength(text)) + 22
+        draw.rectangle([4, y, 4 + width, y + 14], fill=(0, 0, 0))
+        draw.rectangle([7, y + 3, 15, y + 11], fill=color, outline=(255, 255, 255))
+        draw.text((20, y + 1), text, fill=(255, 255, 255))
+        y += 16
+    return image
+
+
+class Segmenter:
+    """Zero-shot segmentation with any Runtime: preprocessing, windows, the paper's post-processing, stitching."""
+
+    def __init__(self, runtime: Runtime, labels: Sequence[str] | str | None = None, *, templates=None,
+                 tokenizer=None, background_threshold: float | None = BACKGROUND_THRESHOLD,
+                 resize: str | None = None, batch_size: int = 4):
+        self.runtime = runtime
+        self.manifest = runtime.manifest
+        self.preprocess = self.manifest.preprocess
+        self.resize = resize
+        self.batch_size = max(1, batch_size)
+        self.background_threshold = background_threshold
+        self.vocabulary = Vocabulary.build(runtime, parse_labels(labels) if labels is not None else None,
+                                           templates=templates, tokenizer=tokenizer)
+
+    @classmethod
+    def open(cls, source, labels=None, *, backend: str | None = None, templates=None, tokenizer=None,
+             background_threshold: float | None = BACKGROUND_THRESHOLD, resize: str | None = None,
+             batch_size: int = 4, **runtime_options) -> "Segmenter":
+        """An artifact directory (best installed backend) or a checkpoint (PyTorch reference)."""
+        runtime = open_runtime(source, backend=backend, **runtime_options)
+        return cls(runtime, labels, templates=templates, tokenizer=tokenizer,
+                   background_threshold=background_threshold, resize=resize, batch_size=batch_size)
+
+    @property
+    def class_names(self) -> list[str]:
+        names = list(self.vocabulary.labels)
+        return [BACKGROUND, *names] if self.background_threshold is not None else names
+
+    def prepare(self, image) -> tuple[Image.Image, Prepared]:
+        picture = load_image(image)
+        return picture, prepare(picture, self.preprocess, self.resize)
+
+    def encode(self, prepared: Prepared) -> ImageEncoding:
+        """Run the image graph on every window, `batch_size` windows per call."""
+        parts = [self.runtime.encode_image(prepared.windows[i:i + self.batch_size])
+                 for i in range(0, len(prepared.windows), self.batch_size)]
+        return ImageEncoding(*(np.concatenate(arrays) for arrays in zip(
+            *((p.group_embeds, p.image_embed, p.grouping) for p in parts))))
+
+    def decide(self, prepared: Prepared, encoding: ImageEncoding) -> tuple[np.ndarray, np.ndarray]:
+        """Encoded windows → (labels, scores) over the original image."""
+        height, width = prepared.windows.shape[-2:]
+        windows = [window_scores(encoding.grouping[i], encoding.group_embeds[i], encoding.image_embed[i],
+                                 self.vocabulary.text_embeds, self.manifest.logit_scale, height, width,
+                                 self.background_threshold)
+                   for i in range(len(prepared.windows))]
+        return stitch(windows, prepared.boxes, prepared.canvas_size, prepared.original_size)
+
+    def segment(self, image) -> Segmentation:
+        picture, prepared = self.prepare(image)
+        labels, scores = self.decide(prepared, self.encode(prepared))
+        return Segmentation(labels, scores, self.class_names, picture)
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
