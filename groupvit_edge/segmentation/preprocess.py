@@ -102,3 +102,23 @@ def sliding_windows(height: int, width: int, crop_h: int, crop_w: int, stride_h:
 
     return [(top, left, min(crop_h, height - top), min(crop_w, width - left))
             for top in starts(height, crop_h, stride_h) for left in starts(width, crop_w, stride_w)]
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def list_images(sources) -> list[Path]:
+    """Files and directories (searched recursively, sorted) → image paths by suffix; a missing path is an error."""
+    found = []
+    for source in ([sources] if isinstance(sources, (str, Path)) else sources):
+        path = Path(source)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserError(f"{path} does not exist: pass image files or directories of images")
+    if not found:
+        raise UserError(f"no images found in {', '.join(map(str, sources if not isinstance(sources, (str, Path)) else [sources]))}: "
+                        f"pass JPEG/PNG files or a directory holding them")
+    return found

@@ -1,0 +1,108 @@
+"""`groupvit-edge`: a thin shell over the Python API. Every command is one API call plus printing."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import UserError, ValidationFailed
+
+EXPORT_TARGETS = ("onnx",)
+
+
+def main(argv=None) -> int:
+    """Console entry point: user errors are one sentence and exit 2, failed checks exit 1, bugs stay tracebacks."""
+    try:
+        cli.main(args=argv, standalone_mode=False, prog_name="groupvit-edge")
+    except UserError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except ValidationFailed as error:
+        click.echo(f"failed: {error}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    return 0
+
+
+def _image_size(value: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in str(value).lower().split("x")]
+    except ValueError:
+        raise UserError(f"--image-size {value!r} is not a size: use 448 or HEIGHTxWIDTH like 448x672") from None
+    if len(parts) not in (1, 2):
+        raise UserError(f"--image-size {value!r} is not a size: use 448 or HEIGHTxWIDTH like 448x672")
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="groupvit-edge")
+def cli():
+    """Export GroupViT to edge runtimes, run it, and prove it still segments like the original."""
+
+
+@cli.command(epilog="Example:\n\n  groupvit-edge export --model random:0 --target onnx --image-size 448 "
+             "--tokenizer ../shared/data/clip/bpe_simple_vocab_16e6.txt.gz --out artifacts/fp32")
+@click.option("--model", "model_spec", required=True,
+              help="Checkpoint dir, .pth file, HuggingFace Hub id, or random:SEED.")
+@click.option("--target", type=click.Choice(EXPORT_TARGETS), default="onnx", show_default=True)
+@click.option("--image-size", default="448", show_default=True, help="Export size: 448 or HEIGHTxWIDTH.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Artifact directory.")
+@click.option("--labels", help="Comma-separated class names to precompute a vocabulary for (optional).")
+@click.option("--tokenizer", type=click.Path(), help="bpe_simple_vocab_16e6.txt.gz or a dir with vocab.json + "
+              "merges.txt (default: the checkpoint's own).")
+@click.option("--validation-image", type=click.Path(), help="Real image to validate the export on "
+              "(default: a synthetic test card).")
+@click.option("--resize", type=click.Choice(["slide", "letterbox"]), default="slide", show_default=True,
+              help="Default way runtimes fit images to the export size.")
+def export(model_spec, target, image_size, out_dir, labels, tokenizer, validation_image, resize):
+    """Export a GroupViT checkpoint to an artifact directory."""
+    from .exporters.onnx import export_onnx
+    from .segmentation import parse_labels
+    export_onnx(model_spec, out_dir, image_size=_image_size(image_size), tokenizer=tokenizer,
+                labels=parse_labels(labels) if labels is not None else None, validation_image=validation_image,
+                resize=resize, log=click.echo)
+
+
+@cli.command(epilog="Example:\n\n  groupvit-edge segment artifacts/fp32 photo.jpg --labels cat,dog,grass --out out/")
+@click.argument("source")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--labels", help="Comma-separated class names (default: the artifact's precomputed vocabulary).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--backend", help="Force a backend: onnxruntime, openvino, tensorrt or torch.")
+@click.option("--tokenizer", type=click.Path(), help="Tokenizer vocabulary, if the artifact has none.")
+@click.option("--resize", type=click.Choice(["slide", "letterbox"]), help="Override the artifact's resize mode.")
+@click.option("--no-background", is_flag=True, help="No background class (every pixel gets a label).")
+@click.option("--threads", type=int, help="CPU threads for the backend.")
+def segment(source, images, labels, out_dir, backend, tokenizer, resize, no_background, threads):
+    """Segment IMAGES (files or directories) with an artifact or checkpoint SOURCE; writes overlay and label PNGs."""
+    from .segmentation import Segmenter
+    from .segmentation.postprocess import BACKGROUND_THRESHOLD
+    from .segmentation.preprocess import list_images
+    paths = list_images(images)
+    options = {"threads": threads} if threads else {}
+    with Segmenter.open(source, labels, backend=backend, tokenizer=tokenizer, resize=resize,
+                        background_threshold=None if no_background else BACKGROUND_THRESHOLD, **options) as seg:
+        click.echo(f"{seg.runtime.description}; classes: {', '.join(seg.class_names)}")
+        for path in paths:
+            result = seg.segment(path)
+            overlay, _ = result.save(out_dir, path.stem)
+            shares = ", ".join(f"{name} {share:.0%}" for name, share in
+                               sorted(result.class_fractions().items(), key=lambda item: -item[1]))
+            click.echo(f"{path.name}: {shares} → {overlay}")
+
+
+@cli.command(epilog="Example:\n\n  groupvit-edge doctor")
+def doctor():
+    """Show which backends this machine has and which targets it can build and run."""
+    from .doctor import report
+    click.echo(report())
+
+
+if __name__ == "__main__":
+    main()
