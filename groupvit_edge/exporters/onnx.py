@@ -46,6 +46,7 @@ def export_onnx(model, out_dir: str | Path, *, image_size=448, tokenizer=None, l
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model))
     check_image_size(height, width, loaded.model.config.vision.patch_size)
     tokenizer_source = _tokenizer_source(tokenizer, loaded)
+    validation_name = str(validation_image) if validation_image is not None else "<test card>"
     validation_image = load_image(validation_image) if validation_image is not None else _test_card()
     reference = TorchRuntime(loaded, image_size=(height, width), resize=resize)
 
@@ -68,7 +69,8 @@ def export_onnx(model, out_dir: str | Path, *, image_size=448, tokenizer=None, l
             data["vocabulary"] = {"file": "vocab.npz", "labels": vocabulary.labels,
                                   "templates": list(vocabulary.templates)}
         log("validating in ONNX Runtime against PyTorch")
-        data["validation"] = validate_against_reference(manifest, reference, validation_image)
+        data["validation"] = validate_against_reference(manifest, reference, validation_image,
+                                                        validation_name)
         write_json_atomic(staging / MANIFEST_NAME, manifest.to_json())
         _report(data["validation"], log)
         _enforce_fp32_tolerance(data["validation"])
@@ -150,7 +152,7 @@ def _test_card():
     return image
 
 
-def validate_against_reference(manifest: Manifest, reference, image) -> dict:
+def validate_against_reference(manifest: Manifest, reference, image, image_name: str) -> dict:
     """Run the artifact's image graph in ONNX Runtime and PyTorch on one image's windows and compare.
 
     Class-level agreement uses a label-free vocabulary: the reference's own group embeddings of the first
@@ -178,7 +180,7 @@ def validate_against_reference(manifest: Manifest, reference, image) -> dict:
     tokens = np.zeros((2, TEXT_CONTEXT), dtype=np.int32)
     tokens[:, :3] = [[49406, 320, 49407], [49406, 1125, 49407]]
     diffs["text_embeds"] = float(np.abs(candidate.encode_text(tokens) - reference.encode_text(tokens)).max())
-    return {"image": getattr(image, "filename", "") or "<test card>", "windows": len(prepared.windows),
+    return {"image": image_name, "windows": len(prepared.windows),
             "max_abs_diff": diffs, "group_agreement": float(agree_groups),
             "label_agreement": float(np.mean(labels(ours) == labels(theirs))),
             "label_vocabulary": "prototypes:reference-groups"}

@@ -337,10 +337,14 @@ class GroupViT(nn.Module):
         self.text_projection = _projection_head(c.text.hidden_size, c.projection_intermediate_dim, c.projection_dim)
         self.logit_scale = nn.Parameter(torch.tensor(c.logit_scale_init_value))
 
-    def _project_tokens(self, tokens):
-        """The projection head has BatchNorm1d, which needs [N, C]: flatten batch and tokens around it."""
-        batch, count, channels = tokens.shape
-        return self.visual_projection(tokens.reshape(-1, channels)).reshape(batch, count, -1)
+    def _project_groups(self, group_tokens):
+        """The projection head has BatchNorm1d, which needs [N, C]: flatten batch and groups around it.
+
+        Sizes come from the config, not the tensor, so exported graphs keep static group/embedding axes.
+        """
+        channels = self.config.vision.hidden_size
+        projected = self.visual_projection(group_tokens.reshape(-1, channels))
+        return projected.reshape(-1, self.config.num_final_groups, self.config.projection_dim)
 
     def encode_image(self, pixel_values, position_embeddings=None):
         """pixels [B,3,H,W] → (group_embeds [B,G,D], image_embed [B,D], grouping [B,G,H/p,W/p]).
@@ -349,7 +353,7 @@ class GroupViT(nn.Module):
         is the soft membership of patch (y, x) in final group g — the paper's segmentation protocol.
         """
         group_tokens, assignments = self.vision_model(pixel_values, position_embeddings)
-        group_embeds = l2_normalize(self._project_tokens(group_tokens))
+        group_embeds = l2_normalize(self._project_groups(group_tokens))
         image_embed = l2_normalize(self.visual_projection(group_tokens.mean(dim=1)))
         grouping = grouping_maps(assignments, *pixel_values.shape[-2:], self.config.vision.patch_size)
         return group_embeds, image_embed, grouping

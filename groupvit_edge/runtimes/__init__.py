@@ -43,6 +43,8 @@ def is_artifact(source) -> bool:
 
 def open(source, backend: str | None = None, **options) -> Runtime:  # noqa: A001 - mirrors io.open's role
     """An artifact directory → its best installed backend; a checkpoint/model spec → the PyTorch reference."""
+    if isinstance(source, (str, Path)) and Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        read_manifest(source)   # neither artifact nor checkpoint: let the manifest check say what is missing
     if not is_artifact(source):
         if backend not in (None, REFERENCE_BACKEND):
             raise UserError(f"{source} is a model, not an artifact: export it first "

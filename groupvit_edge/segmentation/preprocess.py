@@ -35,8 +35,9 @@ def load_image(source) -> Image.Image:
         if not path.is_file():
             raise UserError(f"image {path} does not exist: check the path")
         try:
-            image = Image.open(path)
-            image.load()
+            with Image.open(path) as opened:
+                opened.load()
+                return to_rgb(ImageOps.exif_transpose(opened))
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
             raise UserError(f"{path} is not a readable image ({error.__class__.__name__}): pass a JPEG, PNG or "
                             f"other format Pillow reads") from None
@@ -49,7 +50,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
         scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
         return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
