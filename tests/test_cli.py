@@ -1,0 +1,90 @@
+"""The CLI as a user meets it: real subprocesses, exit codes 0/1/2, one-sentence errors, files written."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def run(*args, timeout=600):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "groupvit_edge.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_segment_writes_overlay_and_label_pngs(onnx_artifact, coco_images, tmp_path):
+    images = coco_images[:2]
+    done = run("segment", onnx_artifact, *images, "--labels", "cat,dog,grass", "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    for image in images:
+        overlay = Image.open(tmp_path / "out" / f"{image.stem}.overlay.png")
+        labels = Image.open(tmp_path / "out" / f"{image.stem}.labels.png")
+        assert overlay.size == labels.size == Image.open(image).size
+        assert labels.mode == "P" and np.asarray(labels).max() <= 3      # background + 3 classes
+        assert image.name in done.stdout
+    assert "onnxruntime" in done.stdout
+
+
+def test_segment_with_the_precomputed_vocabulary_and_letterbox(onnx_artifact, coco_images, tmp_path):
+    done = run("segment", onnx_artifact, coco_images[3], "--resize", "letterbox", "--no-background",
+               "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "classes: cat, dog, grass" in done.stdout
+
+
+def test_doctor_reports_backends():
+    done = run("doctor")
+    assert done.returncode == 0, done.stderr
+    assert "onnxruntime" in done.stdout and "tensorrt" in done.stdout and "onnx " in done.stdout
+
+
+@pytest.mark.parametrize("command", ["export", "segment", "doctor"])
+def test_help_shows_an_example(command):
+    done = run(command, "--help")
+    assert done.returncode == 0 and "Example:" in done.stdout and "groupvit-edge " + command in done.stdout
+
+
+def _bad_inputs(artifact, image, tmp_path):
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("hello")
+    broken = tmp_path / "broken-artifact"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{")
+    return {
+        "missing model": (["export", "--model", tmp_path / "nope", "--out", tmp_path / "a"], "does not exist"),
+        "image size": (["export", "--model", "random:0", "--image-size", "450", "--out", tmp_path / "a"],
+                       "not a multiple of the patch size 16"),
+        "corrupt image": (["segment", artifact, not_an_image, "--labels", "cat", "--out", tmp_path / "o"],
+                          "not a readable image"),
+        "empty labels": (["segment", artifact, image, "--labels", "", "--out", tmp_path / "o"], "--labels is empty"),
+        "corrupt manifest": (["segment", broken, image, "--labels", "cat", "--out", tmp_path / "o"], "corrupt"),
+        "no manifest": (["segment", tmp_path, image, "--labels", "cat", "--out", tmp_path / "o"], "no manifest"),
+        "missing image": (["segment", artifact, tmp_path / "gone.jpg", "--out", tmp_path / "o"], "does not exist"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing model", "image size", "corrupt image", "empty labels",
+                                  "corrupt manifest", "no manifest", "missing image"])
+def test_bad_input_is_one_sentence_and_exit_2(case, onnx_artifact, coco_images, tmp_path):
+    args, needle = _bad_inputs(onnx_artifact, coco_images[0], tmp_path)[case]
+    done = run(*args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], done.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "o").exists()
+
+
+def test_export_end_to_end_from_the_cli(random_checkpoint, bpe_path, coco_images, tmp_path):
+    out = tmp_path / "art"
+    done = run("export", "--model", random_checkpoint, "--target", "onnx", "--image-size", "224",
+               "--tokenizer", bpe_path, "--validation-image", coco_images[0], "--labels", "cat,dog", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "max abs diff vs PyTorch" in done.stdout and "group agreement" in done.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["validation"]["image"] == str(coco_images[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
