@@ -97,6 +97,59 @@ def segment(source, images, labels, out_dir, backend, tokenizer, resize, no_back
             click.echo(f"{path.name}: {shares} → {overlay}")
 
 
+@cli.command(epilog="Example:\n\n  groupvit-edge drift --ref random:0 --candidate artifacts/fp32 "
+             "--images ../shared/data/coco/eval2017/images --labels prototypes:16 --max-drop 1.0 --report report/")
+@click.option("--ref", "reference", required=True, help="Reference: an fp32 artifact or a checkpoint (PyTorch).")
+@click.option("--candidate", "candidates", required=True, multiple=True, help="Artifact to judge (repeatable).")
+@click.option("--images", required=True, multiple=True, help="Image files or directories (repeatable).")
+@click.option("--labels", help="Class names 'a,b,c', or prototypes:K for a label-free probe "
+              "(default: the reference's vocabulary, or the --classes names with --masks).")
+@click.option("--masks", "masks_dir", type=click.Path(), help="Ground-truth masks (PNG per image) to compare "
+              "each candidate's own mIoU with the reference's.")
+@click.option("--classes", default="coco-object", show_default=True, help="Class map of --masks: coco-object, "
+              "voc or a file.")
+@click.option("--max-drop", type=float, help="Exit 1 when a candidate loses more than this many mIoU points.")
+@click.option("--margin", type=float, default=0.01, show_default=True,
+              help="Relative best-vs-second group margin below which a reference pixel is a near-tie.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Also write drift.md and PNGs of the worst images and per-class IoU here.")
+@click.option("--json", "json_path", default="drift.json", show_default=True, type=click.Path(dir_okay=False))
+def drift(reference, candidates, images, labels, masks_dir, classes, max_drop, margin, report_dir, json_path):
+    """Compare candidate artifacts with a reference on the same images: class-level and model-level drift."""
+    from .metrics.classmaps import resolve
+    from .metrics.drift import measure_drift
+    from .metrics.report import write_json
+    report = measure_drift(reference, list(candidates), list(images), labels=labels, masks_dir=masks_dir,
+                           class_map=resolve(classes) if masks_dir else None, confident_margin=margin,
+                           report_dir=report_dir)
+    write_json(report.data, json_path)
+    click.echo(report.to_markdown())
+    click.echo(f"\nwrote {json_path}" + (f" and {report_dir}/" if report_dir else ""))
+    if max_drop is not None:
+        failures = report.failures(max_drop)
+        if failures:
+            raise ValidationFailed("; ".join(failures))
+        click.echo(f"every candidate is within --max-drop {max_drop}")
+
+
+@cli.command("eval", epilog="Example:\n\n  groupvit-edge eval artifacts/fp32 --dataset "
+             "../shared/data/coco/eval2017 --classes coco-object")
+@click.argument("source")
+@click.option("--dataset", required=True, type=click.Path(), help="A directory with images/ and masks/.")
+@click.option("--classes", default="coco-object", show_default=True, help="coco-object, voc, or a class file.")
+@click.option("--backend", help="Force a backend.")
+@click.option("--limit", type=int, help="Evaluate only the first N images.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
+def evaluate_command(source, dataset, classes, backend, limit, json_path):
+    """mIoU, per-class IoU and pixel accuracy of SOURCE on a labelled dataset (the paper's protocol)."""
+    from .metrics.evaluate import evaluate
+    from .metrics.report import write_json
+    report = evaluate(source, dataset, classes, backend=backend, limit=limit)
+    click.echo(report.to_markdown())
+    if json_path:
+        write_json(report.data, json_path)
+
+
 @cli.command(epilog="Example:\n\n  groupvit-edge doctor")
 def doctor():
     """Show which backends this machine has and which targets it can build and run."""

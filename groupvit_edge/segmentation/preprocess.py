@@ -7,6 +7,7 @@ Two ways to fit an arbitrary photo to the fixed export size H×W:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,11 @@ class Prepared:
     boxes: list[tuple[int, int, int, int]]   # per window (top, left, height, width) of valid pixels in the canvas
     canvas_size: tuple[int, int]     # (h, w) of the resized image the windows cover
     original_size: tuple[int, int]   # (h, w) of the input image
+    window_size: tuple[int, int]     # (H, W) the export size
+
+    def without_pixels(self) -> "Prepared":
+        """The geometry only: what post-processing needs once the windows have been encoded."""
+        return dataclasses.replace(self, windows=None)
 
 
 def normalize(pixels: np.ndarray, preprocess: Preprocess) -> np.ndarray:
@@ -94,7 +100,7 @@ def prepare(image: Image.Image, preprocess: Preprocess, resize: str | None = Non
     for window, (top, left, box_h, box_w) in zip(windows, boxes):
         # Zero after normalisation is the mean colour: the padding of crops smaller than the export size.
         window[:, :box_h, :box_w] = canvas[:, top:top + box_h, left:left + box_w]
-    return Prepared(windows, boxes, (canvas_h, canvas_w), (height, width))
+    return Prepared(windows, boxes, (canvas_h, canvas_w), (height, width), (preprocess.height, preprocess.width))
 
 
 def sliding_windows(height: int, width: int, crop_h: int, crop_w: int, stride_h: int, stride_w: int):

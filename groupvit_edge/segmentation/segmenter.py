@@ -94,6 +94,23 @@ def _draw_legend(image: Image.Image, fractions: dict[str, float], class_names: l
     return image
 
 
+def encode_windows(runtime: Runtime, windows: np.ndarray, batch_size: int = 4) -> ImageEncoding:
+    """Run the image graph on every window, `batch_size` windows per call."""
+    parts = [runtime.encode_image(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
+    return ImageEncoding(*(np.concatenate(arrays) for arrays in zip(
+        *((p.group_embeds, p.image_embed, p.grouping) for p in parts))))
+
+
+def label_map(prepared: Prepared, encoding: ImageEncoding, text_embeds: np.ndarray, logit_scale: float,
+              background_threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's protocol on every window, stitched → (labels [H,W] int32, winning scores [H,W])."""
+    height, width = prepared.window_size
+    windows = [window_scores(encoding.grouping[i], encoding.group_embeds[i], encoding.image_embed[i],
+                             text_embeds, logit_scale, height, width, background_threshold)
+               for i in range(len(prepared.boxes))]
+    return stitch(windows, prepared.boxes, prepared.canvas_size, prepared.original_size)
+
+
 class Segmenter:
     """Zero-shot segmentation with any Runtime: preprocessing, windows, the paper's post-processing, stitching."""
 
@@ -128,20 +145,12 @@ class Segmenter:
         return picture, prepare(picture, self.preprocess, self.resize)
 
     def encode(self, prepared: Prepared) -> ImageEncoding:
-        """Run the image graph on every window, `batch_size` windows per call."""
-        parts = [self.runtime.encode_image(prepared.windows[i:i + self.batch_size])
-                 for i in range(0, len(prepared.windows), self.batch_size)]
-        return ImageEncoding(*(np.concatenate(arrays) for arrays in zip(
-            *((p.group_embeds, p.image_embed, p.grouping) for p in parts))))
+        return encode_windows(self.runtime, prepared.windows, self.batch_size)
 
     def decide(self, prepared: Prepared, encoding: ImageEncoding) -> tuple[np.ndarray, np.ndarray]:
         """Encoded windows → (labels, scores) over the original image."""
-        height, width = prepared.windows.shape[-2:]
-        windows = [window_scores(encoding.grouping[i], encoding.group_embeds[i], encoding.image_embed[i],
-                                 self.vocabulary.text_embeds, self.manifest.logit_scale, height, width,
-                                 self.background_threshold)
-                   for i in range(len(prepared.windows))]
-        return stitch(windows, prepared.boxes, prepared.canvas_size, prepared.original_size)
+        return label_map(prepared, encoding, self.vocabulary.text_embeds, self.manifest.logit_scale,
+                         self.background_threshold)
 
     def segment(self, image) -> Segmentation:
         picture, prepared = self.prepare(image)

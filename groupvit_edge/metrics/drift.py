@@ -1,0 +1,368 @@
+"""Drift: how far a candidate artifact's segmentations are from the reference's, on the same preprocessed images.
+
+Two levels, because random or weak weights can make class maps degenerate:
+- class level: mIoU of the candidate's label maps taking the reference's as ground truth, pixel agreement,
+  per-class IoU, worst images — for the user's vocabulary, or a label-free prototype vocabulary;
+- model level: final-group agreement (overall and on pixels whose reference decision is not a near-tie),
+  cosine of group and image embeddings, max abs difference of every graph output.
+With ground-truth masks the candidate's own mIoU is compared with the reference's too.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..runtimes import Runtime
+from ..runtimes import open as open_runtime
+from ..runtimes.base import ImageEncoding
+from ..segmentation.postprocess import BACKGROUND_THRESHOLD, resize_bilinear
+from ..segmentation.preprocess import Prepared, list_images, load_image, prepare
+from ..segmentation.segmenter import encode_windows, label_map
+from ..segmentation.vocabulary import Vocabulary, parse_labels
+from .classmaps import ClassMap
+from .confusion import ConfusionMatrix
+
+SCHEMA = "groupvit-edge/drift/1"
+CONFIDENT_MARGIN = 0.01      # reference relative margin best vs second group below which a pixel is a near-tie
+PROTOTYPE_PREFIX = "prototypes:"
+OUTPUTS = ("group_embeds", "image_embed", "grouping")
+
+
+# ------------------------------------------------------------------------------------ model-level comparison
+
+@dataclass
+class GroupingComparison:
+    """Pixel counts over the valid (unpadded) pixels of windows, accumulated."""
+    pixels: int = 0
+    agree: int = 0
+    confident: int = 0
+    confident_agree: int = 0
+
+    def add(self, reference_grouping: np.ndarray, candidate_grouping: np.ndarray, valid: tuple[int, int],
+            window_size: tuple[int, int], margin: float) -> float:
+        """Compare one window's final groups; returns that window's agreement."""
+        ref_maps = resize_bilinear(reference_grouping, *window_size)[:, :valid[0], :valid[1]]
+        cand_maps = resize_bilinear(candidate_grouping, *window_size)[:, :valid[0], :valid[1]]
+        same = ref_maps.argmax(axis=0) == cand_maps.argmax(axis=0)
+        top_two = np.partition(ref_maps, -2, axis=0)[-2:]
+        relative_margin = (top_two[1] - top_two[0]) / np.maximum(top_two[1], np.finfo(np.float32).tiny)
+        confident = relative_margin >= margin
+        self.pixels += same.size
+        self.agree += int(same.sum())
+        self.confident += int(confident.sum())
+        self.confident_agree += int((same & confident).sum())
+        return float(same.mean())
+
+    def summary(self) -> dict:
+        return {"group_agreement": _percent(self.agree, self.pixels),
+                "group_agreement_confident": _percent(self.confident_agree, self.confident),
+                "near_tie_share": _percent(self.pixels - self.confident, self.pixels)}
+
+
+def _percent(part: int, whole: int) -> float | None:
+    return 100.0 * part / whole if whole else None
+
+
+def _cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of [..., D] arrays (renormalised: quantized outputs need not be unit length)."""
+    ref = reference / np.linalg.norm(reference, axis=-1, keepdims=True)
+    cand = candidate / np.linalg.norm(candidate, axis=-1, keepdims=True)
+    return (ref * cand).sum(axis=-1).ravel()
+
+
+@dataclass
+class ModelLevel:
+    grouping: GroupingComparison = field(default_factory=GroupingComparison)
+    group_cosines: list = field(default_factory=list)
+    image_cosines: list = field(default_factory=list)
+    max_abs_diff: dict = field(default_factory=lambda: {name: 0.0 for name in OUTPUTS})
+
+    def add(self, reference: ImageEncoding, candidate: ImageEncoding, prepared: Prepared, margin: float):
+        for index, (_, _, box_h, box_w) in enumerate(prepared.boxes):
+            self.grouping.add(reference.grouping[index], candidate.grouping[index], (box_h, box_w),
+                              prepared.window_size, margin)
+        self.group_cosines.append(_cosines(reference.group_embeds, candidate.group_embeds))
+        self.image_cosines.append(_cosines(reference.image_embed, candidate.image_embed))
+        for name in OUTPUTS:
+            difference = np.abs(getattr(reference, name) - getattr(candidate, name)).max()
+            self.max_abs_diff[name] = max(self.max_abs_diff[name], float(difference))
+
+    def summary(self) -> dict:
+        groups, images = np.concatenate(self.group_cosines), np.concatenate(self.image_cosines)
+        return {**self.grouping.summary(),
+                "group_embed_cosine": {"mean": float(groups.mean()), "min": float(groups.min())},
+                "image_embed_cosine": {"mean": float(images.mean()), "min": float(images.min())},
+                "max_abs_diff": dict(self.max_abs_diff)}
+
+
+# ------------------------------------------------------------------------------------------------ vocabulary
+
+def kmeans_prototypes(vectors: np.ndarray, count: int, seed: int = 0, iterations: int = 50) -> np.ndarray:
+    """Spherical k-means (k-means++ init, seeded) of unit vectors → `count` unit centroids."""
+    if count < 1 or count > len(vectors):
+        raise UserError(f"--labels prototypes:{count} needs 1..{len(vectors)} prototypes for these images: "
+                        f"choose a smaller K or more images")
+    rng = np.random.default_rng(seed)
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    centroids = [vectors[rng.integers(len(vectors))]]
+    for _ in range(1, count):
+        distance = np.min(1.0 - vectors @ np.stack(centroids).T, axis=1).clip(min=0)
+        probabilities = distance / distance.sum() if distance.sum() > 0 else None
+        centroids.append(vectors[rng.choice(len(vectors), p=probabilities)])
+    centroids = np.stack(centroids)
+    for _ in range(iterations):
+        assignment = (vectors @ centroids.T).argmax(axis=1)
+        updated = np.stack([vectors[assignment == k].sum(axis=0) if np.any(assignment == k) else centroids[k]
+                            for k in range(count)])
+        updated /= np.linalg.norm(updated, axis=1, keepdims=True)
+        if np.allclose(updated, centroids):
+            break
+        centroids = updated
+    return centroids.astype(np.float32)
+
+
+def prototype_count(labels) -> int | None:
+    if isinstance(labels, str) and labels.startswith(PROTOTYPE_PREFIX):
+        try:
+            return int(labels[len(PROTOTYPE_PREFIX):])
+        except ValueError:
+            raise UserError(f"--labels {labels!r}: write prototypes:K with an integer K, e.g. prototypes:16") \
+                from None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the harness
+
+@dataclass
+class _Encoded:
+    """One image: its geometry and each runtime's encoding of its windows (pixels are not kept)."""
+    path: Path
+    prepared: Prepared
+    encodings: list[ImageEncoding]      # [reference, candidate 1, ...]
+    ground_truth: np.ndarray | None = None
+
+
+@dataclass
+class DriftReport:
+    data: dict
+
+    def failures(self, max_drop: float) -> list[str]:
+        """One sentence per candidate that drops more than `max_drop` mIoU points."""
+        failed = []
+        for candidate in self.data["candidates"]:
+            drop = 100.0 - candidate["class_level"]["miou_vs_reference"]
+            if drop > max_drop:
+                failed.append(f"{candidate['source']}: mIoU vs reference {candidate['class_level']['miou_vs_reference']:.2f}"
+                              f" is {drop:.2f} points below 100 (allowed {max_drop})")
+            truth = candidate.get("ground_truth")
+            if truth and truth["drop"] > max_drop:
+                failed.append(f"{candidate['source']}: ground-truth mIoU {truth['candidate_miou']:.2f} is "
+                              f"{truth['drop']:.2f} points below the reference's {truth['reference_miou']:.2f} "
+                              f"(allowed {max_drop})")
+        return failed
+
+    def to_markdown(self) -> str:
+        return drift_markdown(self.data)
+
+
+def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks_dir=None,
+                  class_map: ClassMap | None = None, confident_margin: float = CONFIDENT_MARGIN,
+                  worst: int = 5, seed: int = 0, batch_size: int = 4, report_dir=None,
+                  progress: bool = True) -> DriftReport:
+    """Run the reference and every candidate on the same windows of `images` and compare them.
+
+    `reference`/`candidates` are artifact directories, checkpoints/model specs (PyTorch reference) or Runtimes.
+    `labels`: class names, "prototypes:K" (K k-means centroids of the reference's group embeddings), or None
+    for the reference artifact's vocabulary (or the class map's names when masks are given).
+    """
+    started = time.perf_counter()
+    if not candidates:
+        raise UserError("no --candidate given: pass at least one artifact to compare with the reference")
+    paths = list_images(images)
+    candidate_runtimes = [_open(source) for source in candidates]
+    size = (candidate_runtimes[0].manifest.preprocess.height, candidate_runtimes[0].manifest.preprocess.width)
+    reference_runtime = _open(reference, image_size=size)
+    runtimes_ = [reference_runtime, *candidate_runtimes]
+    preprocess = reference_runtime.manifest.preprocess
+    for source, runtime in zip(candidates, candidate_runtimes):
+        theirs = runtime.manifest.preprocess
+        if (theirs.height, theirs.width) != (preprocess.height, preprocess.width):
+            raise UserError(f"{source} was exported at {theirs.height}x{theirs.width} but the reference runs at "
+                            f"{preprocess.height}x{preprocess.width}: compare artifacts of the same size")
+
+    encode_seconds = [0.0] * len(runtimes_)
+    encoded: list[_Encoded] = []
+    for path in _progress(paths, progress, "encoding"):
+        prepared = prepare(load_image(path), preprocess)
+        encodings = []
+        for index, runtime in enumerate(runtimes_):
+            tick = time.perf_counter()
+            encodings.append(encode_windows(runtime, prepared.windows, batch_size))
+            encode_seconds[index] += time.perf_counter() - tick
+        truth = _ground_truth(masks_dir, path, class_map, prepared.original_size) if masks_dir else None
+        encoded.append(_Encoded(path, prepared.without_pixels(), encodings, truth))
+
+    tick = time.perf_counter()
+    vocabularies, vocabulary_info, background = _vocabularies(labels, class_map, runtimes_, encoded, seed)
+    text_seconds = time.perf_counter() - tick
+    tick = time.perf_counter()
+    class_names = (["background"] if background is not None else []) + vocabulary_info["labels"]
+    logit_scales = [runtime.manifest.logit_scale for runtime in runtimes_]
+    results = [_compare(encoded, index, vocabularies, logit_scales, background, class_names, confident_margin,
+                        worst, class_map is not None and masks_dir is not None)
+               for index in range(1, len(runtimes_))]
+    postprocess_seconds = time.perf_counter() - tick
+
+    data = {
+        "schema": SCHEMA,
+        "reference": _describe(reference, reference_runtime),
+        "images": {"count": len(paths), "source": [str(p) for p in (images if isinstance(images, (list, tuple))
+                                                                      else [images])],
+                   "windows": sum(len(e.prepared.boxes) for e in encoded),
+                   "size": [preprocess.height, preprocess.width], "resize": preprocess.resize},
+        "vocabulary": vocabulary_info,
+        "settings": {"confident_margin": confident_margin, "background_threshold": background},
+        "ground_truth": {"masks": str(masks_dir), "classes": class_map.name} if masks_dir and class_map else None,
+        "candidates": [],
+        "timing": {"reference_encode_s": encode_seconds[0], "vocabulary_s": text_seconds,
+                   "postprocess_and_metrics_s": postprocess_seconds,
+                   "total_s": 0.0},
+    }
+    for index, (source, runtime, result) in enumerate(zip(candidates, candidate_runtimes, results), start=1):
+        data["candidates"].append({**_describe(source, runtime), **result,
+                                   "timing": {"encode_s": encode_seconds[index]}})
+    data["timing"]["total_s"] = time.perf_counter() - started
+    report = DriftReport(data)
+    if report_dir is not None:
+        from .report import write_report
+        write_report(report, encoded, vocabularies, logit_scales, background, class_names, report_dir)
+    return report
+
+
+def _open(source, image_size=None) -> Runtime:
+    if isinstance(source, Runtime):
+        return source
+    return open_runtime(source, image_size=image_size) if image_size else open_runtime(source)
+
+
+def _describe(source, runtime: Runtime) -> dict:
+    manifest = runtime.manifest
+    return {"source": str(getattr(source, "model_id", source)) if not isinstance(source, Runtime) else runtime.name,
+            "backend": runtime.description, "target": manifest.data["precision"]["target"],
+            "model_sha256": manifest.data["model"]["weights_sha256"]}
+
+
+def _progress(items, enabled: bool, description: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+    return tqdm(items, desc=description, unit="image", leave=False)
+
+
+def _ground_truth(masks_dir, image_path: Path, class_map: ClassMap, size) -> np.ndarray:
+    from PIL import Image
+    mask_path = Path(masks_dir) / f"{image_path.stem}.png"
+    if not mask_path.is_file():
+        raise UserError(f"no mask {mask_path} for image {image_path.name}: masks must be PNGs named like the images")
+    mask = class_map.convert(np.asarray(Image.open(mask_path)))
+    if mask.shape != tuple(size):
+        raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                        f"{size[1]}x{size[0]}: masks must have the image's size")
+    return mask
+
+
+def _vocabularies(labels, class_map, runtimes_, encoded, seed):
+    """Text embeddings per runtime (each through its own text graph, as deployed), and what they are."""
+    count = prototype_count(labels)
+    if count is not None:
+        reference_groups = np.concatenate([e.encodings[0].group_embeds.reshape(-1, e.encodings[0].group_embeds.shape[-1])
+                                           for e in encoded])
+        prototypes = kmeans_prototypes(reference_groups, count, seed)
+        names = [f"prototype {k}" for k in range(count)]
+        shared = Vocabulary(names, (), prototypes)
+        # Prototypes are groups, not things on a background: every pixel takes its nearest prototype.
+        return [shared] * len(runtimes_), {"kind": "prototypes", "labels": names, "seed": seed}, None
+    if labels is None and class_map is not None:
+        labels = class_map.foreground
+    names = parse_labels(labels) if labels is not None else None
+    vocabularies = [Vocabulary.build(runtime, names) for runtime in runtimes_]
+    kind = "labels" if names is not None else "artifact"
+    return vocabularies, {"kind": kind, "labels": vocabularies[0].labels,
+                          "templates": list(vocabularies[0].templates)}, BACKGROUND_THRESHOLD
+
+
+def _compare(encoded, index, vocabularies, logit_scales, background, class_names, margin, worst,
+             with_truth) -> dict:
+    reference_vocab, candidate_vocab = vocabularies[0], vocabularies[index]
+    versus_reference = ConfusionMatrix(len(class_names), ignore_index=None)
+    truth_reference = ConfusionMatrix(len(class_names)) if with_truth else None
+    truth_candidate = ConfusionMatrix(len(class_names)) if with_truth else None
+    model_level = ModelLevel()
+    per_image = []
+    for item in encoded:
+        reference, candidate = item.encodings[0], item.encodings[index]
+        model_level.add(reference, candidate, item.prepared, margin)
+        ref_labels = label_map(item.prepared, reference, reference_vocab.text_embeds, logit_scales[0],
+                               background)[0]
+        cand_labels = label_map(item.prepared, candidate, candidate_vocab.text_embeds, logit_scales[index],
+                                background)[0]
+        versus_reference.update(ref_labels, cand_labels)
+        per_image.append((float(np.mean(ref_labels == cand_labels)), str(item.path)))
+        if with_truth:
+            truth_reference.update(item.ground_truth, ref_labels)
+            truth_candidate.update(item.ground_truth, cand_labels)
+    iou = versus_reference.iou
+    result = {
+        "class_level": {
+            "miou_vs_reference": 100.0 * versus_reference.mean_iou,
+            "pixel_agreement": 100.0 * versus_reference.pixel_accuracy,
+            "per_class_iou": {name: (None if np.isnan(value) else 100.0 * value)
+                              for name, value in zip(class_names, iou)},
+            "worst_images": [{"image": path, "agreement": 100.0 * agreement}
+                             for agreement, path in sorted(per_image)[:worst]],
+        },
+        "model_level": model_level.summary(),
+        "ground_truth": None,
+    }
+    if with_truth:
+        result["ground_truth"] = {
+            "reference_miou": 100.0 * truth_reference.mean_iou, "candidate_miou": 100.0 * truth_candidate.mean_iou,
+            "drop": 100.0 * (truth_reference.mean_iou - truth_candidate.mean_iou),
+            "reference_pixel_accuracy": 100.0 * truth_reference.pixel_accuracy,
+            "candidate_pixel_accuracy": 100.0 * truth_candidate.pixel_accuracy}
+    return result
+
+
+def _fmt(value, digits: int = 2, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def drift_markdown(data: dict) -> str:
+    """The terminal table: one row per candidate, class level then model level."""
+    vocabulary = data["vocabulary"]
+    lines = [f"Drift vs {data['reference']['source']} ({data['reference']['backend']}) on {data['images']['count']} "
+             f"images ({data['images']['windows']} windows, {data['images']['size'][0]}x{data['images']['size'][1]}), "
+             f"vocabulary: {vocabulary['kind']} ({len(vocabulary['labels'])} classes)", "",
+             "| candidate | target | mIoU vs ref | pixel agree % | group agree % (all / confident) | near-tie % "
+             "| group cos mean / min | image cos mean / min | max abs diff grouping | GT mIoU ref → cand |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in data["candidates"]:
+        cls, model, truth = c["class_level"], c["model_level"], c.get("ground_truth")
+        gt = f"{truth['reference_miou']:.2f} → {truth['candidate_miou']:.2f}" if truth else "—"
+        lines.append(
+            f"| {c['source']} | {c['target']} | {_fmt(cls['miou_vs_reference'])} | {_fmt(cls['pixel_agreement'])} "
+            f"| {_fmt(model['group_agreement'])} / {_fmt(model['group_agreement_confident'], 3)} "
+            f"| {_fmt(model['near_tie_share'], 1)} "
+            f"| {model['group_embed_cosine']['mean']:.5f} / {model['group_embed_cosine']['min']:.5f} "
+            f"| {model['image_embed_cosine']['mean']:.5f} / {model['image_embed_cosine']['min']:.5f} "
+            f"| {model['max_abs_diff']['grouping']:.2e} | {gt} |")
+    timing = data["timing"]
+    lines += ["", f"time: {timing['total_s']:.1f} s total, reference encoding {timing['reference_encode_s']:.1f} s, "
+                  f"post-processing + metrics {timing['postprocess_and_metrics_s']:.1f} s "
+                  f"({100 * timing['postprocess_and_metrics_s'] / max(timing['total_s'], 1e-9):.1f}%)"]
+    return "\n".join(lines)

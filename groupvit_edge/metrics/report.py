@@ -1,0 +1,83 @@
+"""Drift report files: drift.json, drift.md, side-by-side PNGs of the worst images, per-class IoU charts."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..segmentation.preprocess import load_image
+from ..segmentation.segmenter import Segmentation, label_map, palette
+
+DISAGREE = (255, 40, 40)
+
+
+def write_json(data: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    partial.replace(path)
+    return path
+
+
+def write_report(report, encoded, vocabularies, logit_scales, background, class_names, directory) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(report.data, directory / "drift.json")
+    (directory / "drift.md").write_text(report.to_markdown() + "\n")
+    by_path = {str(item.path): item for item in encoded}
+    for index, candidate in enumerate(report.data["candidates"], start=1):
+        slug = f"{index:02d}-{_slug(candidate['source'])}"
+        for rank, worst in enumerate(candidate["class_level"]["worst_images"], start=1):
+            item = by_path[worst["image"]]
+            maps = [label_map(item.prepared, item.encodings[k], vocabularies[k].text_embeds, logit_scales[k],
+                              background)[0] for k in (0, index)]
+            side_by_side(load_image(item.path), *maps, class_names).save(
+                directory / f"{slug}-worst{rank}-{item.path.stem}.png")
+        iou_chart(candidate["class_level"]["per_class_iou"], f"per-class IoU vs reference: {candidate['source']}"
+                  ).save(directory / f"{slug}-per-class-iou.png")
+    return directory
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", Path(text).name or text).strip("-")[:40] or "candidate"
+
+
+def side_by_side(image: Image.Image, reference: np.ndarray, candidate: np.ndarray, class_names) -> Image.Image:
+    """reference overlay | candidate overlay | disagreeing pixels in red over the greyed photo."""
+    panels = [Segmentation(labels, np.zeros(labels.shape, np.float32), list(class_names), image).overlay()
+              for labels in (reference, candidate)]
+    grey = np.asarray(image.convert("L").convert("RGB"), dtype=np.float32) * 0.6
+    grey[reference != candidate] = DISAGREE
+    panels.append(Image.fromarray(grey.astype(np.uint8), "RGB"))
+    width, height = image.size
+    canvas = Image.new("RGB", (3 * width + 8, height + 18), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    share = 100.0 * np.mean(reference != candidate)
+    for column, (panel, title) in enumerate(zip(panels, ("reference", "candidate", f"disagreement {share:.2f}%"))):
+        canvas.paste(panel, (column * (width + 4), 18))
+        draw.text((column * (width + 4) + 4, 3), title, fill=(0, 0, 0))
+    return canvas
+
+
+def iou_chart(per_class: dict, title: str, bar_width: int = 300) -> Image.Image:
+    """A horizontal bar per class (IoU 0..100); classes absent from both sides are listed as n/a."""
+    rows = list(per_class.items())
+    label_width = max([len(name) for name, _ in rows] + [10]) * 6 + 10
+    image = Image.new("RGB", (label_width + bar_width + 60, 24 + 14 * len(rows)), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.text((4, 4), title, fill=(0, 0, 0))
+    colors = palette(len(rows) + 1)
+    for row, (name, value) in enumerate(rows):
+        y = 22 + 14 * row
+        draw.text((4, y), name, fill=(0, 0, 0))
+        if value is None:
+            draw.text((label_width, y), "n/a", fill=(128, 128, 128))
+            continue
+        color = tuple(int(c) for c in colors[row + 1]) if row + 1 < len(colors) else (90, 90, 200)
+        draw.rectangle([label_width, y + 2, label_width + int(bar_width * value / 100), y + 11], fill=color)
+        draw.text((label_width + bar_width + 6, y), f"{value:.1f}", fill=(0, 0, 0))
+    return image

@@ -1,0 +1,18 @@
+"""pytest plugin (auto-loaded through the `pytest11` entry point): drift checks that report into tmp_path.
+
+    def test_int8(assert_drift):
+        assert_drift("artifacts/int8", "artifacts/fp32", images="data/val", max_drop=1.0)
+"""
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from . import assert_drift_within
+
+
+@pytest.fixture
+def assert_drift(tmp_path):
+    """`assert_drift_within` whose report (drift.json + PNGs) goes into this test's tmp_path."""
+    return functools.partial(assert_drift_within, report_dir=tmp_path / "drift-report")

@@ -1,0 +1,286 @@
+"""The numpy segmentation protocol (groupvit_edge.segmentation) against a direct torch transcription of the
+original NVlabs GroupViT + mmseg code (tests/reference_protocol.py), on real COCO photos.
+
+Both sides get the same windows (`preprocess.prepare`) and the same model outputs (the torch model, one window
+per call, so the encodings are bitwise equal — checked below); what is compared is post-processing and stitching.
+
+Tolerances, and why label maps may differ at all:
+- GROUP_TIE_TOL: inside a window every pixel takes the group with the largest upsampled soft map. Both sides
+  upsample 28→448 with the same, exactly representable bilinear weights, but sum in a different order, so values
+  differ by a few float32 ulps (measured ≤ 3e-8); where two groups are within GROUP_TIE_TOL the winner may
+  differ. Such window pixels, and every image pixel whose bilinear footprint touches one, are ties.
+- score ties: the stitched, resized class scores (in [0, 1]) differ by float32 op order (≤ OP_ORDER_TOL) and,
+  because `resize_bilinear` computes the bilinear source coordinate (i + 0.5)·in/out − 0.5 in float64 while
+  torch's CPU F.interpolate computes it in float32 (scale = float32(in)/out, then a fused multiply-add; see
+  test_resize_bilinear_matches_f_interpolate), by the error of torch's coordinate: per axis at most
+  in·2⁻²⁴ (rounding of the scale, times the index) + ulp(coordinate)/2. A class score, whose bilinear
+  neighbours differ by at most 1, moves by at most that error per axis (`class_score_tol`, ≤ 1.4e-4 for the
+  canvases here); two competing classes can move apart by twice that, so pixels whose reference top-2 scores
+  are within 2·class_score_tol (≤ 2.9e-4 here) are ties. It would shrink to ~2·OP_ORDER_TOL if resize_bilinear
+  rounded its coordinates like torch.
+Everywhere else labels must be identical, and ties must stay under 0.1 % of the pixels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from groupvit_edge.segmentation import Segmenter, Vocabulary
+from groupvit_edge.segmentation.postprocess import group_class_affinity, resize_bilinear
+from groupvit_edge.segmentation.preprocess import load_image, prepare, sliding_windows
+
+from tests import reference_protocol as ref
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared/data"
+BPE_GZ = SHARED / "clip/bpe_simple_vocab_16e6.txt.gz"
+COCO = SHARED / "coco/eval2017/images"
+# Two landscape, two portrait (one upscaled); 3 + 2 + 2 + 2 windows at 448 with stride 224.
+IMAGES = {
+    "000000000139.jpg": "landscape 640x426",
+    "000000001000.jpg": "landscape 640x480",
+    "000000000285.jpg": "portrait 586x640",
+    "000000000724.jpg": "portrait 375x500",
+}
+PROTOTYPE_IMAGE = "000000002431.jpg"     # source of the prototype vocabulary; not among IMAGES
+LABELS = ["person", "dog", "cat", "car", "tree", "sky", "grass", "building", "table", "food"]
+
+GROUP_TIE_TOL = 2.5e-7      # ~2 float32 ulps at 1.0
+OP_ORDER_TOL = 1e-6         # float32 op-order noise on stitched scores in [0, 1]
+MAX_TIE_FRACTION = 1e-3
+
+pytestmark = pytest.mark.skipif(not (BPE_GZ.is_file() and COCO.is_dir()),
+                                reason=f"needs the shared data under {SHARED}")
+
+
+def coordinate_error(size_in: int) -> float:
+    """Bound on |torch's float32 bilinear source coordinate − the exact one| along an axis of size_in pixels."""
+    return size_in * 2.0 ** -24 + float(np.spacing(np.float32(size_in))) / 2
+
+
+def class_score_tol(canvas_size) -> float:
+    """Bound on |package − reference| for one class score in [0, 1] after the canvas → image resize."""
+    return OP_ORDER_TOL + sum(coordinate_error(size) for size in canvas_size)
+
+
+# ------------------------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def runtime():
+    from groupvit_edge.runtimes import open as open_runtime
+    return open_runtime("random:0", image_size=(448, 448))
+
+
+@pytest.fixture(scope="module")
+def vocabularies(runtime):
+    """The real-name vocabulary (near-constant maps with random weights) and 8 group prototypes (rich maps)."""
+    real = Vocabulary.encode(runtime, LABELS, tokenizer=BPE_GZ)
+    windows = prepare(load_image(COCO / PROTOTYPE_IMAGE), runtime.manifest.preprocess).windows
+    group_embeds = runtime.encode_image(windows[:1]).group_embeds[0]
+    prototypes = group_embeds / np.linalg.norm(group_embeds, axis=-1, keepdims=True)
+    proto = Vocabulary([f"group{i}" for i in range(len(prototypes))], ("{}",), prototypes.astype(np.float32))
+    return {"real": real, "proto": proto}
+
+
+@pytest.fixture(scope="module")
+def segmenters(runtime, vocabularies):
+    # batch_size=1: the reference runs one window per call (NVlabs asserts batch size 1) and batching changes
+    # the encoder's float32 results by ~1e-7, which would blur the comparison of the post-processing.
+    built = {"bg": Segmenter(runtime, LABELS, tokenizer=BPE_GZ, batch_size=1),
+             "no_bg": Segmenter(runtime, LABELS, tokenizer=BPE_GZ, background_threshold=None, batch_size=1)}
+    assert built["bg"].background_threshold == ref.BG_THRESH
+    for segmenter in built.values():
+        np.testing.assert_array_equal(segmenter.vocabulary.text_embeds, vocabularies["real"].text_embeds)
+    return built
+
+
+@pytest.fixture(scope="module")
+def encoded(runtime, segmenters):
+    """Per image, computed once: both sides' windows and encodings, and the reference's group-tie pixels."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            picture, prepared = segmenters["bg"].prepare(COCO / name)
+            reference_prepared = prepare(load_image(COCO / name), runtime.manifest.preprocess)
+            crops = ref.encode_crops(runtime.loaded.model, reference_prepared)
+            cache[name] = dict(prepared=prepared, encoding=segmenters["bg"].encode(prepared),
+                               reference_prepared=reference_prepared, crops=crops,
+                               group_ties=group_tie_pixels(crops, prepared.canvas_size, prepared.original_size))
+        return cache[name]
+
+    return get
+
+
+def group_tie_pixels(crops, canvas_size, original_size) -> np.ndarray:
+    """[H, W] bool: image pixels whose bilinear footprint reaches a window pixel with two near-equal groups."""
+    flagged = torch.zeros(1, 1, *canvas_size)
+    for crop in crops:
+        attn_map = ref.get_attn_map(crop.grouping, (crop.y2 - crop.y1, crop.x2 - crop.x1))[0]
+        top2 = attn_map.topk(2, dim=-1).values
+        flagged[0, 0, crop.y1:crop.y2, crop.x1:crop.x2] += (top2[..., 0] - top2[..., 1] <= GROUP_TIE_TOL).float()
+    footprint = F.interpolate(flagged, size=tuple(original_size), mode="bilinear", align_corners=False)
+    return (footprint[0, 0] > 0).numpy()
+
+
+# ------------------------------------------------------------------------------------------ the whole protocol
+
+def test_same_windows_and_encodings(encoded):
+    """Precondition: the comparison below is about post-processing only."""
+    for name in IMAGES:
+        data = encoded(name)
+        prepared, reference_prepared = data["prepared"], data["reference_prepared"]
+        np.testing.assert_array_equal(prepared.windows, reference_prepared.windows)
+        assert prepared.boxes == [(c.y1, c.x1, c.y2 - c.y1, c.x2 - c.x1) for c in data["crops"]]
+        for index, crop in enumerate(data["crops"]):
+            np.testing.assert_array_equal(data["encoding"].group_embeds[index], crop.group_embeds[0].numpy())
+            np.testing.assert_array_equal(data["encoding"].image_embed[index], crop.image_embed[0].numpy())
+            np.testing.assert_array_equal(data["encoding"].grouping[index], crop.grouping[0].numpy())
+
+
+@pytest.mark.parametrize("vocabulary", ["real", "proto"])
+@pytest.mark.parametrize("background", ["bg", "no_bg"])
+@pytest.mark.parametrize("name", list(IMAGES))
+def test_label_map_matches_torch_reference(name, background, vocabulary, segmenters, vocabularies, encoded,
+                                           runtime):
+    data = encoded(name)
+    segmenter = segmenters[background]
+    segmenter.vocabulary = vocabularies[vocabulary]
+    try:
+        labels, scores = segmenter.decide(data["prepared"], data["encoding"])
+    finally:
+        segmenter.vocabulary = vocabularies["real"]
+    expected = ref.segment(runtime.loaded.model, data["reference_prepared"], vocabularies[vocabulary].text_embeds,
+                           with_bg=background == "bg", crops=data["crops"])
+
+    assert labels.shape == expected.labels.shape == data["prepared"].original_size
+    top2 = expected.seg_logit.topk(2, dim=0).values.numpy()
+    per_class = class_score_tol(data["prepared"].canvas_size)
+    tolerance = 2 * per_class
+    score_ties = top2[0] - top2[1] <= tolerance
+    ties = score_ties | data["group_ties"]
+    mismatch = labels != expected.labels
+    agreement = 1 - mismatch.mean()
+    print(f"\n{name} ({IMAGES[name]}) {vocabulary}/{background}: agreement {agreement:.6%} "
+          f"({int(mismatch.sum())} of {labels.size} px differ), ties {int(ties.sum())} px "
+          f"(score gap ≤ {tolerance:.2e}: {int(score_ties.sum())}, of which ≤ {OP_ORDER_TOL:g}: "
+          f"{int((top2[0] - top2[1] <= OP_ORDER_TOL).sum())}; group ties: {int(data['group_ties'].sum())}), "
+          f"reference classes {np.unique(expected.labels).tolist()}")
+
+    assert not (mismatch & ~ties).any(), (
+        f"{int((mismatch & ~ties).sum())} pixels differ away from ties, e.g. at "
+        f"{np.argwhere(mismatch & ~ties)[:5].tolist()}")
+    assert ties.mean() < MAX_TIE_FRACTION, f"{ties.mean():.4%} of the pixels are ties"
+    # The reported score is the winning class's stitched score.
+    winning = np.take_along_axis(expected.seg_logit.numpy(), labels[None].astype(np.int64), 0)[0]
+    settled = ~data["group_ties"]
+    np.testing.assert_allclose(scores[settled], winning[settled], rtol=0, atol=per_class)
+
+
+def test_segment_is_prepare_encode_decide(segmenters, encoded):
+    """`Segmenter.segment` (the user's call) yields what the decomposed calls compared above yield."""
+    name = "000000000285.jpg"
+    segmentation = segmenters["bg"].segment(COCO / name)
+    labels, scores = segmenters["bg"].decide(encoded(name)["prepared"], encoded(name)["encoding"])
+    np.testing.assert_array_equal(segmentation.labels, labels)
+    np.testing.assert_array_equal(segmentation.scores, scores)
+    assert segmentation.class_names == ["background", *LABELS]
+
+
+def test_grouping_is_nvlabs_attention_product(runtime, encoded):
+    """The exported `grouping` equals get_attn_maps' product of per-stage soft attention in [N, G] layout."""
+    model = runtime.loaded.model
+    crop = encoded("000000000724.jpg")["crops"][0]
+    pixels = torch.from_numpy(encoded("000000000724.jpg")["reference_prepared"].windows[:1])
+    with torch.no_grad():
+        _, assignments = model.vision_model(pixels, model.vision_model.embeddings.position_embeddings_for(448, 448))
+        product = ref.attn_product_nvlabs(assignments)                                 # [1, 1, N, G]
+    maps = ref.resize_attn_map(product, 28, 28)[:, 0].permute(0, 3, 1, 2)              # identity resize
+    torch.testing.assert_close(maps, crop.grouping, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ unit tests
+
+RESIZE_CASES = [   # (in_h, in_w, out_h, out_w)
+    (28, 28, 448, 448),     # grouping maps → window (exact weights)
+    (7, 5, 20, 13),         # up, non-square
+    (13, 17, 5, 4),         # down
+    (28, 28, 33, 97),       # mixed
+    (100, 3, 1, 50),        # down to one row, up in width
+    (40, 60, 60, 40),       # up one axis, down the other
+    (6, 9, 6, 9),           # identity
+]
+# Canvas → original image sizes of the protocol: here torch rounds the source coordinate in float32 (FMA), which
+# resize_bilinear does not (float64): the weights differ by up to half a float32 ulp of the coordinate.
+RESIZE_CASES_LARGE = [
+    (448, 673, 426, 640),   # 000000000139.jpg
+    (489, 448, 640, 586),   # 000000000285.jpg
+    (597, 448, 500, 375),   # 000000000724.jpg
+    (448, 910, 315, 640),   # 000000001490.jpg
+]
+XFAIL_COORDINATE = pytest.mark.xfail(
+    strict=True, reason="postprocess._interpolation_taps computes the source coordinate (i+0.5)*in/out-0.5 in "
+                        "float64; torch's CPU kernel computes it in float32 (scale=float(in)/out, fused "
+                        "multiply-add), so weights differ by up to ~3e-5 and values by up to ~6e-5")
+
+
+@pytest.mark.parametrize("in_h, in_w, out_h, out_w",
+                         RESIZE_CASES + [pytest.param(*case, marks=XFAIL_COORDINATE) for case in RESIZE_CASES_LARGE])
+def test_resize_bilinear_matches_f_interpolate(in_h, in_w, out_h, out_w):
+    maps = np.random.default_rng(in_h * 1000 + out_w).random((3, in_h, in_w), dtype=np.float32)
+    expected = F.interpolate(torch.from_numpy(maps)[None], size=(out_h, out_w), mode="bilinear",
+                             align_corners=False)[0].numpy()
+    actual = resize_bilinear(maps, out_h, out_w)
+    assert actual.shape == (3, out_h, out_w)
+    assert np.abs(actual - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("in_h, in_w, out_h, out_w", RESIZE_CASES_LARGE)
+def test_resize_bilinear_within_coordinate_rounding_of_f_interpolate(in_h, in_w, out_h, out_w):
+    """What the end-to-end tie tolerance relies on: the difference stays within the float32-coordinate bound."""
+    maps = np.random.default_rng(in_h * 1000 + out_w).random((3, in_h, in_w), dtype=np.float32)
+    expected = F.interpolate(torch.from_numpy(maps)[None], size=(out_h, out_w), mode="bilinear",
+                             align_corners=False)[0].numpy()
+    bound = OP_ORDER_TOL + coordinate_error(in_h) + coordinate_error(in_w)   # values in [0, 1]
+    assert np.abs(resize_bilinear(maps, out_h, out_w) - expected).max() <= bound
+
+
+@pytest.mark.parametrize("h_img, w_img, crop, stride", [
+    (448, 448, (448, 448), (224, 224)),
+    (448, 673, (448, 448), (224, 224)),
+    (489, 448, (448, 448), (224, 224)),
+    (448, 910, (448, 448), (224, 224)),
+    (448, 2048, (448, 448), (224, 224)),
+    (300, 448, (448, 448), (224, 224)),      # smaller than the crop
+    (672, 672, (448, 448), (224, 224)),      # grid lands exactly on the edge
+    (1000, 777, (512, 384), (341, 256)),     # non-square crop and stride
+])
+def test_sliding_windows_is_mmseg_grid(h_img, w_img, crop, stride):
+    expected = [(y1, x1, y2 - y1, x2 - x1) for y1, y2, x1, x2 in ref.mmseg_crop_grid(h_img, w_img, *crop, *stride)]
+    assert sliding_windows(h_img, w_img, *crop, *stride) == expected
+
+
+@pytest.mark.parametrize("num_classes", [1, 3, 5, 8, 20])
+@pytest.mark.parametrize("logit_scale_param", [2.6592, float(np.log(150.0))])   # 14.28, and one clamped to 100
+def test_group_class_affinity_matches_encode_decode(num_classes, logit_scale_param):
+    rng = np.random.default_rng(num_classes)
+
+    def unit(*shape):
+        x = rng.standard_normal(shape).astype(np.float32)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    text = unit(num_classes, 256)
+    # groups close to some classes so the softmaxes are far from uniform, as with the prototype vocabulary
+    groups = unit(8, 256) + 2 * text[rng.integers(0, num_classes, 8)]
+    groups = groups / np.linalg.norm(groups, axis=-1, keepdims=True)
+    image = unit(256)
+    scale_param = torch.tensor(logit_scale_param, dtype=torch.float32)
+    expected = ref.group_affinity(torch.from_numpy(groups), torch.from_numpy(image)[None], torch.from_numpy(text),
+                                  scale_param).numpy()
+    actual = group_class_affinity(groups, image, text, float(scale_param.exp()))
+    assert actual.shape == expected.shape == (8, num_classes)
+    np.testing.assert_array_equal(actual == 0, expected == 0)      # the same top-5 classes survive
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
