@@ -150,6 +150,31 @@ def evaluate_command(source, dataset, classes, backend, limit, json_path):
         write_json(report.data, json_path)
 
 
+@cli.command(epilog="Example:\n\n  groupvit-edge bench artifacts/fp32 artifacts/int8 "
+             "--images ../shared/data/coco/eval2017/images --limit 8")
+@click.argument("artifacts", nargs=-1, required=True)
+@click.option("--images", required=True, multiple=True, help="Image files or directories.")
+@click.option("--limit", type=int, default=8, show_default=True, help="Use the first N images.")
+@click.option("--ref", "reference", help="Reference for mIoU (default: the first fp32 artifact).")
+@click.option("--labels", default="prototypes:16", show_default=True, help="Vocabulary for mIoU vs the reference.")
+@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--runs", type=int, default=20, show_default=True)
+@click.option("--threads", type=int, help="CPU threads per backend.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Windows per image-graph call.")
+@click.option("--json", "json_path", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
+def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, batch, json_path):
+    """Speed, size, memory and accuracy of each artifact, one row each."""
+    from .metrics.bench import BenchSettings, benchmark
+    from .metrics.report import write_json
+    from .segmentation.preprocess import list_images
+    paths = list_images(list(images))[:limit]
+    report = benchmark(list(artifacts), paths, reference=reference, settings=BenchSettings(
+        warmup=warmup, runs=runs, threads=threads, batch=batch, labels=labels), log=click.echo)
+    click.echo(report.to_markdown())
+    write_json(report.data, json_path)
+    click.echo(f"\nwrote {json_path}")
+
+
 @cli.command(epilog="Example:\n\n  groupvit-edge doctor")
 def doctor():
     """Show which backends this machine has and which targets it can build and run."""

@@ -261,7 +261,7 @@ def _progress(items, enabled: bool, description: str):
     if not enabled:
         return items
     from tqdm import tqdm
-    return tqdm(items, desc=description, unit="image", leave=False)
+    return tqdm(items, desc=description, unit="image", leave=False, disable=None)   # None: only on a terminal
 
 
 def _ground_truth(masks_dir, image_path: Path, class_map: ClassMap, size) -> np.ndarray:
@@ -290,7 +290,13 @@ def _vocabularies(labels, class_map, runtimes_, encoded, seed):
     if labels is None and class_map is not None:
         labels = class_map.foreground
     names = parse_labels(labels) if labels is not None else None
-    vocabularies = [Vocabulary.build(runtime, names) for runtime in runtimes_]
+    built = {}      # the same text graph (by sha256) encodes a vocabulary once
+    vocabularies = []
+    for runtime in runtimes_:
+        key = runtime.manifest.graphs.get("text", {}).get("sha256") or id(runtime)
+        if key not in built:
+            built[key] = Vocabulary.build(runtime, names)
+        vocabularies.append(built[key])
     kind = "labels" if names is not None else "artifact"
     return vocabularies, {"kind": kind, "labels": vocabularies[0].labels,
                           "templates": list(vocabularies[0].templates)}, BACKGROUND_THRESHOLD

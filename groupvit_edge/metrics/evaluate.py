@@ -59,7 +59,7 @@ def evaluate(source, dataset, classes: str | ClassMap = "coco-object", *, backen
         iterator = pairs
         if progress:
             from tqdm import tqdm
-            iterator = tqdm(pairs, desc="evaluating", unit="image", leave=False)
+            iterator = tqdm(pairs, desc="evaluating", unit="image", leave=False, disable=None)
         for image_path, mask_path in iterator:
             prediction = segmenter.segment(image_path).labels
             truth = class_map.convert(np.asarray(Image.open(mask_path)))
