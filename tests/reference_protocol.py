@@ -192,7 +192,6 @@ class ReferenceResult:
     labels: np.ndarray           # [H, W] int64, the mmseg prediction
     seg_logit: torch.Tensor      # [C, H, W] stitched logits resized to the original image (before softmax)
     canvas_logits: torch.Tensor  # [C, h, w] stitched logits on the canvas
-    crop_groups: list            # per crop, [H_crop, W_crop] final group id (argmax of the one-hot map)
 
 
 @torch.no_grad()
@@ -203,20 +202,18 @@ def slide_inference(crops: list[EncodedCrop], canvas_size, ori_shape, text_embed
     num_classes = text_embedding.shape[0] + (1 if with_bg else 0)
     preds = torch.zeros((1, num_classes, h_img, w_img))
     count_mat = torch.zeros((1, 1, h_img, w_img))
-    crop_groups = []
     for crop in crops:
         y1, y2, x1, x2 = crop.y1, crop.y2, crop.x1, crop.x2
         crop_seg_logit = encode_decode(crop.grouping, crop.group_embeds, crop.image_embed, text_embedding,
                                        logit_scale_param, (y2 - y1, x2 - x1), with_bg, bg_thresh)
         preds += F.pad(crop_seg_logit, (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2)))
         count_mat[:, :, y1:y2, x1:x2] += 1
-        crop_groups.append(get_attn_map(crop.grouping, (y2 - y1, x2 - x1))[0].argmax(dim=-1))
     assert (count_mat == 0).sum() == 0
     canvas_logits = preds / count_mat
     seg_logit = F.interpolate(canvas_logits, size=tuple(ori_shape), mode="bilinear", align_corners=False)
     output = F.softmax(seg_logit, dim=1)
     labels = output.argmax(dim=1)[0]
-    return ReferenceResult(labels.numpy(), seg_logit[0], canvas_logits[0], crop_groups)
+    return ReferenceResult(labels.numpy(), seg_logit[0], canvas_logits[0])
 
 
 def segment(model, prepared, text_embeds: np.ndarray, with_bg: bool, bg_thresh: float = BG_THRESH,
