@@ -9,7 +9,7 @@ import pytest
 from groupvit_edge.errors import UserError
 from groupvit_edge.metrics import ConfusionMatrix
 from groupvit_edge.metrics.classmaps import COCO_THINGS, coco_object, from_file, resolve, voc
-from groupvit_edge.metrics.drift import GroupingComparison, kmeans_prototypes
+from groupvit_edge.metrics.drift import GroupingComparison, decide_groups, kmeans_prototypes
 
 from conftest import SHARED_DATA
 
@@ -97,7 +97,8 @@ def test_grouping_comparison_counts_near_ties():
     candidate[1, 0, 1] = 0.51          # flips the near-tie pixel (margin 1%: (0.505-0.5)/0.505 < 0.01)
     candidate[1, 1, 1] = 0.7           # flips a confident pixel
     comparison = GroupingComparison()
-    agreement = comparison.add(reference, candidate, (2, 2), (2, 2), margin=0.01)
+    agreement = comparison.add(decide_groups(reference, (2, 2), 0.01), decide_groups(candidate, (2, 2), None),
+                               (2, 2))
     assert agreement == 0.5
     summary = comparison.summary()
     assert summary["near_tie_share"] == 25.0

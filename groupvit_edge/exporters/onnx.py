@@ -16,7 +16,6 @@ import numpy as np
 from ..artifact import GraphRecord, Manifest, Preprocess, atomic_directory, write_json_atomic, MANIFEST_NAME
 from ..errors import UserError, ValidationFailed
 from ..segmentation.preprocess import load_image, prepare
-from ..segmentation.postprocess import final_groups
 from ..segmentation.vocabulary import Vocabulary, load_tokenizer
 
 OPSET = 17   # ≥ 17 so LayerNorm is one LayerNormalization op (DESIGN.md precision policy)
@@ -153,36 +152,35 @@ def _test_card():
 
 
 def validate_against_reference(manifest: Manifest, reference, image, image_name: str) -> dict:
-    """Run the artifact's image graph in ONNX Runtime and PyTorch on one image's windows and compare.
+    """Run the artifact's graphs in ONNX Runtime and PyTorch on one image's windows and compare them.
 
     Class-level agreement uses a label-free vocabulary: the reference's own group embeddings of the first
     window act as class prototypes, which gives rich label maps even with random weights.
     """
+    from ..metrics.drift import CONFIDENT_MARGIN, ModelLevel, decide_groups
     from ..runtimes.onnxruntime import OnnxRuntime
-    from ..segmentation.postprocess import stitch, window_scores
+    from ..segmentation.segmenter import label_map
 
     candidate = OnnxRuntime(manifest)
     prepared = prepare(image, manifest.preprocess)
     ours, theirs = candidate.encode_image(prepared.windows), reference.encode_image(prepared.windows)
-    height, width = prepared.windows.shape[-2:]
-    diffs = {name: float(np.abs(getattr(ours, name) - getattr(theirs, name)).max())
-             for name in ("group_embeds", "image_embed", "grouping")}
-    agree_groups = np.mean([np.mean(final_groups(a, height, width) == final_groups(b, height, width))
-                            for a, b in zip(ours.grouping, theirs.grouping)])
+    their_groups = [decide_groups(g, prepared.window_size, CONFIDENT_MARGIN) for g in theirs.grouping]
+    our_groups = [decide_groups(g, prepared.window_size, None) for g in ours.grouping]
+    comparison = ModelLevel()
+    comparison.add(theirs, ours, prepared, their_groups, our_groups)
+    summary = comparison.summary()
     prototypes = theirs.group_embeds[0]
-
-    def labels(encoding):
-        windows = [window_scores(encoding.grouping[i], encoding.group_embeds[i], encoding.image_embed[i],
-                                 prototypes, manifest.logit_scale, height, width, None)
-                   for i in range(len(prepared.windows))]
-        return stitch(windows, prepared.boxes, prepared.canvas_size, prepared.original_size)[0]
-
+    labels = [label_map(prepared, encoding, prototypes, manifest.logit_scale, None, [d.groups for d in groups])[0]
+              for encoding, groups in ((ours, our_groups), (theirs, their_groups))]
     tokens = np.zeros((2, TEXT_CONTEXT), dtype=np.int32)
     tokens[:, :3] = [[49406, 320, 49407], [49406, 1125, 49407]]
+    diffs = dict(summary["max_abs_diff"])
     diffs["text_embeds"] = float(np.abs(candidate.encode_text(tokens) - reference.encode_text(tokens)).max())
-    return {"image": image_name, "windows": len(prepared.windows),
-            "max_abs_diff": diffs, "group_agreement": float(agree_groups),
-            "label_agreement": float(np.mean(labels(ours) == labels(theirs))),
+    return {"image": image_name, "windows": len(prepared.boxes), "max_abs_diff": diffs,
+            "group_agreement": summary["group_agreement"] / 100,
+            "group_agreement_confident": summary["group_agreement_confident"] / 100,
+            "group_embed_cosine_min": summary["group_embed_cosine"]["min"],
+            "label_agreement": float(np.mean(labels[0] == labels[1])),
             "label_vocabulary": "prototypes:reference-groups"}
 
 

@@ -36,6 +36,23 @@ OUTPUTS = ("group_embeds", "image_embed", "grouping")
 # ------------------------------------------------------------------------------------ model-level comparison
 
 @dataclass
+class WindowDecision:
+    """A window's final group per pixel and, for the reference, which pixels are not near-ties."""
+    groups: np.ndarray                 # [H, W] int
+    confident: np.ndarray | None       # [H, W] bool
+
+
+def decide_groups(grouping: np.ndarray, window_size: tuple[int, int], margin: float | None) -> WindowDecision:
+    """Upsample one window's soft maps once; argmax, and the relative best-vs-second margin when asked."""
+    maps = resize_bilinear(grouping, *window_size)
+    confident = None
+    if margin is not None:
+        second, best = np.partition(maps, -2, axis=0)[-2:]
+        confident = (best - second) >= margin * np.maximum(best, np.finfo(np.float32).tiny)
+    return WindowDecision(maps.argmax(axis=0), confident)
+
+
+@dataclass
 class GroupingComparison:
     """Pixel counts over the valid (unpadded) pixels of windows, accumulated."""
     pixels: int = 0
@@ -43,15 +60,11 @@ class GroupingComparison:
     confident: int = 0
     confident_agree: int = 0
 
-    def add(self, reference_grouping: np.ndarray, candidate_grouping: np.ndarray, valid: tuple[int, int],
-            window_size: tuple[int, int], margin: float) -> float:
+    def add(self, reference: WindowDecision, candidate: WindowDecision, valid: tuple[int, int]) -> float:
         """Compare one window's final groups; returns that window's agreement."""
-        ref_maps = resize_bilinear(reference_grouping, *window_size)[:, :valid[0], :valid[1]]
-        cand_maps = resize_bilinear(candidate_grouping, *window_size)[:, :valid[0], :valid[1]]
-        same = ref_maps.argmax(axis=0) == cand_maps.argmax(axis=0)
-        top_two = np.partition(ref_maps, -2, axis=0)[-2:]
-        relative_margin = (top_two[1] - top_two[0]) / np.maximum(top_two[1], np.finfo(np.float32).tiny)
-        confident = relative_margin >= margin
+        rows, columns = valid
+        same = reference.groups[:rows, :columns] == candidate.groups[:rows, :columns]
+        confident = reference.confident[:rows, :columns]
         self.pixels += same.size
         self.agree += int(same.sum())
         self.confident += int(confident.sum())
@@ -82,10 +95,10 @@ class ModelLevel:
     image_cosines: list = field(default_factory=list)
     max_abs_diff: dict = field(default_factory=lambda: {name: 0.0 for name in OUTPUTS})
 
-    def add(self, reference: ImageEncoding, candidate: ImageEncoding, prepared: Prepared, margin: float):
-        for index, (_, _, box_h, box_w) in enumerate(prepared.boxes):
-            self.grouping.add(reference.grouping[index], candidate.grouping[index], (box_h, box_w),
-                              prepared.window_size, margin)
+    def add(self, reference: ImageEncoding, candidate: ImageEncoding, prepared: Prepared,
+            reference_groups: list[WindowDecision], candidate_groups: list[WindowDecision]):
+        for (_, _, box_h, box_w), ref, cand in zip(prepared.boxes, reference_groups, candidate_groups):
+            self.grouping.add(ref, cand, (box_h, box_w))
         self.group_cosines.append(_cosines(reference.group_embeds, candidate.group_embeds))
         self.image_cosines.append(_cosines(reference.image_embed, candidate.image_embed))
         for name in OUTPUTS:
@@ -145,6 +158,7 @@ class _Encoded:
     prepared: Prepared
     encodings: list[ImageEncoding]      # [reference, candidate 1, ...]
     ground_truth: np.ndarray | None = None
+    reference_cache: tuple | None = None   # (reference WindowDecisions, reference label map)
 
 
 @dataclass
@@ -312,11 +326,16 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
     per_image = []
     for item in encoded:
         reference, candidate = item.encodings[0], item.encodings[index]
-        model_level.add(reference, candidate, item.prepared, margin)
-        ref_labels = label_map(item.prepared, reference, reference_vocab.text_embeds, logit_scales[0],
-                               background)[0]
+        if item.reference_cache is None:      # the reference side is the same for every candidate
+            groups = [decide_groups(g, item.prepared.window_size, margin) for g in reference.grouping]
+            labels = label_map(item.prepared, reference, reference_vocab.text_embeds, logit_scales[0], background,
+                               [d.groups for d in groups])[0]
+            item.reference_cache = (groups, labels)
+        ref_groups, ref_labels = item.reference_cache
+        cand_groups = [decide_groups(g, item.prepared.window_size, None) for g in candidate.grouping]
+        model_level.add(reference, candidate, item.prepared, ref_groups, cand_groups)
         cand_labels = label_map(item.prepared, candidate, candidate_vocab.text_embeds, logit_scales[index],
-                                background)[0]
+                                background, [d.groups for d in cand_groups])[0]
         versus_reference.update(ref_labels, cand_labels)
         per_image.append((float(np.mean(ref_labels == cand_labels)), str(item.path)))
         if with_truth:

@@ -78,10 +78,10 @@ class WindowScores:
     groups: np.ndarray       # [H, W] final group id
 
 
-def window_scores(grouping: np.ndarray, group_embeds: np.ndarray, image_embed: np.ndarray,
-                  text_embeds: np.ndarray, logit_scale: float, height: int, width: int,
+def window_scores(groups: np.ndarray, group_embeds: np.ndarray, image_embed: np.ndarray,
+                  text_embeds: np.ndarray, logit_scale: float,
                   background_threshold: float | None = BACKGROUND_THRESHOLD) -> WindowScores:
-    groups = final_groups(grouping, height, width)
+    """`groups`: [H, W] final group ids of the window (see `final_groups`)."""
     affinity = group_class_affinity(group_embeds, image_embed, text_embeds, logit_scale)   # [G, K]
     offset = 0 if background_threshold is None else 1
     # Classes outside the top-k have exactly zero score everywhere; skipping them changes no argmax.

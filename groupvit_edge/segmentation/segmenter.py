@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..runtimes import Runtime
 from ..runtimes import open as open_runtime
 from ..runtimes.base import ImageEncoding
-from .postprocess import BACKGROUND_THRESHOLD, stitch, window_scores
+from .postprocess import BACKGROUND_THRESHOLD, final_groups, stitch, window_scores
 from .preprocess import Prepared, load_image, prepare
 from .vocabulary import Vocabulary, parse_labels
 
@@ -102,11 +102,15 @@ def encode_windows(runtime: Runtime, windows: np.ndarray, batch_size: int = 4) -
 
 
 def label_map(prepared: Prepared, encoding: ImageEncoding, text_embeds: np.ndarray, logit_scale: float,
-              background_threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """The paper's protocol on every window, stitched → (labels [H,W] int32, winning scores [H,W])."""
-    height, width = prepared.window_size
-    windows = [window_scores(encoding.grouping[i], encoding.group_embeds[i], encoding.image_embed[i],
-                             text_embeds, logit_scale, height, width, background_threshold)
+              background_threshold: float | None, groups: list[np.ndarray] | None = None):
+    """The paper's protocol on every window, stitched → (labels [H,W] int32, winning scores [H,W]).
+
+    `groups`: the windows' final group ids when the caller already has them (drift computes them anyway).
+    """
+    if groups is None:
+        groups = [final_groups(grouping, *prepared.window_size) for grouping in encoding.grouping]
+    windows = [window_scores(groups[i], encoding.group_embeds[i], encoding.image_embed[i], text_embeds,
+                             logit_scale, background_threshold)
                for i in range(len(prepared.boxes))]
     return stitch(windows, prepared.boxes, prepared.canvas_size, prepared.original_size)
 
