@@ -8,7 +8,8 @@ import click
 
 from .errors import UserError, ValidationFailed
 
-EXPORT_TARGETS = ("onnx",)
+EXPORT_TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "openvino-fp32", "openvino-fp16", "openvino-int8", "trt-fp16",
+                  "trt-int8")
 
 
 def main(argv=None) -> int:
@@ -46,27 +47,40 @@ def cli():
     """Export GroupViT to edge runtimes, run it, and prove it still segments like the original."""
 
 
-@cli.command(epilog="Example:\n\n  groupvit-edge export --model random:0 --target onnx --image-size 448 "
-             "--tokenizer ../shared/data/clip/bpe_simple_vocab_16e6.txt.gz --out artifacts/fp32")
+@cli.command(epilog="Examples:\n\n\b\n  groupvit-edge export --model random:0 --target onnx --image-size 448 "
+             "--tokenizer ../shared/data/clip/bpe_simple_vocab_16e6.txt.gz --out artifacts/fp32\n"
+             "  groupvit-edge export --model random:0 --target onnx-int8 --calib-dir ../shared/data/coco/calib2017 "
+             "--calib-count 128 --tokenizer ../shared/data/clip/bpe_simple_vocab_16e6.txt.gz --out artifacts/int8")
 @click.option("--model", "model_spec", required=True,
               help="Checkpoint dir, .pth file, HuggingFace Hub id, or random:SEED.")
-@click.option("--target", type=click.Choice(EXPORT_TARGETS), default="onnx", show_default=True)
+@click.option("--target", default="onnx", show_default=True, help=f"One of: {', '.join(EXPORT_TARGETS)}.")
 @click.option("--image-size", default="448", show_default=True, help="Export size: 448 or HEIGHTxWIDTH.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Artifact directory.")
 @click.option("--labels", help="Comma-separated class names to precompute a vocabulary for (optional).")
 @click.option("--tokenizer", type=click.Path(), help="bpe_simple_vocab_16e6.txt.gz or a dir with vocab.json + "
               "merges.txt (default: the checkpoint's own).")
-@click.option("--validation-image", type=click.Path(), help="Real image to validate the export on "
+@click.option("--validation-image", type=click.Path(), help="Real image to validate the fp32 graphs on "
               "(default: a synthetic test card).")
+@click.option("--validation-images", type=click.Path(), help="Held-out images to measure fp16/int8 drift on "
+              "(default: held out from --calib-dir).")
 @click.option("--resize", type=click.Choice(["slide", "letterbox"]), default="slide", show_default=True,
               help="Default way runtimes fit images to the export size.")
-def export(model_spec, target, image_size, out_dir, labels, tokenizer, validation_image, resize):
+@click.option("--calib-dir", type=click.Path(), help="Calibration images for INT8 (searched recursively).")
+@click.option("--calib-count", type=int, default=128, show_default=True)
+@click.option("--calib-method", default="nncf", show_default=True, help="nncf, minmax, entropy or percentile.")
+@click.option("--max-drop", type=float, help="INT8 drift budget in mIoU points: blocks return to float, most "
+              "harmful first, until it fits.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Calibration sampling seed.")
+def export(model_spec, target, image_size, out_dir, labels, tokenizer, validation_image, validation_images,
+           resize, calib_dir, calib_count, calib_method, max_drop, seed):
     """Export a GroupViT checkpoint to an artifact directory."""
-    from .exporters.onnx import export_onnx
+    from .exporters import export as export_artifact
     from .segmentation import parse_labels
-    export_onnx(model_spec, out_dir, image_size=_image_size(image_size), tokenizer=tokenizer,
-                labels=parse_labels(labels) if labels is not None else None, validation_image=validation_image,
-                resize=resize, log=click.echo)
+    export_artifact(model_spec, out_dir, target, image_size=_image_size(image_size), tokenizer=tokenizer,
+                    labels=parse_labels(labels) if labels is not None else None, validation_image=validation_image,
+                    validation_images=validation_images, resize=resize, calib_dir=calib_dir,
+                    calib_count=calib_count, calib_method=calib_method, max_drop=max_drop, seed=seed,
+                    log=click.echo)
 
 
 @cli.command(epilog="Example:\n\n  groupvit-edge segment artifacts/fp32 photo.jpg --labels cat,dog,grass --out out/")

@@ -1,6 +1,7 @@
-"""`--target onnx`: trace GroupViT into image.onnx + text.onnx, simplify, validate in ONNX Runtime, write the artifact.
+"""The base of every target: trace GroupViT into image.onnx + text.onnx, simplify, validate in ONNX Runtime.
 
-The artifact appears only when everything passed: it is built in a temporary sibling directory and renamed.
+Targets add steps (FP16, INT8, IR, engines) that transform these graphs inside the same staging directory; the
+artifact appears only when every step passed: it is built in a temporary sibling directory and renamed.
 """
 from __future__ import annotations
 
@@ -26,55 +27,104 @@ FP32_MIN_GROUP_AGREEMENT = 0.99
 
 
 @dataclass
+class ExportOptions:
+    """Everything a target may need; each step reads only its own fields."""
+    image_size: tuple[int, int] = (448, 448)
+    tokenizer: str | Path | None = None
+    labels: list[str] | None = None
+    templates: tuple[str, ...] | None = None
+    validation_image: str | Path | None = None
+    validation_images: str | Path | None = None     # held-out images for drift of fp16/int8 targets
+    resize: str = "slide"
+    simplify: bool = True
+    calib_dir: str | Path | None = None
+    calib_count: int = 128
+    calib_method: str = "nncf"
+    seed: int = 0
+    max_drop: float | None = None                   # drift budget (mIoU points) for the int8 search
+    drift_labels: str = "prototypes:16"             # vocabulary the drift budget is measured with
+    cache_dir: str | Path | None = None
+
+
+@dataclass
+class ExportContext:
+    """What the steps of a target share while the artifact is being built in `staging`."""
+    staging: Path
+    data: dict
+    loaded: object              # LoadedModel
+    reference: object           # TorchRuntime over the same weights
+    options: ExportOptions
+    log: Callable[[str], None]
+
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest(self.data, self.staging)
+
+
+@dataclass
 class ExportResult:
     directory: Path
     manifest: Manifest
     seconds: float
 
 
-def export_onnx(model, out_dir: str | Path, *, image_size=448, tokenizer=None, labels=None, templates=None,
-                validation_image=None, resize: str = "slide", simplify: bool = True,
-                log: Callable[[str], None] = print) -> ExportResult:
-    """Export `model` (a spec like "random:0", a checkpoint path, or a LoadedModel) to an ONNX artifact."""
+def export_onnx(model, out_dir: str | Path, **options) -> ExportResult:
+    """The fp32 ONNX artifact (target `onnx`)."""
+    from . import export
+    return export(model, out_dir, "onnx", **options)
+
+
+def build_artifact(model, out_dir: str | Path, steps, target: str, *, image_size=448,
+                   log: Callable[[str], None] = print, **option_values) -> ExportResult:
+    """Trace and validate the fp32 graphs, run the target's steps on them, then move the artifact into place.
+
+    `model` is a spec like "random:0", a checkpoint path, or a LoadedModel.
+    """
     import torch
     from ..model import LoadedModel, load_model
     from ..runtimes.pytorch import TorchRuntime, check_image_size
 
     started = time.perf_counter()
     height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    options = ExportOptions(image_size=(height, width), **option_values)
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model))
     check_image_size(height, width, loaded.model.config.vision.patch_size)
-    tokenizer_source = _tokenizer_source(tokenizer, loaded)
-    validation_name = str(validation_image) if validation_image is not None else "<test card>"
-    validation_image = load_image(validation_image) if validation_image is not None else _test_card()
-    reference = TorchRuntime(loaded, image_size=(height, width), resize=resize)
+    tokenizer_source = _tokenizer_source(options.tokenizer, loaded)
+    validation_name = str(options.validation_image) if options.validation_image is not None else "<test card>"
+    validation_image = load_image(options.validation_image) if options.validation_image is not None \
+        else _test_card()
+    reference = TorchRuntime(loaded, image_size=(height, width), resize=options.resize)
 
     with atomic_directory(out_dir) as staging:
         log(f"tracing image graph at {height}x{width} (opset {OPSET})")
         with torch.inference_mode(False), torch.no_grad():
             _export_graph(reference._image, torch.zeros(1, 3, height, width), staging / "image.onnx",
-                          "pixels", ("group_embeds", "image_embed", "grouping"), "batch", simplify)
+                          "pixels", ("group_embeds", "image_embed", "grouping"), "batch", options.simplify)
             log("tracing text graph")
             _export_graph(reference._text, torch.zeros(2, TEXT_CONTEXT, dtype=torch.int32), staging / "text.onnx",
-                          "token_ids", ("text_embeds",), "classes", simplify)
+                          "token_ids", ("text_embeds",), "classes", options.simplify)
         data = dict(reference.manifest.data)
-        data["graphs"] = {"image": _record(staging, "image.onnx"), "text": _record(staging, "text.onnx")}
+        data["graphs"] = {"image": onnx_record(staging, "image.onnx"), "text": onnx_record(staging, "text.onnx")}
         data["precision"] = {"target": "onnx", "compute": "fp32", "kept_float": ["*"], "quantized_nodes": []}
         data["tokenizer"] = {"dir": "tokenizer", "files": _copy_tokenizer(tokenizer_source, staging / "tokenizer")}
-        manifest = Manifest(data, staging)
-        if labels:
-            vocabulary = Vocabulary.encode(reference, labels, templates or None, load_tokenizer(tokenizer_source))
+        context = ExportContext(staging, data, loaded, reference, options, log)
+        if options.labels:
+            vocabulary = Vocabulary.encode(reference, options.labels, options.templates or None,
+                                           load_tokenizer(tokenizer_source))
             vocabulary.save(staging / "vocab.npz")
             data["vocabulary"] = {"file": "vocab.npz", "labels": vocabulary.labels,
                                   "templates": list(vocabulary.templates)}
         log("validating in ONNX Runtime against PyTorch")
-        data["validation"] = validate_against_reference(manifest, reference, validation_image,
+        data["validation"] = validate_against_reference(context.manifest, reference, validation_image,
                                                         validation_name)
-        write_json_atomic(staging / MANIFEST_NAME, manifest.to_json())
         _report(data["validation"], log)
         _enforce_fp32_tolerance(data["validation"])
+        for step in steps:
+            step(context)
+        data["precision"]["target"] = target
+        write_json_atomic(staging / MANIFEST_NAME, context.manifest.to_json())
     seconds = time.perf_counter() - started
-    log(f"wrote {Path(out_dir)} in {seconds:.1f} s")
+    log(f"wrote {Path(out_dir)} ({target}) in {seconds:.1f} s")
     return ExportResult(Path(out_dir), Manifest(data, Path(out_dir)), seconds)
 
 
@@ -93,15 +143,27 @@ def _export_graph(module, example, path: Path, input_name: str, output_names, ba
     graph = onnx.load(str(raw))
     if simplify:
         import onnxsim
-        graph, ok = onnxsim.simplify(graph)
+        # Constant folding and shape inference only: onnxsim's fusion passes rename nodes (Gemm_12) and merge
+        # identical initializers, which loses the module paths the precision policy and the manifest's list
+        # of quantized nodes are written in. Every runtime fuses MatMul+Add itself.
+        graph, ok = onnxsim.simplify(graph, perform_optimization=False)
         if not ok:
             raise RuntimeError(f"onnxsim could not verify the simplified {path.name}")
+    _drop_unused_initializers(graph)
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
     raw.unlink()
 
 
-def _record(directory: Path, file: str) -> dict:
+def _drop_unused_initializers(model) -> None:
+    """Constant folding leaves dead constants behind (without onnxsim's optimizer passes); runtimes warn on them."""
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    dead = [init for init in model.graph.initializer if init.name not in used]
+    for init in dead:
+        model.graph.initializer.remove(init)
+
+
+def onnx_record(directory: Path, file: str, precision: str = "fp32") -> dict:
     import onnx
     graph = onnx.load(str(directory / file), load_external_data=False)
 
@@ -109,7 +171,7 @@ def _record(directory: Path, file: str) -> dict:
         return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
                  "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
 
-    return GraphRecord(file=file, format="onnx", precision="fp32", inputs=specs(graph.graph.input),
+    return GraphRecord(file=file, format="onnx", precision=precision, inputs=specs(graph.graph.input),
                        outputs=specs(graph.graph.output), extra={"opset": OPSET}).to_dict(directory)
 
 

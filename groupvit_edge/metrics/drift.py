@@ -77,6 +77,11 @@ class GroupingComparison:
                 "near_tie_share": _percent(self.pixels - self.confident, self.pixels)}
 
 
+def _finite(value: float) -> float | None:
+    """NaN (nothing to measure) becomes null in drift.json, which must stay standard JSON."""
+    return None if np.isnan(value) else float(value)
+
+
 def _percent(part: int, whole: int) -> float | None:
     return 100.0 * part / whole if whole else None
 
@@ -320,6 +325,9 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
              with_truth) -> dict:
     reference_vocab, candidate_vocab = vocabularies[0], vocabularies[index]
     versus_reference = ConfusionMatrix(len(class_names), ignore_index=None)
+    # Pixels whose reference class decision is a near-tie (relative margin < `margin`) flip under any change of
+    # arithmetic; with weak or random weights they can be most of the image.
+    confident_versus_reference = ConfusionMatrix(len(class_names), ignore_index=None)
     truth_reference = ConfusionMatrix(len(class_names)) if with_truth else None
     truth_candidate = ConfusionMatrix(len(class_names)) if with_truth else None
     model_level = ModelLevel()
@@ -328,15 +336,17 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
         reference, candidate = item.encodings[0], item.encodings[index]
         if item.reference_cache is None:      # the reference side is the same for every candidate
             groups = [decide_groups(g, item.prepared.window_size, margin) for g in reference.grouping]
-            labels = label_map(item.prepared, reference, reference_vocab.text_embeds, logit_scales[0], background,
-                               [d.groups for d in groups])[0]
-            item.reference_cache = (groups, labels)
-        ref_groups, ref_labels = item.reference_cache
+            labels, _, class_margin = label_map(item.prepared, reference, reference_vocab.text_embeds,
+                                                logit_scales[0], background, [d.groups for d in groups],
+                                                with_margin=True)
+            item.reference_cache = (groups, labels, class_margin >= margin)
+        ref_groups, ref_labels, ref_confident = item.reference_cache
         cand_groups = [decide_groups(g, item.prepared.window_size, None) for g in candidate.grouping]
         model_level.add(reference, candidate, item.prepared, ref_groups, cand_groups)
         cand_labels = label_map(item.prepared, candidate, candidate_vocab.text_embeds, logit_scales[index],
                                 background, [d.groups for d in cand_groups])[0]
         versus_reference.update(ref_labels, cand_labels)
+        confident_versus_reference.update(ref_labels[ref_confident], cand_labels[ref_confident])
         per_image.append((float(np.mean(ref_labels == cand_labels)), str(item.path)))
         if with_truth:
             truth_reference.update(item.ground_truth, ref_labels)
@@ -346,6 +356,9 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
         "class_level": {
             "miou_vs_reference": 100.0 * versus_reference.mean_iou,
             "pixel_agreement": 100.0 * versus_reference.pixel_accuracy,
+            "miou_vs_reference_confident": _finite(100.0 * confident_versus_reference.mean_iou),
+            "pixel_agreement_confident": _finite(100.0 * confident_versus_reference.pixel_accuracy),
+            "near_tie_class_share": 100.0 * (1 - confident_versus_reference.total / max(versus_reference.total, 1)),
             "per_class_iou": {name: (None if np.isnan(value) else 100.0 * value)
                               for name, value in zip(class_names, iou)},
             "worst_images": [{"image": path, "agreement": 100.0 * agreement}
@@ -373,14 +386,16 @@ def drift_markdown(data: dict) -> str:
     lines = [f"Drift vs {data['reference']['source']} ({data['reference']['backend']}) on {data['images']['count']} "
              f"images ({data['images']['windows']} windows, {data['images']['size'][0]}x{data['images']['size'][1]}), "
              f"vocabulary: {vocabulary['kind']} ({len(vocabulary['labels'])} classes)", "",
-             "| candidate | target | mIoU vs ref | pixel agree % | group agree % (all / confident) | near-tie % "
+             "| candidate | target | mIoU vs ref (all / confident) | pixel agree % | group agree % (all / confident) "
+             "| near-tie % "
              "| group cos mean / min | image cos mean / min | max abs diff grouping | GT mIoU ref → cand |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in data["candidates"]:
         cls, model, truth = c["class_level"], c["model_level"], c.get("ground_truth")
         gt = f"{truth['reference_miou']:.2f} → {truth['candidate_miou']:.2f}" if truth else "—"
         lines.append(
-            f"| {c['source']} | {c['target']} | {_fmt(cls['miou_vs_reference'])} | {_fmt(cls['pixel_agreement'])} "
+            f"| {c['source']} | {c['target']} | {_fmt(cls['miou_vs_reference'])} / "
+            f"{_fmt(cls['miou_vs_reference_confident'])} | {_fmt(cls['pixel_agreement'])} "
             f"| {_fmt(model['group_agreement'])} / {_fmt(model['group_agreement_confident'], 3)} "
             f"| {_fmt(model['near_tie_share'], 1)} "
             f"| {model['group_embed_cosine']['mean']:.5f} / {model['group_embed_cosine']['min']:.5f} "

@@ -46,6 +46,7 @@ class OnnxRuntime(Runtime):
         self.manifest = manifest
         self._options = ort.SessionOptions()
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._options.log_severity_level = 3     # errors only: warnings would break one-line CLI output
         if threads:
             self._options.intra_op_num_threads = threads
         available = ort.get_available_providers()

@@ -96,8 +96,11 @@ def window_scores(groups: np.ndarray, group_embeds: np.ndarray, image_embed: np.
     return WindowScores(classes, scores.astype(np.float32), groups)
 
 
-def stitch(windows: list[WindowScores], boxes, canvas_size, original_size) -> tuple[np.ndarray, np.ndarray]:
-    """Average overlapping windows on the canvas, resize to the image, argmax → (labels, winning score)."""
+def stitch(windows: list[WindowScores], boxes, canvas_size, original_size, with_margin: bool = False):
+    """Average overlapping windows on the canvas, resize to the image, argmax → (labels, winning score).
+
+    With `with_margin`, also the relative margin of the winner over the runner-up class per pixel.
+    """
     classes = np.unique(np.concatenate([w.classes for w in windows]))
     position = {c: i for i, c in enumerate(classes)}
     canvas = np.zeros((len(classes), *canvas_size), dtype=np.float32)
@@ -109,4 +112,8 @@ def stitch(windows: list[WindowScores], boxes, canvas_size, original_size) -> tu
     canvas /= coverage
     resized = resize_bilinear(canvas, *original_size)
     best = resized.argmax(axis=0)
-    return classes[best].astype(np.int32), np.take_along_axis(resized, best[None], 0)[0]
+    labels, score = classes[best].astype(np.int32), np.take_along_axis(resized, best[None], 0)[0]
+    if not with_margin:
+        return labels, score
+    runner_up = np.partition(resized, -2, axis=0)[-2] if len(classes) > 1 else np.zeros_like(score)
+    return labels, score, (score - runner_up) / np.maximum(score, np.finfo(np.float32).tiny)

@@ -102,8 +102,9 @@ def encode_windows(runtime: Runtime, windows: np.ndarray, batch_size: int = 4) -
 
 
 def label_map(prepared: Prepared, encoding: ImageEncoding, text_embeds: np.ndarray, logit_scale: float,
-              background_threshold: float | None, groups: list[np.ndarray] | None = None):
-    """The paper's protocol on every window, stitched → (labels [H,W] int32, winning scores [H,W]).
+              background_threshold: float | None, groups: list[np.ndarray] | None = None,
+              with_margin: bool = False):
+    """The paper's protocol on every window, stitched → (labels [H,W] int32, winning scores [H,W][, margins]).
 
     `groups`: the windows' final group ids when the caller already has them (drift computes them anyway).
     """
@@ -112,7 +113,7 @@ def label_map(prepared: Prepared, encoding: ImageEncoding, text_embeds: np.ndarr
     windows = [window_scores(groups[i], encoding.group_embeds[i], encoding.image_embed[i], text_embeds,
                              logit_scale, background_threshold)
                for i in range(len(prepared.boxes))]
-    return stitch(windows, prepared.boxes, prepared.canvas_size, prepared.original_size)
+    return stitch(windows, prepared.boxes, prepared.canvas_size, prepared.original_size, with_margin)
 
 
 class Segmenter:

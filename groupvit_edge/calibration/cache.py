@@ -1,0 +1,52 @@
+"""Calibration cache: a quantized graph is reused only when everything that made it is the same.
+
+Keyed by the weights' sha256, the calibration images' sha256, their count and seed, the preprocessing, the
+method and its options, and the precision policy. One entry per (weights, method): a mismatch says which
+inputs changed and rebuilds — a stale calibration is never silently reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GROUPVIT_EDGE_CACHE", Path.home() / ".cache" / "groupvit-edge"))
+
+
+def policy_digest(names: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
+
+
+def cached_quantization(key: dict, build: Callable[[], onnx.ModelProto], root: Path | None = None,
+                        log=print) -> tuple[onnx.ModelProto, bool]:
+    """Return (quantized graph, reused?) for `key`, building and storing it when no matching entry exists."""
+    root = Path(root) if root is not None else cache_root()
+    entry = root / "calibration" / f"{key['weights_sha256'][:16]}-{key['method']['method']}"
+    key_file, graph_file = entry / "key.json", entry / "image.qdq.onnx"
+    if key_file.is_file() and graph_file.is_file():
+        stored = json.loads(key_file.read_text())
+        if stored == key:
+            log(f"reusing calibration cache {entry}")
+            return onnx.load(str(graph_file)), True
+        changed = sorted(name for name in set(stored) | set(key) if stored.get(name) != key.get(name))
+        log(f"calibration cache {entry} was made with different {', '.join(changed)}; recalibrating")
+    model = build()
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        onnx.save(model, str(staging / "image.qdq.onnx"))
+        (staging / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True))
+        shutil.rmtree(entry, ignore_errors=True)
+        staging.rename(entry)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return model, False
