@@ -77,11 +77,23 @@ class _WindowReader:
 
 
 def _quantize_ort(model, windows, policy: Policy, options: MethodOptions, log) -> onnx.ModelProto:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[options.method]
     log(f"quantizing with ONNX Runtime's {options.method} calibrator (symmetric S8S8 QDQ, per-channel) "
         f"on {len(windows)} windows")
+    import logging
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)   # quantize_static logs advice on the root logger; it is not for our users
+    try:
+        return _run_quantize_static(model, windows, policy, options, method)
+    finally:
+        root.setLevel(level)
+
+
+def _run_quantize_static(model, windows, policy, options, method):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     with tempfile.TemporaryDirectory() as scratch:
         source, target = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
         onnx.save(model, str(source))
@@ -91,6 +103,8 @@ def _quantize_ort(model, windows, policy: Policy, options: MethodOptions, log) -
             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=method,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                           # int32 bias Q/DQ is ORT-specific; TensorRT's explicit quantization takes INT8 Q/DQ.
+                           "QuantizeBias": False,
                            # MinMax keeps every intermediate output until the end: fold them every 16 batches
                            # so memory stays flat over 128+ calibration images.
                            "CalibMaxIntermediateOutputs": 16, "CalibPercentile": options.percentile})

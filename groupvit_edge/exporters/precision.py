@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,11 @@ def to_fp16(context: ExportContext) -> None:
     policy = image_graph_policy(model)
     log(f"converting the image graph to FP16 (float32 kept for {', '.join(FP16_KEEP_FLOAT_OPS)} and the "
         f"{len(policy.assignment)} nodes of the grouping assignment)")
-    half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FLOAT_OPS,
-                                            node_block_list=policy.assignment, disable_shape_infer=True)
+    with warnings.catch_warnings():
+        # It warns for every weight below fp16's range, which it flushes as intended.
+        warnings.simplefilter("ignore", UserWarning)
+        half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FLOAT_OPS,
+                                                node_block_list=policy.assignment, disable_shape_infer=True)
     onnx.save(half, str(context.staging / "image.fp16.onnx"))
     drift = measure_graph_drift(context, "image.fp16.onnx", _drift_images(context))
     _log_drift(drift, log)

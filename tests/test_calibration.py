@@ -1,0 +1,165 @@
+"""COCO calibration, the precision policy, the cache, and the FP16/INT8 targets built from them."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from groupvit_edge import runtimes
+from groupvit_edge.artifact import Preprocess, read_manifest
+from groupvit_edge.calibration import CalibrationSet
+from groupvit_edge.calibration.cache import cached_quantization
+from groupvit_edge.calibration.policy import block_of, image_graph_policy
+from groupvit_edge.errors import UserError
+from groupvit_edge.exporters import export, precision
+
+from conftest import CALIB_IMAGES, EVAL_IMAGES
+
+SMALL = Preprocess(height=224, width=224, stride=(112, 112))
+
+
+def test_calibration_set_sampling_holdout_and_skips(tmp_path):
+    for index in range(6):
+        Image.new("RGB", (64, 48), (index * 40, 10, 10)).save(tmp_path / f"img{index}.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "broken.jpg").write_bytes(b"garbage")
+    logs = []
+    first = CalibrationSet.from_dir(tmp_path, 4, SMALL, seed=1, held_out=2, log=logs.append)
+    second = CalibrationSet.from_dir(tmp_path, 4, SMALL, seed=1, held_out=2, log=logs.append)
+    assert first.images == second.images and len(first.images) == 4
+    assert not set(first.images) & set(first.held_out) and len(first.held_out) == 2
+    assert first.skipped_files == 1 and "non-image" in logs[0]
+    with pytest.warns(UserWarning, match="unreadable"):
+        windows = CalibrationSet(sorted(tmp_path.glob("*.jpg")), [], SMALL).windows(progress=False)
+    assert windows.shape[1:] == (3, 224, 224) and windows.dtype == np.float32
+    fingerprint = first.fingerprint()
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(first.images[0])
+    assert first.fingerprint() != fingerprint          # edited image → new key → no stale cache
+    with pytest.raises(UserError, match="not a directory"):
+        CalibrationSet.from_dir(tmp_path / "missing", 4, SMALL)
+
+
+def test_cache_reuses_only_on_an_identical_key(tmp_path):
+    built = []
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+
+    def build():
+        built.append(1)
+        return model
+
+    key = {"weights_sha256": "a" * 64, "images_sha256": "b", "method": {"method": "nncf"}, "count": 4}
+    logs = []
+    assert cached_quantization(key, build, tmp_path, logs.append)[1] is False
+    assert cached_quantization(key, build, tmp_path, logs.append)[1] is True
+    changed = {**key, "images_sha256": "c", "count": 8}
+    assert cached_quantization(changed, build, tmp_path, logs.append)[1] is False
+    assert len(built) == 2 and "different count, images_sha256; recalibrating" in logs[-1]
+
+
+def test_policy_on_the_exported_graph(onnx_artifact):
+    policy = image_graph_policy(onnx.load(str(onnx_artifact / "image.onnx")))
+    assert policy.quantizable and all("/assign/MatMul" not in n and "Softmax" not in n for n in policy.quantizable)
+    assert any(n.endswith("/downsample/assign/q_proj/MatMul") for n in policy.assignment)
+    assert not set(policy.quantizable) & set(policy.assignment)
+    blocks = policy.blocks()
+    assert {"patch_embed", "stage0.layer0.attention", "stage0.grouping", "stage2.layer2.mlp"} <= set(blocks)
+    assert "other" not in blocks
+    assert block_of("/vision_model/encoder/stages.1/layers.2/mlp/fc1/MatMul") == "stage1.layer2.mlp"
+    fewer = policy.without_blocks(["stage0.grouping"])
+    assert not set(fewer.quantizable) & set(blocks["stage0.grouping"])
+
+
+@pytest.fixture(scope="module")
+def int8_artifact(tmp_path_factory, random_checkpoint, bpe_path, coco_images):
+    cache = tmp_path_factory.mktemp("cache")
+    out = tmp_path_factory.mktemp("int8") / "int8"
+    logs = []
+    export(str(random_checkpoint), out, "onnx-int8", image_size=224, tokenizer=bpe_path, calib_dir=CALIB_IMAGES,
+           calib_count=6, validation_images=EVAL_IMAGES / coco_images[0].name, cache_dir=cache, log=logs.append)
+    return out, cache, logs
+
+
+def test_int8_artifact_is_symmetric_qdq_under_the_policy(int8_artifact):
+    out, _, logs = int8_artifact
+    manifest = read_manifest(out)
+    precision_info = manifest.data["precision"]
+    assert precision_info["target"] == "onnx-int8" and precision_info["compute"] == "int8"
+    assert precision_info["qdq"]["symmetric_int8"] and precision_info["qdq"]["per_channel_qdq"] > 0
+    quantized = precision_info["quantized_nodes"]
+    assert quantized and not [n for n in quantized if "LayerNorm" in n or "Softmax" in n or "/assign/MatMul" in n]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".onnx") == ["image.int8.onnx", "text.onnx"]
+    calibration = manifest.data["calibration"]
+    assert calibration["count"] == 6 and len(calibration["sha256"]) == 64 and calibration["method"] == "nncf"
+    drift = manifest.data["validation"]["drift_vs_fp32"]
+    print("int8 (6 calibration images, 224²) drift vs fp32:", json.dumps(drift["model_level"]))
+    # 6 calibration images is far below the 128 the target uses; 0.98 still separates a sane INT8 graph from
+    # a broken one (the weight-noise artifact in test_drift scores far lower).
+    assert drift["model_level"]["group_embed_cosine"]["mean"] > 0.98
+    runtime = runtimes.open(out)
+    encoding = runtime.encode_image(np.zeros((2, 3, 224, 224), dtype=np.float32))
+    assert encoding.group_embeds.shape == (2, 8, 256) and np.isfinite(encoding.group_embeds).all()
+
+
+def test_second_int8_export_reuses_the_calibration(int8_artifact, tmp_path, random_checkpoint, bpe_path,
+                                                   coco_images):
+    _, cache, _ = int8_artifact
+    logs = []
+    export(str(random_checkpoint), tmp_path / "again", "onnx-int8", image_size=224, tokenizer=bpe_path,
+           calib_dir=CALIB_IMAGES, calib_count=6, validation_images=EVAL_IMAGES / coco_images[0].name,
+           cache_dir=cache, log=logs.append)
+    assert any(line.startswith("reusing calibration cache") for line in logs)
+    assert read_manifest(tmp_path / "again").data["calibration"]["reused_cache"] is True
+
+
+def test_fp16_artifact(tmp_path, random_checkpoint, bpe_path, coco_images):
+    export(str(random_checkpoint), tmp_path / "fp16", "onnx-fp16", image_size=224, tokenizer=bpe_path,
+           validation_images=EVAL_IMAGES / coco_images[1].name, log=lambda m: None)
+    manifest = read_manifest(tmp_path / "fp16")
+    assert manifest.data["precision"]["compute"] == "fp16"
+    model = onnx.load(str(tmp_path / "fp16" / "image.fp16.onnx"))
+    float16 = onnx.TensorProto.FLOAT16
+    assert sum(init.data_type == float16 for init in model.graph.initializer) > 50
+    layer_norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert layer_norms and all(n.name.startswith("/") for n in layer_norms)   # kept as float32 nodes
+    drift = manifest.data["validation"]["drift_vs_fp32"]["model_level"]
+    # fp16 rounding of embeddings: the issue's bar is cosine ≥ 0.9999 and confident agreement ≥ 99.99%.
+    assert drift["group_embed_cosine"]["mean"] >= 0.9999
+    assert drift["group_agreement_confident"] >= 99.99
+
+
+def test_int8_needs_calibration_images(tmp_path, random_checkpoint, bpe_path):
+    with pytest.raises(UserError, match="--calib-dir"):
+        export(str(random_checkpoint), tmp_path / "x", "onnx-int8", image_size=224, tokenizer=bpe_path,
+               log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_drift_budget_search_returns_blocks_until_it_fits(tmp_path, random_checkpoint, bpe_path, coco_images,
+                                                         monkeypatch):
+    """The search loop with a scripted drift: two blocks back to float bring it within budget."""
+    real = precision.measure_graph_drift
+    calls = []
+
+    def scripted(context, file, images):
+        drift = real(context, file, images)
+        calls.append(file)
+        drift["class_level"]["miou_vs_reference"] = [90.0, 95.0, 99.5][min(len(calls) - 1, 2)]
+        return drift
+
+    monkeypatch.setattr(precision, "measure_graph_drift", scripted)
+    export(str(random_checkpoint), tmp_path / "budget", "onnx-int8", image_size=224, tokenizer=bpe_path,
+           calib_dir=CALIB_IMAGES, calib_count=2, calib_method="minmax", max_drop=1.0,
+           validation_images=EVAL_IMAGES / coco_images[0].name, cache_dir=tmp_path / "cache", log=lambda m: None)
+    search = read_manifest(tmp_path / "budget").data["validation"]["drift_budget_search"]
+    assert search["fits"] and len(search["kept_float_blocks"]) == 2
+    ranking = [entry["block"] for entry in search["ranking"]]
+    assert search["kept_float_blocks"] == ranking[:2]           # most harmful first
+    assert set(search["image_graph_ms"]) == {"fully_quantized", "final"}
+    kept_nodes = image_graph_policy(onnx.load(str(tmp_path / "budget" / "image.int8.onnx")))
+    quantized = set(read_manifest(tmp_path / "budget").data["precision"]["quantized_nodes"])
+    assert not any(block_of(n) in search["kept_float_blocks"] for n in quantized if block_of(n))
+    del kept_nodes
