@@ -44,6 +44,11 @@ class ExportOptions:
     max_drop: float | None = None                   # drift budget (mIoU points) for the int8 search
     drift_labels: str = "prototypes:16"             # vocabulary the drift budget is measured with
     cache_dir: str | Path | None = None
+    openvino_int8_route: str | None = None          # openvino-int8: "qdq" or "nncf-ir" (default: the better)
+    batch_min: int = 1                              # TensorRT optimization profile of the batch axis
+    batch_opt: int = 1
+    batch_max: int = 8
+    workspace_mb: int = 2048                        # TensorRT builder workspace limit
 
 
 @dataclass

@@ -1,0 +1,160 @@
+"""INT8/FP16 routes side by side: our QDQ graph against what users get from today's tools.
+
+    python benchmarks/int8_routes.py [--calib-count 128] [--eval-count 24] [--runs 20] [--routes ...]
+
+Every route starts from the same random:0 fp32 export at 448² and is judged on the same held-out COCO eval
+images against the fp32 graph in ONNX Runtime: final-group agreement (all / confident pixels), group-embedding
+cosine (mean / min), prototype-vocabulary mIoU (prototypes:16), and image-graph median latency (batch 1,
+2 threads). Calibration: --calib-count images of ../shared/data/coco/calib2017.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+BPE = SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+ROUTES = ("ort-fp32", "ort-defaults", "ort-minmax", "ort-percentile", "ort-entropy", "ort-dynamic", "nncf-onnx",
+          "openvino-qdq", "openvino-nncf", "onnx-fp16")
+
+
+def latency(runtime, size, runs: int) -> float:
+    pixels = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    for _ in range(3):
+        runtime.encode_image(pixels)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        runtime.encode_image(pixels)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def replace_image_graph(fp32_dir: Path, out: Path, onnx_model, compute: str) -> Path:
+    """A copy of the fp32 artifact whose image graph is `onnx_model` (for routes our exporter does not make)."""
+    import json
+    import onnx
+    shutil.copytree(fp32_dir, out)
+    onnx.save(onnx_model, str(out / "image.onnx"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["precision"].update(target=f"bench-{compute}", compute=compute)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calib-count", type=int, default=128)
+    parser.add_argument("--eval-count", type=int, default=24)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--routes", nargs="*", default=list(ROUTES))
+    args = parser.parse_args()
+
+    import onnx
+    from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static, QuantType
+    from groupvit_edge import runtimes
+    from groupvit_edge.calibration import CalibrationSet
+    from groupvit_edge.calibration.quantizers import _WindowReader
+    from groupvit_edge.exporters import export
+    from groupvit_edge.metrics.drift import measure_drift
+    from groupvit_edge.model import load_model
+
+    images = sorted((SHARED / "coco" / "eval2017" / "images").glob("*.jpg"))[: args.eval_count]
+    loaded = load_model("random:0")
+    scratch = Path(tempfile.mkdtemp(prefix="int8-routes-"))
+    common = dict(image_size=args.size, tokenizer=BPE, validation_image=images[0], log=lambda m: None)
+    fp32 = scratch / "fp32"
+    export(loaded, fp32, "onnx", **common)
+    reference = runtimes.open(fp32, backend="onnxruntime", threads=2)
+    calibration = CalibrationSet.from_dir(SHARED / "coco" / "calib2017", args.calib_count,
+                                          reference.manifest.preprocess, log=lambda m: None)
+    rows = []
+
+    def judge(name, artifact, backend="onnxruntime", built_s=None, note=""):
+        runtime = runtimes.open(artifact, backend=backend, threads=2)
+        report = measure_drift(reference, [runtime], images, labels="prototypes:16", progress=False)
+        c = report.data["candidates"][0]
+        m = c["model_level"]
+        rows.append((name, runtime.description, latency(runtime, args.size, args.runs), m["group_agreement"],
+                     m["group_agreement_confident"], m["group_embed_cosine"]["mean"], m["group_embed_cosine"]["min"],
+                     c["class_level"]["miou_vs_reference"], built_s, note))
+        print(f"done {name}", flush=True)
+
+    fp32_model = onnx.load(str(fp32 / "image.onnx"))
+    windows = None
+    for route in args.routes:
+        started = time.perf_counter()
+        if route == "ort-fp32":
+            judge(route, fp32)
+        elif route == "ort-defaults":
+            windows = windows if windows is not None else calibration.windows(progress=False)
+            source = scratch / "fp32-image.onnx"
+            onnx.save(fp32_model, str(source))
+            quantize_static(str(source), str(scratch / "defaults.onnx"), _WindowReader(windows),
+                            quant_format=QuantFormat.QDQ,
+                            extra_options={"CalibMaxIntermediateOutputs": 16})
+            judge(route, replace_image_graph(fp32, scratch / route, onnx.load(str(scratch / "defaults.onnx")),
+                                             "int8"), built_s=time.perf_counter() - started,
+                  note="quantize_static defaults: asymmetric U8, every op")
+        elif route == "ort-dynamic":
+            source = scratch / "fp32-image.onnx"
+            onnx.save(fp32_model, str(source))
+            quantize_dynamic(str(source), str(scratch / "dynamic.onnx"), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+            judge(route, replace_image_graph(fp32, scratch / route, onnx.load(str(scratch / "dynamic.onnx")),
+                                             "int8-dynamic"), built_s=time.perf_counter() - started,
+                  note="weights INT8, activations quantized at run time (ORT CPU only)")
+        elif route.startswith("ort-") or route == "nncf-onnx":
+            method = "nncf" if route == "nncf-onnx" else route[4:]
+            out = scratch / route
+            export(loaded, out, "onnx-int8", calib_dir=SHARED / "coco" / "calib2017", calib_count=args.calib_count,
+                   calib_method=method, validation_images=images[0], cache_dir=scratch / "cache", **common)
+            seconds = runtimes.open(out).manifest.data["calibration"]["seconds"]
+            judge(route, out, built_s=seconds, note=f"ours: symmetric S8S8 QDQ, policy, {method}")
+        elif route == "openvino-qdq":
+            out = scratch / "nncf-onnx"
+            if not out.exists():
+                print("openvino-qdq needs the nncf-onnx route first; skipped")
+                continue
+            judge(route, _to_ir(out, scratch / route), backend="openvino", note="OpenVINO reading our QDQ ONNX")
+        elif route == "openvino-nncf":
+            out = scratch / route
+            export(loaded, out, "openvino-int8", calib_dir=SHARED / "coco" / "calib2017",
+                   calib_count=args.calib_count, validation_images=images[0], cache_dir=scratch / "cache",
+                   openvino_int8_route="nncf-ir", **common)
+            judge(route, out, backend="openvino", note="NNCF on the OpenVINO IR (TRANSFORMER)")
+        elif route == "onnx-fp16":
+            out = scratch / route
+            export(loaded, out, "onnx-fp16", validation_images=images[0], **common)
+            judge(route, out, note="onnxconverter-common, keep-float32 list")
+
+    print(f"\n{len(images)} held-out COCO eval images, {args.size}², batch 1, 2 threads, calibration "
+          f"{len(calibration.images)} COCO train images; vs the fp32 graph in ONNX Runtime; peak RSS of this "
+          f"process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB\n")
+    print("| route | backend | median ms | group agree % all / confident | group cos mean / min "
+          "| prototype mIoU | calibration s | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, backend, ms, agree, confident, cos_mean, cos_min, miou, built, note in rows:
+        print(f"| {name} | {backend} | {ms:.1f} | {agree:.2f} / {confident:.3f} | {cos_mean:.4f} / {cos_min:.4f} "
+              f"| {miou:.2f} | {'—' if built is None else f'{built:.0f}'} | {note} |")
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _to_ir(artifact: Path, out: Path) -> Path:
+    """Convert an artifact's ONNX graphs to IR with the toolkit's OpenVINO step (same manifest fields)."""
+    from groupvit_edge.exporters.openvino import convert_artifact_to_ir
+    shutil.copytree(artifact, out)
+    convert_artifact_to_ir(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
