@@ -103,10 +103,10 @@ def build_artifact(model, out_dir: str | Path, steps, target: str, *, image_size
     with atomic_directory(out_dir) as staging:
         log(f"tracing image graph at {height}x{width} (opset {OPSET})")
         with torch.inference_mode(False), torch.no_grad():
-            _export_graph(reference._image, torch.zeros(1, 3, height, width), staging / "image.onnx",
+            _export_graph(reference.image_graph, torch.zeros(1, 3, height, width), staging / "image.onnx",
                           "pixels", ("group_embeds", "image_embed", "grouping"), "batch", options.simplify)
             log("tracing text graph")
-            _export_graph(reference._text, torch.zeros(2, TEXT_CONTEXT, dtype=torch.int32), staging / "text.onnx",
+            _export_graph(reference.text_graph, torch.zeros(2, TEXT_CONTEXT, dtype=torch.int32), staging / "text.onnx",
                           "token_ids", ("text_embeds",), "classes", options.simplify)
         data = dict(reference.manifest.data)
         data["graphs"] = {"image": onnx_record(staging, "image.onnx"), "text": onnx_record(staging, "text.onnx")}

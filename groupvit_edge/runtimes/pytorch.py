@@ -66,17 +66,17 @@ class TorchRuntime(Runtime):
         self._torch = torch
         self.loaded = loaded
         self.manifest = reference_manifest(loaded, Preprocess(height=height, width=width, resize=resize))
-        self._image = ImageGraph(loaded.model, height, width).eval()
-        self._text = TextGraph(loaded.model).eval()
+        self.image_graph = ImageGraph(loaded.model, height, width).eval()   # the modules the exporters trace
+        self.text_graph = TextGraph(loaded.model).eval()
 
     def encode_image(self, pixels: np.ndarray) -> ImageEncoding:
         with self._torch.inference_mode():
-            outputs = self._image(self._torch.from_numpy(np.ascontiguousarray(pixels, np.float32)))
+            outputs = self.image_graph(self._torch.from_numpy(np.ascontiguousarray(pixels, np.float32)))
         return ImageEncoding(*(tensor.numpy() for tensor in outputs))
 
     def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
-            return self._text(self._torch.from_numpy(np.asarray(token_ids, np.int32))).numpy()
+            return self.text_graph(self._torch.from_numpy(np.asarray(token_ids, np.int32))).numpy()
 
     @property
     def description(self) -> str:
