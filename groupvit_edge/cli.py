@@ -71,8 +71,19 @@ def cli():
 @click.option("--max-drop", type=float, help="INT8 drift budget in mIoU points: blocks return to float, most "
               "harmful first, until it fits.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Calibration sampling seed.")
+@click.option("--batch-min", type=int, default=1, show_default=True, help="trt-*: smallest windows per call.")
+@click.option("--batch-opt", type=int, default=1, show_default=True, help="trt-*: windows per call tuned for.")
+@click.option("--batch-max", type=int, default=8, show_default=True, help="trt-*: largest windows per call.")
+@click.option("--workspace-mb", type=int, default=2048, show_default=True, help="trt-*: builder workspace limit.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="trt-*: timing cache file (default: one "
+              "per TensorRT version and GPU in the cache directory).")
+@click.option("--tensorrt-typing", type=click.Choice(["auto", "weak", "strong"]), default="auto",
+              show_default=True, help="trt-*: auto = weak (FP16 flag) before TensorRT 10.12, strong from 10.12.")
+@click.option("--int8-route", type=click.Choice(["explicit", "implicit"]), default="explicit", show_default=True,
+              help="trt-int8: explicit = the QDQ graph; implicit = IInt8EntropyCalibrator2 (TensorRT 10 only).")
 def export(model_spec, target, image_size, out_dir, labels, tokenizer, validation_image, validation_images,
-           resize, calib_dir, calib_count, calib_method, max_drop, seed):
+           resize, calib_dir, calib_count, calib_method, max_drop, seed, batch_min, batch_opt, batch_max,
+           workspace_mb, timing_cache, tensorrt_typing, int8_route):
     """Export a GroupViT checkpoint to an artifact directory."""
     from .exporters import export as export_artifact
     from .segmentation import parse_labels
@@ -80,6 +91,8 @@ def export(model_spec, target, image_size, out_dir, labels, tokenizer, validatio
                     labels=parse_labels(labels) if labels is not None else None, validation_image=validation_image,
                     validation_images=validation_images, resize=resize, calib_dir=calib_dir,
                     calib_count=calib_count, calib_method=calib_method, max_drop=max_drop, seed=seed,
+                    batch_min=batch_min, batch_opt=batch_opt, batch_max=batch_max, workspace_mb=workspace_mb,
+                    timing_cache=timing_cache, tensorrt_typing=tensorrt_typing, int8_route=int8_route,
                     log=click.echo)
 
 
@@ -189,11 +202,22 @@ def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, ba
     click.echo(f"\nwrote {json_path}")
 
 
-@cli.command(epilog="Example:\n\n  groupvit-edge doctor")
-def doctor():
+@cli.command(epilog="Examples:\n\n\b\n  groupvit-edge doctor\n"
+             "  groupvit-edge doctor --artifact artifacts/int8 --target trt-int8")
+@click.option("--artifact", type=click.Path(), help="Also check this artifact's ONNX graphs for TensorRT 10.3 "
+              "(no TensorRT needed); exits 1 when they are not ready.")
+@click.option("--target", type=click.Choice(["trt-fp16", "trt-int8"]), default="trt-fp16", show_default=True,
+              help="TensorRT target to check --artifact for.")
+def doctor(artifact, target):
     """Show which backends this machine has and which targets it can build and run."""
     from .doctor import report
     click.echo(report())
+    if artifact is not None:
+        from .checks.tensorrt import check_artifact
+        readiness = check_artifact(artifact, target)
+        click.echo("\n" + readiness.format(limit=50))
+        if not readiness.ok:
+            raise ValidationFailed(f"{readiness.summary()}; the errors above say what to change")
 
 
 if __name__ == "__main__":

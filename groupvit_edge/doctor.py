@@ -7,7 +7,9 @@ import sys
 
 PACKAGES = ("numpy", "PIL", "torch", "onnx", "onnxsim", "onnxruntime", "openvino", "nncf", "tensorrt")
 # target → (packages needed to build it, backend that runs it)
-TARGETS = {"onnx": (("torch", "onnx", "onnxsim"), "onnxruntime")}
+TARGETS = {"onnx": (("torch", "onnx", "onnxsim"), "onnxruntime"),
+           "trt-fp16": (("torch", "onnx", "onnxsim", "tensorrt"), "tensorrt"),
+           "trt-int8": (("torch", "onnx", "onnxsim", "tensorrt"), "tensorrt")}
 
 
 def _version(module_name: str) -> str | None:
@@ -27,6 +29,14 @@ def environment() -> dict:
     if versions["openvino"]:
         import openvino
         devices["openvino"] = openvino.Core().available_devices
+    if versions["tensorrt"]:
+        from .errors import UserError
+        from .runtimes.tensorrt import device_properties
+        try:
+            device = device_properties()
+            devices["tensorrt"] = [f"{device['gpu']} (compute capability {device['compute_capability']})"]
+        except UserError:
+            devices["tensorrt"] = ["no CUDA device visible"]
     if versions["torch"]:
         import torch
         devices["torch"] = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

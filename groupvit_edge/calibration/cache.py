@@ -21,6 +21,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("GROUPVIT_EDGE_CACHE", Path.home() / ".cache" / "groupvit-edge"))
 
 
+def calibration_key(weights_sha256: str, calibration, method: dict, **extra) -> dict:
+    """What a calibration result depends on; `extra` adds what a consumer adds (policy, TensorRT version, …)."""
+    return {"weights_sha256": weights_sha256, "images_sha256": calibration.fingerprint(),
+            "count": len(calibration.images), "seed": calibration.seed, "preprocess": calibration.preprocess.to_dict(),
+            "method": method, **extra}
+
+
+def changed_fields(stored: dict, key: dict) -> list[str]:
+    return sorted(name for name in set(stored) | set(key) if stored.get(name) != key.get(name))
+
+
 def policy_digest(names: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
 
@@ -36,8 +47,8 @@ def cached_quantization(key: dict, build: Callable[[], onnx.ModelProto], root: P
         if stored == key:
             log(f"reusing calibration cache {entry}")
             return onnx.load(str(graph_file)), True
-        changed = sorted(name for name in set(stored) | set(key) if stored.get(name) != key.get(name))
-        log(f"calibration cache {entry} was made with different {', '.join(changed)}; recalibrating")
+        log(f"calibration cache {entry} was made with different {', '.join(changed_fields(stored, key))}; "
+            f"recalibrating")
     model = build()
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))

@@ -49,6 +49,12 @@ class ExportOptions:
     batch_opt: int = 1
     batch_max: int = 8
     workspace_mb: int = 2048                        # TensorRT builder workspace limit
+    classes_min: int = 1                            # TensorRT optimization profile of the text graph's prompts
+    classes_opt: int = 64
+    classes_max: int = 256                          # vocabulary.TEXT_BATCH
+    timing_cache: str | Path | None = None          # default: per TensorRT version and GPU in the cache dir
+    tensorrt_typing: str = "auto"                   # "auto" | "weak" | "strong" (exporters.tensorrt.plan_build)
+    int8_route: str = "explicit"                    # trt-int8: "explicit" (QDQ) | "implicit" (entropy calibrator)
 
 
 @dataclass

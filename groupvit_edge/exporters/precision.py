@@ -23,7 +23,7 @@ from .onnx import ExportContext, onnx_record
 FP32_FILE = "image.onnx"
 
 
-def _drift_images(context: ExportContext, held_out: list[Path] | None = None) -> list[Path]:
+def drift_images(context: ExportContext, held_out: list[Path] | None = None) -> list[Path]:
     from ..segmentation.preprocess import list_images
     options = context.options
     if options.validation_images is not None:
@@ -86,7 +86,7 @@ def to_fp16(context: ExportContext) -> None:
         half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FLOAT_OPS,
                                                 node_block_list=policy.assignment, disable_shape_infer=True)
     onnx.save(half, str(context.staging / "image.fp16.onnx"))
-    drift = measure_graph_drift(context, "image.fp16.onnx", _drift_images(context))
+    drift = measure_graph_drift(context, "image.fp16.onnx", drift_images(context))
     _log_drift(drift, log)
     context.data["precision"].update(compute="fp16", kept_float=FP16_KEEP_FLOAT_OPS + ["grouping assignment"],
                                      kept_float_nodes=policy.assignment, quantized_nodes=[])
@@ -98,7 +98,7 @@ def to_fp16(context: ExportContext) -> None:
 
 def to_int8(context: ExportContext) -> None:
     from ..calibration import CalibrationSet
-    from ..calibration.cache import cached_quantization, policy_digest
+    from ..calibration.cache import cached_quantization, calibration_key, policy_digest
     from ..calibration.policy import image_graph_policy
     from ..calibration.quantizers import MethodOptions, qdq_form, quantize, quantized_nodes
     options, log = context.options, context.log
@@ -110,10 +110,8 @@ def to_int8(context: ExportContext) -> None:
     method = MethodOptions(options.calib_method)
     model = onnx.load(str(context.staging / FP32_FILE))
     policy = image_graph_policy(model)
-    preprocess = context.manifest.preprocess.to_dict()
-    key = {"weights_sha256": context.data["model"]["weights_sha256"], "images_sha256": calibration.fingerprint(),
-           "count": len(calibration.images), "seed": options.seed, "preprocess": preprocess,
-           "method": method.to_dict(), "policy": policy_digest(policy.quantizable)}
+    key = calibration_key(context.data["model"]["weights_sha256"], calibration, method.to_dict(),
+                          policy=policy_digest(policy.quantizable))
     started = time.perf_counter()
     windows = []
 
@@ -125,7 +123,7 @@ def to_int8(context: ExportContext) -> None:
     quantized, reused = cached_quantization(key, lambda: calibrate(policy), options.cache_dir, log=log)
     calibration_seconds = time.perf_counter() - started
     onnx.save(quantized, str(context.staging / "image.int8.onnx"))
-    images = _drift_images(context, calibration.held_out)
+    images = drift_images(context, calibration.held_out)
     drift = measure_graph_drift(context, "image.int8.onnx", images)
     _log_drift(drift, log)
     search = None
@@ -207,7 +205,7 @@ def block_sensitivity(fp32: onnx.ModelProto, quantized: onnx.ModelProto, policy,
     for block, names in policy.blocks().items():
         watched[block] = [(nodes[n].input[0], nodes[n].output[0]) for n in names if n in nodes]
     tensors = sorted({t for pairs in watched.values() for pair in pairs for t in pair})
-    images = _drift_images(context)[:2]
+    images = drift_images(context)[:2]
     pixels = np.concatenate([prepare(load_image(p), context.manifest.preprocess).windows[:1] for p in images])
 
     def run(model):
