@@ -5,11 +5,18 @@ import importlib
 import platform
 import sys
 
-PACKAGES = ("numpy", "PIL", "torch", "onnx", "onnxsim", "onnxruntime", "openvino", "nncf", "tensorrt")
+PACKAGES = ("numpy", "PIL", "torch", "onnx", "onnxsim", "onnxconverter_common", "onnxruntime", "openvino", "nncf",
+            "tensorrt")
 # target → (packages needed to build it, backend that runs it)
-TARGETS = {"onnx": (("torch", "onnx", "onnxsim"), "onnxruntime"),
-           "trt-fp16": (("torch", "onnx", "onnxsim", "tensorrt"), "tensorrt"),
-           "trt-int8": (("torch", "onnx", "onnxsim", "tensorrt"), "tensorrt")}
+_BASE = ("torch", "onnx", "onnxsim")
+TARGETS = {"onnx": (_BASE, "onnxruntime"),
+           "onnx-fp16": (_BASE + ("onnxconverter_common",), "onnxruntime"),
+           "onnx-int8": (_BASE + ("nncf",), "onnxruntime"),
+           "openvino-fp32": (_BASE + ("openvino",), "openvino"),
+           "openvino-fp16": (_BASE + ("openvino",), "openvino"),
+           "openvino-int8": (_BASE + ("openvino", "nncf"), "openvino"),
+           "trt-fp16": (_BASE + ("tensorrt",), "tensorrt"),
+           "trt-int8": (_BASE + ("tensorrt",), "tensorrt")}
 
 
 def _version(module_name: str) -> str | None:
@@ -57,7 +64,7 @@ def report() -> str:
         missing = [name for name in needs if not env["packages"][name]]
         build = "can build" if not missing else f"cannot build (missing {', '.join(missing)})"
         run = "can run" if env["packages"][runner] else f"cannot run (pip install groupvit-edge[{runner}])"
-        lines.append(f"  {target:<12} {build}; {run}")
+        lines.append(f"  {target:<14} {build}; {run}")
     if not env["packages"]["tensorrt"]:
-        lines.append("  trt-*        TensorRT is not installed here (needs an NVIDIA GPU; see DEVELOPERS.md)")
+        lines.append("  trt-*          TensorRT is not installed here (needs an NVIDIA GPU; see DEVELOPERS.md)")
     return "\n".join(lines)
