@@ -119,18 +119,14 @@ def main():
                    calib_method=method, validation_images=images[0], cache_dir=scratch / "cache", **common)
             seconds = runtimes.open(out).manifest.data["calibration"]["seconds"]
             judge(route, out, built_s=seconds, note=f"ours: symmetric S8S8 QDQ, policy, {method}")
-        elif route == "openvino-qdq":
-            out = scratch / "nncf-onnx"
-            if not out.exists():
-                print("openvino-qdq needs the nncf-onnx route first; skipped")
-                continue
-            judge(route, _to_ir(out, scratch / route), backend="openvino", note="OpenVINO reading our QDQ ONNX")
-        elif route == "openvino-nncf":
+        elif route in ("openvino-qdq", "openvino-nncf"):
             out = scratch / route
             export(loaded, out, "openvino-int8", calib_dir=SHARED / "coco" / "calib2017",
                    calib_count=args.calib_count, validation_images=images[0], cache_dir=scratch / "cache",
-                   openvino_int8_route="nncf-ir", **common)
-            judge(route, out, backend="openvino", note="NNCF on the OpenVINO IR (TRANSFORMER)")
+                   openvino_int8_route="qdq" if route == "openvino-qdq" else "nncf-ir", **common)
+            judge(route, out, backend="openvino",
+                  note="OpenVINO reading our QDQ ONNX" if route == "openvino-qdq"
+                  else "NNCF on the OpenVINO IR (TRANSFORMER, policy as ignored scope)")
         elif route == "onnx-fp16":
             out = scratch / route
             export(loaded, out, "onnx-fp16", validation_images=images[0], **common)
@@ -146,14 +142,6 @@ def main():
         print(f"| {name} | {backend} | {ms:.1f} | {agree:.2f} / {confident:.3f} | {cos_mean:.4f} / {cos_min:.4f} "
               f"| {miou:.2f} | {'—' if built is None else f'{built:.0f}'} | {note} |")
     shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _to_ir(artifact: Path, out: Path) -> Path:
-    """Convert an artifact's ONNX graphs to IR with the toolkit's OpenVINO step (same manifest fields)."""
-    from groupvit_edge.exporters.openvino import convert_artifact_to_ir
-    shutil.copytree(artifact, out)
-    convert_artifact_to_ir(out)
-    return out
 
 
 if __name__ == "__main__":
