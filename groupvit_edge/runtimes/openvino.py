@@ -1,0 +1,251 @@
+"""OpenVINO backend: runs the artifact's IR (image.xml / text.xml) on CPU, GPU, NPU or AUTO.
+
+The precision that runs is always set, never left to the plugin: on CPUs with AVX-512 BF16 or AMX the CPU plugin
+runs an "fp32" IR in bf16 unless told otherwise (issue 5 measured 0.62 max abs diff and 98.3% label agreement).
+Each artifact states the precision its IR was validated at (`inference_precision` in the manifest); bf16 (or f16
+on devices that have it) is an explicit opt-in, and `description` reports what the compiled model actually uses.
+
+The image graph is compiled with a static batch of one window (what the CPU plugin, NPU and GPU auto-batching
+like best); a batch of windows, or a stream of them, goes through an async request queue, which is what the
+THROUGHPUT hint's streams run in parallel.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ..artifact import Manifest
+from ..errors import UserError
+from .base import ImageEncoding, Runtime
+
+NAME = "openvino"
+EXTRA = "openvino"
+IMAGE_OUTPUTS = ("group_embeds", "image_embed", "grouping")
+HINTS = ("LATENCY", "THROUGHPUT")
+# Inference precisions a user may ask for, as OpenVINO spells them; the capability a device must list for each.
+PRECISION_CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")
+
+
+def is_installed() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def unsupported_reason(manifest: Manifest) -> str | None:
+    if "image_ir" not in manifest.graphs:
+        return "the artifact has no OpenVINO IR (export it with --target openvino-fp32, -fp16 or -int8)"
+    return None
+
+
+def _import():
+    try:
+        import openvino
+    except ImportError:
+        raise UserError("openvino is not installed: pip install groupvit-edge[openvino]") from None
+    return openvino
+
+
+def default_cache_dir() -> Path:
+    """Compiled-model cache shared by every artifact: OpenVINO keys its entries by model, device and config."""
+    root = Path(os.environ.get("GROUPVIT_EDGE_CACHE", Path.home() / ".cache" / "groupvit-edge"))
+    return root / "openvino"
+
+
+def open_runtime(manifest: Manifest, device: str = "CPU", hint: str = "LATENCY", streams=None,
+                 threads: int | None = None, cache_dir=None, inference_precision: str | None = None,
+                 **_ignored) -> "OpenVinoRuntime":
+    return OpenVinoRuntime(manifest, device=device, hint=hint, streams=streams, threads=threads,
+                           cache_dir=cache_dir, inference_precision=inference_precision)
+
+
+def check_device(available: list[str], device: str) -> str:
+    """`device` as OpenVINO spells it, if this machine has it: CPU, GPU, GPU.1, NPU, AUTO, AUTO:GPU,CPU, …"""
+    device = device.strip().upper()
+    name, _, targets = device.partition(":")
+    wanted = [t for t in targets.split(",") if t] if name in VIRTUAL_DEVICES else [device]
+    for target in wanted:
+        if not any(target == found or found.startswith(f"{target}.") for found in available):
+            raise UserError(f"OpenVINO device {target} is not available here (available: {', '.join(available)}): "
+                            f"choose one of those or AUTO")
+    return device
+
+
+def physical_devices(available: list[str], device: str) -> list[str]:
+    name, _, targets = device.partition(":")
+    if name not in VIRTUAL_DEVICES:
+        return [device]
+    return [t for t in targets.split(",") if t] or list(available)
+
+
+def precision_for(artifact_precision: str, capabilities: list[str], requested: str | None, device: str) -> str:
+    """The INFERENCE_PRECISION_HINT to set: the user's explicit choice, else the artifact's where the device has
+    it, else f32 (an f16 IR's weights are already rounded; computing them in f32 costs nothing in accuracy)."""
+    if requested is not None:
+        requested = requested.lower()
+        if requested not in PRECISION_CAPABILITY:
+            raise UserError(f"inference precision {requested!r} is unknown: use one of "
+                            f"{', '.join(PRECISION_CAPABILITY)}")
+        if PRECISION_CAPABILITY[requested] not in capabilities:
+            raise UserError(f"OpenVINO device {device} cannot compute in {requested} (it offers "
+                            f"{', '.join(c for c in capabilities if c in PRECISION_CAPABILITY.values())}): "
+                            f"choose another inference precision")
+        return requested
+    if PRECISION_CAPABILITY.get(artifact_precision) in capabilities:
+        return artifact_precision
+    return "f32"
+
+
+def _count(what: str, value, allow_auto: bool = False) -> str:
+    if allow_auto and str(value).upper() == "AUTO":
+        return "AUTO"
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or str(number) != str(value).strip():
+        raise UserError(f"--{what} {value!r} must be a whole number ≥ 1{' or AUTO' if allow_auto else ''}")
+    return str(number)
+
+
+def _property(compiled, name: str, default):
+    try:
+        return compiled.get_property(name)
+    except RuntimeError:   # plugins differ in which properties a compiled model answers
+        return default
+
+
+class OpenVinoRuntime(Runtime):
+    name = NAME
+
+    def __init__(self, manifest: Manifest, device: str = "CPU", hint: str = "LATENCY", streams=None,
+                 threads: int | None = None, cache_dir=None, inference_precision: str | None = None):
+        ov = _import()
+        self._ov = ov
+        self.manifest = manifest
+        self._core = ov.Core()
+        available = list(self._core.available_devices)
+        self.device = check_device(available, device)
+        self.hint = str(hint).upper()
+        if self.hint not in HINTS:
+            raise UserError(f"performance hint {hint!r} is unknown: use LATENCY or THROUGHPUT")
+        if cache_dir is None:
+            cache_dir = default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir else None   # "" or False: no compiled-model cache
+        self._physical = physical_devices(available, self.device)
+        record = manifest.graphs["image_ir"]
+        self.artifact_precision = record.get("inference_precision", "f32")
+        self._precisions = {}
+        for target in self._physical:
+            capabilities = list(self._core.get_property(target, "OPTIMIZATION_CAPABILITIES"))
+            self._precisions[target] = precision_for(self.artifact_precision, capabilities, inference_precision,
+                                                     target)
+        config = {"PERFORMANCE_HINT": self.hint}
+        if streams is not None:
+            config["NUM_STREAMS"] = _count("streams", streams, allow_auto=True)
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(_count("threads", threads))
+        self._image = self._compile("image_ir", config, static_batch=True)
+        self.inference_precision = self._ran_precision(self._image)
+        self._requests = max(1, int(self._image.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._queue = ov.AsyncInferQueue(self._image, self._requests)
+        self._text = None    # built on first use: a precomputed vocabulary never needs it
+        self._text_config = {k: v for k, v in config.items() if k != "NUM_STREAMS"}
+
+    # ------------------------------------------------------------------------------------------- compiling
+
+    def _compile(self, graph: str, config: dict, static_batch: bool, precisions: dict | None = None):
+        xml, weights = self.manifest.graph_path(graph), self.manifest.graph_path(graph, "weights")
+        if not weights.is_file():
+            raise UserError(f"{self.manifest.directory} is missing {weights.name} ({graph} weights) that its "
+                            f"manifest names; re-run `groupvit-edge export`")
+        try:
+            model = self._core.read_model(str(xml), str(weights))
+        except RuntimeError as error:
+            raise UserError(f"OpenVINO cannot read {xml} ({str(error).splitlines()[0]}); "
+                            f"re-run `groupvit-edge export`") from None
+        if static_batch:
+            preprocess = self.manifest.preprocess
+            model.reshape({"pixels": [1, 3, preprocess.height, preprocess.width]})
+        config = {**config, **self._precision_config(precisions or self._precisions)}
+        if self.cache_dir is not None:
+            config["CACHE_DIR"] = str(self.cache_dir)
+        return self._core.compile_model(model, self.device, config)
+
+    def _precision_config(self, precisions: dict) -> dict:
+        if self.device in precisions:
+            return {"INFERENCE_PRECISION_HINT": precisions[self.device]}
+        # A virtual device forwards per-device settings only through DEVICE_PROPERTIES.
+        return {"DEVICE_PROPERTIES": {target: {"INFERENCE_PRECISION_HINT": precision}
+                                      for target, precision in precisions.items()}}
+
+    def _ran_precision(self, compiled) -> str:
+        """What the compiled model computes in, asked of the compiled model itself (not what was requested)."""
+        ran = _property(compiled, "INFERENCE_PRECISION_HINT", None)
+        if ran is not None:
+            return ran.to_string()
+        # Virtual devices (AUTO) do not expose it: report what was set on the devices that execute.
+        executed = _property(compiled, "EXECUTION_DEVICES", self._physical)
+        return "/".join(sorted({self._precisions.get(d.split(".")[0], "?") for d in executed})) + " (set)"
+
+    # ------------------------------------------------------------------------------------------- running
+
+    def encode_images_async(self, windows: Iterable[np.ndarray]) -> Iterator[ImageEncoding]:
+        """Encode a stream of windows ([3,H,W] or [1,3,H,W] each) with every infer request busy; yields one
+        ImageEncoding (batch 1) per window, in input order, as soon as it and all earlier ones are done."""
+        finished: dict[int, tuple] = {}
+
+        def collect(request, index):
+            finished[index] = tuple(request.get_tensor(name).data.copy() for name in IMAGE_OUTPUTS)
+
+        self._queue.set_callback(collect)
+        emitted = 0
+        for index, window in enumerate(windows):
+            pixels = np.ascontiguousarray(window, np.float32)
+            self._queue.start_async({"pixels": pixels if pixels.ndim == 4 else pixels[None]}, index)
+            while emitted in finished:
+                yield ImageEncoding(*finished.pop(emitted))
+                emitted += 1
+        self._queue.wait_all()
+        while emitted in finished:
+            yield ImageEncoding(*finished.pop(emitted))
+            emitted += 1
+
+    def encode_image(self, pixels: np.ndarray) -> ImageEncoding:
+        parts = list(self.encode_images_async(pixels))
+        return ImageEncoding(*(np.concatenate(arrays) for arrays in zip(
+            *((p.group_embeds, p.image_embed, p.grouping) for p in parts))))
+
+    def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
+        if self._text is None:
+            # The text graph runs once per vocabulary: always f32, whatever the image graph runs in.
+            self._text = self._compile("text_ir", self._text_config, static_batch=False,
+                                       precisions={target: "f32" for target in self._physical})
+        dtype = np.dtype(self.manifest.graphs["text_ir"]["inputs"][0]["dtype"])
+        request = self._text.create_infer_request()
+        request.infer({"token_ids": np.ascontiguousarray(token_ids, dtype)})
+        return request.get_tensor("text_embeds").data.copy()
+
+    @property
+    def infer_requests(self) -> int:
+        return self._requests
+
+    @property
+    def description(self) -> str:
+        if self._image is None:
+            return f"openvino {self._ov.__version__.split('-')[0]} (closed)"
+        compute = self.manifest.graphs["image_ir"].get("precision", "fp32")
+        executed = ", ".join(_property(self._image, "EXECUTION_DEVICES", [self.device]))
+        streams = _property(self._image, "NUM_STREAMS", None)
+        streams = "" if streams is None else f" {streams} stream{'' if str(streams) == '1' else 's'}"
+        return (f"openvino {self._ov.__version__.split('-')[0]} ({executed}, {compute} IR, inference precision "
+                f"{self.inference_precision}, {self.hint}{streams})")
+
+    def close(self) -> None:
+        self._queue = self._image = self._text = None

@@ -1,0 +1,231 @@
+"""OpenVINO targets and runtime: IR export from a real checkpoint, backend selection, the precision that runs,
+the model cache, devices, async streams, and the fp16/int8 targets' recorded drift. All at 224² to stay fast."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+from groupvit_edge import runtimes  # noqa: E402
+from groupvit_edge.artifact import read_manifest, sha256_file  # noqa: E402
+from groupvit_edge.errors import UserError  # noqa: E402
+from groupvit_edge.exporters import export  # noqa: E402
+from groupvit_edge.exporters import openvino as openvino_exporter  # noqa: E402
+from groupvit_edge.runtimes import openvino as openvino_backend  # noqa: E402
+from groupvit_edge.segmentation.preprocess import load_image, prepare  # noqa: E402
+
+from conftest import CALIB_IMAGES, EVAL_IMAGES  # noqa: E402
+
+SIZE = 224
+# fp32 IR in OpenVINO at f32 vs the same graph in ONNX Runtime or PyTorch: identical arithmetic up to kernel
+# reassociation (measured ≤ 5e-7 on every output). 1e-4 leaves 200× headroom, yet the bf16 trap (≥ 1e-3 here,
+# 0.62 in the issue) fails it.
+FP32_TOLERANCE = 1e-4
+
+
+def _export(out, target, checkpoint, bpe, **options):
+    export(str(checkpoint), out, target, image_size=SIZE, tokenizer=bpe, log=lambda message: None, **options)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ir_fp32(tmp_path_factory, random_checkpoint, bpe_path, coco_images):
+    return _export(tmp_path_factory.mktemp("ov") / "fp32", "openvino-fp32", random_checkpoint, bpe_path,
+                   labels=["cat", "dog", "grass"], validation_image=coco_images[0])
+
+
+@pytest.fixture(scope="module")
+def windows(ir_fp32, coco_images):
+    return prepare(load_image(coco_images[1]), read_manifest(ir_fp32).preprocess).windows
+
+
+@pytest.fixture(scope="module")
+def runtime(ir_fp32, tmp_path_factory):
+    return runtimes.open(ir_fp32, threads=2, cache_dir=tmp_path_factory.mktemp("ov-cache"))
+
+
+def test_manifest_records_the_ir_and_keeps_the_onnx_graphs(ir_fp32):
+    manifest = read_manifest(ir_fp32)
+    graphs = manifest.graphs
+    assert {"image", "text", "image_ir", "text_ir"} <= set(graphs)
+    for name, stem in (("image_ir", "image"), ("text_ir", "text")):
+        record = graphs[name]
+        assert record["file"] == f"{stem}.xml" and record["weights"] == f"{stem}.bin"
+        assert record["format"] == "openvino-ir" and record["precision"] == "fp32"
+        assert record["inference_precision"] == "f32" and record["openvino"] == ov.__version__.split("-")[0]
+        assert record["sha256"] == sha256_file(ir_fp32 / record["file"])
+        assert record["weights_sha256"] == sha256_file(ir_fp32 / record["weights"])
+    assert (ir_fp32 / "image.onnx").is_file() and (ir_fp32 / "text.onnx").is_file()
+    assert manifest.target == "openvino-fp32" and manifest.data["precision"]["inference_precision"] == "f32"
+    validation = manifest.data["validation"]
+    drift = validation["drift_vs_fp32"]
+    assert drift["inference_precision"] == "f32"
+    assert max(drift["model_level"]["max_abs_diff"].values()) < FP32_TOLERANCE
+    assert validation["text_ir_max_abs_diff"] < FP32_TOLERANCE
+
+
+def test_open_picks_openvino_and_matches_onnxruntime_and_pytorch(ir_fp32, runtime, windows, random_checkpoint):
+    assert runtime.name == "openvino"
+    onnx_runtime = runtimes.open(ir_fp32, backend="onnxruntime", threads=2)
+    torch_runtime = runtimes.open(str(random_checkpoint), image_size=(SIZE, SIZE), threads=2)
+    ours = runtime.encode_image(windows)
+    assert ours.group_embeds.dtype == np.float32 and ours.grouping.shape == (len(windows), 8, 14, 14)
+    for reference in (onnx_runtime, torch_runtime):
+        theirs = reference.encode_image(windows)
+        for name in ("group_embeds", "image_embed", "grouping"):
+            assert np.abs(getattr(ours, name) - getattr(theirs, name)).max() < FP32_TOLERANCE, (reference.name, name)
+    tokens = np.zeros((3, 77), dtype=np.int32)
+    tokens[:, :3] = [[49406, 320, 49407], [49406, 1125, 49407], [49406, 2368, 49407]]
+    assert np.abs(runtime.encode_text(tokens) - onnx_runtime.encode_text(tokens)).max() < FP32_TOLERANCE
+
+
+def test_the_precision_that_ran_is_f32_and_bf16_is_an_explicit_opt_in(ir_fp32, runtime, windows):
+    assert runtime.inference_precision == "f32" and "inference precision f32" in runtime.description
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(UserError, match="cannot compute in bf16"):
+            runtimes.open(ir_fp32, inference_precision="bf16", cache_dir="")
+        return
+    bf16 = runtimes.open(ir_fp32, inference_precision="bf16", threads=2, cache_dir="")
+    assert bf16.inference_precision == "bf16" and "bf16" in bf16.description
+    # The trap the runtime avoids by default: bf16 moves the outputs far beyond f32 reassociation.
+    difference = np.abs(bf16.encode_image(windows[:1]).group_embeds - runtime.encode_image(windows[:1]).group_embeds)
+    assert difference.max() > FP32_TOLERANCE
+
+
+def test_model_cache_makes_the_second_start_reuse_the_compiled_model(ir_fp32, tmp_path, windows):
+    cache = tmp_path / "cache"
+    first = runtimes.open(ir_fp32, cache_dir=cache)
+    blobs = sorted(p.name for p in cache.iterdir())
+    assert any(name.endswith(".blob") for name in blobs)
+    second = runtimes.open(ir_fp32, cache_dir=cache)
+    assert sorted(p.name for p in cache.iterdir()) == blobs            # served from the cache, nothing new
+    assert np.array_equal(first.encode_image(windows[:1]).grouping, second.encode_image(windows[:1]).grouping)
+
+
+def test_async_stream_yields_every_window_in_order(ir_fp32, windows):
+    throughput = runtimes.open(ir_fp32, hint="THROUGHPUT", streams=2, threads=2, cache_dir="")
+    stream = list(throughput.encode_images_async(iter([*windows, *windows])))
+    assert len(stream) == 2 * len(windows)
+    batch = throughput.encode_image(windows)
+    for index, encoding in enumerate(stream):
+        assert np.array_equal(encoding.group_embeds[0], batch.group_embeds[index % len(windows)])
+
+
+def test_device_hint_and_precision_errors_are_one_sentence(ir_fp32):
+    available = ov.Core().available_devices
+    absent = next(name for name in ("NPU", "GPU", "CPU") if not any(d.startswith(name) for d in available))
+    for options, needle in (({"device": absent}, f"device {absent} is not available here"),
+                            ({"device": f"AUTO:{absent},CPU"}, f"device {absent} is not available here"),
+                            ({"hint": "FAST"}, "LATENCY or THROUGHPUT"),
+                            ({"streams": "many"}, "whole number"),
+                            ({"inference_precision": "int4"}, "is unknown")):
+        with pytest.raises(UserError, match=needle) as error:
+            runtimes.open(ir_fp32, cache_dir="", **options)
+        assert "\n" not in str(error.value) and str(error.value).count(". ") == 0
+    assert "CPU" in str(pytest.raises(UserError, runtimes.open, ir_fp32, device=absent).value)
+    assert runtimes.open(ir_fp32, device="AUTO", cache_dir="").inference_precision.startswith("f32")
+
+
+def test_backend_selection_without_ir_or_without_openvino(ir_fp32, tmp_path, monkeypatch):
+    copy = tmp_path / "onnx-only"
+    shutil.copytree(ir_fp32, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for name in ("image_ir", "text_ir"):
+        del manifest["graphs"][name]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert "no OpenVINO IR" in openvino_backend.unsupported_reason(read_manifest(copy))
+    assert runtimes.open(copy).name == "onnxruntime"
+    monkeypatch.setattr(openvino_backend, "is_installed", lambda: False)
+    assert runtimes.open(ir_fp32).name == "onnxruntime"       # the ONNX graphs kept in the artifact still run
+    with pytest.raises(UserError, match=r"pip install groupvit-edge\[openvino\]"):
+        runtimes.open(ir_fp32, backend="openvino")
+
+
+def test_fp16_ir_halves_the_weights_and_records_its_drift(ir_fp32, tmp_path, random_checkpoint, bpe_path,
+                                                          coco_images):
+    out = _export(tmp_path / "fp16", "openvino-fp16", random_checkpoint, bpe_path,
+                  validation_images=EVAL_IMAGES / coco_images[1].name)
+    manifest = read_manifest(out)
+    record = manifest.graphs["image_ir"]
+    assert record["precision"] == "fp16" and record["inference_precision"] == "f16"
+    assert manifest.graphs["text_ir"]["precision"] == "fp32"
+    ratio = (out / "image.bin").stat().st_size / (ir_fp32 / "image.bin").stat().st_size
+    assert 0.45 < ratio < 0.55
+    runtime = runtimes.open(out, cache_dir="")
+    cpu_has_f16 = "FP16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert runtime.inference_precision == ("f16" if cpu_has_f16 else "f32")
+    drift = manifest.data["validation"]["drift_vs_fp32"]["model_level"]
+    # Only the weights are rounded to fp16 on a CPU without f16 arithmetic: the ONNX fp16 target's bar
+    # (cosine ≥ 0.9999, confident agreement ≥ 99.99%) holds with room to spare.
+    assert drift["group_embed_cosine"]["mean"] >= 0.9999 and drift["group_agreement_confident"] >= 99.99
+
+
+@pytest.fixture(scope="module")
+def int8_artifacts(tmp_path_factory, random_checkpoint, bpe_path, coco_images):
+    cache = tmp_path_factory.mktemp("calibration-cache")
+
+    def build(route, name=None):
+        previous = openvino_exporter.DEFAULT_INT8_ROUTE
+        openvino_exporter.DEFAULT_INT8_ROUTE = route
+        try:
+            return _export(tmp_path_factory.mktemp("ov-int8") / (name or route), "openvino-int8", random_checkpoint,
+                           bpe_path, calib_dir=CALIB_IMAGES, calib_count=8, cache_dir=cache,
+                           validation_images=EVAL_IMAGES / coco_images[0].name)
+        finally:
+            openvino_exporter.DEFAULT_INT8_ROUTE = previous
+    return build
+
+
+def _check_int8(out, route):
+    manifest = read_manifest(out)
+    precision = manifest.data["precision"]
+    assert precision["route"] == route and precision["compute"] == "int8"
+    assert manifest.graphs["image_ir"]["precision"] == "int8" and manifest.data["calibration"]["count"] == 8
+    quantized = precision["quantized_nodes"]
+    assert quantized and not [n for n in quantized if "LayerNorm" in n or "/assign/MatMul" in n
+                              or "/assign/q_proj" in n or n == "/MatMul"]
+    drift = manifest.data["validation"]["drift_vs_fp32"]
+    assert drift["inference_precision"] == "f32"
+    # 8 calibration images at 224² is far below the benchmark's 128 at 448²; 0.98 (the ONNX int8 test's bar)
+    # still separates a sane INT8 graph from a broken one.
+    assert drift["model_level"]["group_embed_cosine"]["mean"] > 0.98
+    runtime = runtimes.open(out, cache_dir="")
+    assert runtime.name == "openvino" and runtime.inference_precision == "f32"
+    encoding = runtime.encode_image(np.zeros((2, 3, SIZE, SIZE), dtype=np.float32))
+    assert encoding.group_embeds.shape == (2, 8, 256) and np.isfinite(encoding.group_embeds).all()
+    return manifest
+
+
+def test_int8_default_route_and_its_calibration_cache(int8_artifacts):
+    route = openvino_exporter.DEFAULT_INT8_ROUTE
+    first = int8_artifacts(route)
+    manifest = _check_int8(first, route)
+    assert any("/self_attn/MatMul" in n for n in manifest.data["precision"]["quantized_nodes"]) == \
+        (route == "nncf-ir")
+    assert manifest.data["calibration"]["reused_cache"] is False
+    again = read_manifest(int8_artifacts(route, "again"))
+    assert again.data["calibration"]["reused_cache"] is True
+    assert again.graphs["image_ir"]["weights_sha256"] == manifest.graphs["image_ir"]["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_int8_other_route(int8_artifacts):
+    route = next(r for r in openvino_exporter.INT8_ROUTES if r != openvino_exporter.DEFAULT_INT8_ROUTE)
+    manifest = _check_int8(int8_artifacts(route), route)
+    if route == "qdq":      # the QDQ ONNX stays in the artifact for ONNX Runtime, with its own drift
+        assert manifest.graphs["image"]["file"] == "image.int8.onnx"
+        assert "drift_vs_fp32_onnxruntime" in manifest.data["validation"]
+
+
+def test_int8_step_refuses_a_missing_calibration_dir_and_an_unknown_route(tmp_path, monkeypatch):
+    from groupvit_edge.exporters.onnx import ExportContext, ExportOptions
+    context = ExportContext(tmp_path, {}, None, None, ExportOptions(image_size=(SIZE, SIZE)), lambda message: None)
+    with pytest.raises(UserError, match="--target openvino-int8 needs calibration images"):
+        openvino_exporter.to_ir_int8(context)
+    monkeypatch.setattr(openvino_exporter, "DEFAULT_INT8_ROUTE", "fastest")
+    with pytest.raises(UserError, match="use one of qdq, nncf-ir"):
+        openvino_exporter.to_ir_int8(context)
