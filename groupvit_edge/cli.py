@@ -7,9 +7,7 @@ from pathlib import Path
 import click
 
 from .errors import UserError, ValidationFailed
-
-EXPORT_TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "openvino-fp32", "openvino-fp16", "openvino-int8", "trt-fp16",
-                  "trt-int8")
+from .exporters import TARGETS as EXPORT_TARGETS
 
 
 def main(argv=None) -> int:
@@ -68,6 +66,10 @@ def cli():
 @click.option("--calib-dir", type=click.Path(), help="Calibration images for INT8 (searched recursively).")
 @click.option("--calib-count", type=int, default=128, show_default=True)
 @click.option("--calib-method", default="nncf", show_default=True, help="nncf, minmax, entropy or percentile.")
+@click.option("--int8-weight-bits", type=click.Choice(["7", "8"]), default="7", show_default=True,
+              help="INT8 weight range: 7 avoids int16 saturation on CPUs without VNNI; 8 for VNNI CPUs and GPUs only.")
+@click.option("--openvino-int8-route", type=click.Choice(["nncf-ir", "qdq"]), help="openvino-int8: NNCF on the "
+              "IR, or the shared QDQ ONNX converted to IR (default: nncf-ir).")
 @click.option("--max-drop", type=float, help="INT8 drift budget in mIoU points: blocks return to float, most "
               "harmful first, until it fits.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Calibration sampling seed.")
@@ -82,15 +84,16 @@ def cli():
 @click.option("--int8-route", type=click.Choice(["explicit", "implicit"]), default="explicit", show_default=True,
               help="trt-int8: explicit = the QDQ graph; implicit = IInt8EntropyCalibrator2 (TensorRT 10 only).")
 def export(model_spec, target, image_size, out_dir, labels, tokenizer, validation_image, validation_images,
-           resize, calib_dir, calib_count, calib_method, max_drop, seed, batch_min, batch_opt, batch_max,
-           workspace_mb, timing_cache, tensorrt_typing, int8_route):
+           resize, calib_dir, calib_count, calib_method, int8_weight_bits, openvino_int8_route, max_drop, seed,
+           batch_min, batch_opt, batch_max, workspace_mb, timing_cache, tensorrt_typing, int8_route):
     """Export a GroupViT checkpoint to an artifact directory."""
     from .exporters import export as export_artifact
     from .segmentation import parse_labels
     export_artifact(model_spec, out_dir, target, image_size=_image_size(image_size), tokenizer=tokenizer,
                     labels=parse_labels(labels) if labels is not None else None, validation_image=validation_image,
                     validation_images=validation_images, resize=resize, calib_dir=calib_dir,
-                    calib_count=calib_count, calib_method=calib_method, max_drop=max_drop, seed=seed,
+                    calib_count=calib_count, calib_method=calib_method, int8_weight_bits=int(int8_weight_bits),
+                    openvino_int8_route=openvino_int8_route, max_drop=max_drop, seed=seed,
                     batch_min=batch_min, batch_opt=batch_opt, batch_max=batch_max, workspace_mb=workspace_mb,
                     timing_cache=timing_cache, tensorrt_typing=tensorrt_typing, int8_route=int8_route,
                     log=click.echo)

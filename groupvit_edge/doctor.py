@@ -12,6 +12,7 @@ _BASE = ("torch", "onnx", "onnxsim")
 TARGETS = {"onnx": (_BASE, "onnxruntime"),
            "onnx-fp16": (_BASE + ("onnxconverter_common",), "onnxruntime"),
            "onnx-int8": (_BASE + ("nncf",), "onnxruntime"),
+           "onnx-int8-dynamic": (_BASE + ("onnxruntime",), "onnxruntime"),
            "openvino-fp32": (_BASE + ("openvino",), "openvino"),
            "openvino-fp16": (_BASE + ("openvino",), "openvino"),
            "openvino-int8": (_BASE + ("openvino", "nncf"), "openvino"),

@@ -131,6 +131,26 @@ def test_fp16_artifact(tmp_path, random_checkpoint, bpe_path, coco_images):
     assert drift["group_agreement_confident"] >= 99.99
 
 
+def test_dynamic_int8_is_an_onnxruntime_only_artifact(tmp_path, random_checkpoint, bpe_path, coco_images):
+    export(str(random_checkpoint), tmp_path / "dyn", "onnx-int8-dynamic", image_size=224, tokenizer=bpe_path,
+           validation_images=EVAL_IMAGES / coco_images[2].name, log=lambda m: None)
+    manifest = read_manifest(tmp_path / "dyn")
+    precision_info = manifest.data["precision"]
+    assert precision_info["compute"] == "int8-dynamic" and precision_info["backends"] == ["onnxruntime"]
+    assert manifest.data["calibration"] is None     # no calibration images: activations are quantized at run time
+    model = onnx.load(str(tmp_path / "dyn" / "image.int8-dynamic.onnx"))
+    ops = {node.op_type for node in model.graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    quantized = precision_info["quantized_nodes"]
+    assert len(quantized) > 50 and not [n for n in quantized if "/assign/q_proj" in n or "/assign/k_proj" in n]
+    drift = manifest.data["validation"]["drift_vs_fp32"]["model_level"]
+    print("int8-dynamic (224²) drift vs fp32:", json.dumps(drift))
+    assert drift["group_embed_cosine"]["mean"] > 0.98
+    assert runtimes.open(tmp_path / "dyn").name == "onnxruntime"
+    with pytest.raises(UserError, match="OpenVINO IR"):
+        runtimes.open(tmp_path / "dyn", backend="openvino")
+
+
 def test_int8_needs_calibration_images(tmp_path, random_checkpoint, bpe_path):
     with pytest.raises(UserError, match="--calib-dir"):
         export(str(random_checkpoint), tmp_path / "x", "onnx-int8", image_size=224, tokenizer=bpe_path,

@@ -6,6 +6,8 @@ quantization (SmoothQuant, bias correction) and ONNX Runtime's MinMax/Entropy/Pe
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,13 @@ METHODS = ("nncf", "minmax", "entropy", "percentile")
 DEFAULT_METHOD = "nncf"
 SMOOTH_QUANT_ALPHA = 0.95
 HISTOGRAM_WINDOWS = 16     # ORT entropy/percentile calibrators: ~330 MB per 448² window (measured)
+# 7-bit weights (values in [-64, 63]; NNCF's overflow fix, ORT's reduce_range) by default: x86 CPUs without VNNI
+# multiply u8×s8 pairs into int16 with saturation (vpmaddubsw), which full-range weights overflow. Measured on an
+# AVX2-only EPYC, NNCF graph in ONNX Runtime, 448²: group cosine mean/min 0.9805/0.9512 with 8-bit weights,
+# 0.9960/0.9927 with 7-bit; the same 8-bit graph computed exactly (no integer kernels) gives 0.9975/0.9901.
+# 7-bit stays symmetric INT8, so TensorRT and VNNI CPUs read the same graph at a small cost.
+WEIGHT_BITS = (7, 8)
+DEFAULT_WEIGHT_BITS = 7
 
 
 @dataclass(frozen=True)
@@ -29,16 +38,24 @@ class MethodOptions:
     smooth_quant_alpha: float = SMOOTH_QUANT_ALPHA     # nncf: SmoothQuant migration strength for MatMul
     fast_bias_correction: bool = True                  # nncf
     percentile: float = 99.999                         # ORT percentile calibrator
+    weight_bits: int = DEFAULT_WEIGHT_BITS
+
+    @property
+    def reduce_range(self) -> bool:
+        return self.weight_bits == 7
 
     def to_dict(self) -> dict:
         keys = {"nncf": ("smooth_quant_alpha", "fast_bias_correction"), "percentile": ("percentile",)}
-        return {"method": self.method, **{k: getattr(self, k) for k in keys.get(self.method, ())}}
+        return {"method": self.method, "weight_bits": self.weight_bits,
+                **{k: getattr(self, k) for k in keys.get(self.method, ())}}
 
 
 def quantize(model: onnx.ModelProto, windows: np.ndarray, policy: Policy, options: MethodOptions,
              log=print) -> onnx.ModelProto:
     if options.method not in METHODS:
         raise UserError(f"--calib-method {options.method!r} is unknown: use one of {', '.join(METHODS)}")
+    if options.weight_bits not in WEIGHT_BITS:
+        raise UserError(f"--int8-weight-bits {options.weight_bits} is not supported: use 7 or 8")
     if options.method == "nncf":
         return _quantize_nncf(model, windows, policy, options, log)
     return _quantize_ort(model, windows, policy, options, log)
@@ -48,10 +65,9 @@ def _quantize_nncf(model, windows, policy: Policy, options: MethodOptions, log) 
     try:
         import nncf
         from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                           AdvancedSmoothQuantParameters)
+                                                           AdvancedSmoothQuantParameters, OverflowFix)
     except ImportError:
         raise UserError("--calib-method nncf needs NNCF: pip install nncf (or choose --calib-method minmax)") from None
-    import logging
     logging.getLogger("nncf").setLevel(logging.WARNING)
     allowed = set(policy.quantizable)
     ignored = [node.name for node in model.graph.node if node.name not in allowed]
@@ -63,6 +79,8 @@ def _quantize_nncf(model, windows, policy: Policy, options: MethodOptions, log) 
         subset_size=len(windows), fast_bias_correction=options.fast_bias_correction,
         ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
         advanced_parameters=AdvancedQuantizationParameters(
+            # FIRST_LAYER is NNCF's own default (7-bit weights on the patch embedding only).
+            overflow_fix=OverflowFix.ENABLE if options.reduce_range else OverflowFix.FIRST_LAYER,
             smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=options.smooth_quant_alpha)))
 
 
@@ -89,12 +107,18 @@ def _quantize_ort(model, windows, policy: Policy, options: MethodOptions, log) -
         windows = windows[:HISTOGRAM_WINDOWS]
     log(f"quantizing with ONNX Runtime's {options.method} calibrator (symmetric S8S8 QDQ, per-channel) "
         f"on {len(windows)} windows")
-    import logging
+    with _quiet_root_logger():
+        return _run_quantize_static(model, windows, policy, options, method)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ORT's quantizers log advice on the root logger ("consider pre-processing"); it is not for our users."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)   # quantize_static logs advice on the root logger; it is not for our users
+    root.setLevel(logging.ERROR)
     try:
-        return _run_quantize_static(model, windows, policy, options, method)
+        yield
     finally:
         root.setLevel(level)
 
@@ -107,8 +131,8 @@ def _run_quantize_static(model, windows, policy, options, method):
         quantize_static(
             str(source), str(target), _WindowReader(windows), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["Conv", "Gemm", "MatMul"], nodes_to_quantize=list(policy.quantizable),
-            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method=method,
+            per_channel=True, reduce_range=options.reduce_range, activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8, calibrate_method=method,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                            # int32 bias Q/DQ is ORT-specific; TensorRT's explicit quantization takes INT8 Q/DQ.
                            "QuantizeBias": False,
@@ -116,6 +140,30 @@ def _run_quantize_static(model, windows, policy, options, method):
                            # so memory stays flat over 128+ calibration images.
                            "CalibMaxIntermediateOutputs": 16, "CalibPercentile": options.percentile})
         return onnx.load(str(target))
+
+
+def quantize_dynamic_int8(model: onnx.ModelProto, policy: Policy, reduce_range: bool = True,
+                          log=print) -> onnx.ModelProto:
+    """ONNX Runtime's dynamic INT8: weights INT8 per channel, activations quantized at run time, no calibration.
+
+    ORT's own recommendation for transformers on CPU. The graph uses DynamicQuantizeLinear/MatMulInteger/
+    ConvInteger, which only ONNX Runtime's CPU provider runs fast: it is an ORT-CPU artifact, not the shared QDQ one.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    log(f"quantizing {len(policy.quantizable)} weight nodes with ONNX Runtime's dynamic INT8 "
+        f"(weights per-channel INT8, activations at run time)")
+    with tempfile.TemporaryDirectory() as scratch, _quiet_root_logger():
+        source, target = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
+        onnx.save(model, str(source))
+        quantize_dynamic(str(source), str(target), op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+                         nodes_to_quantize=list(policy.quantizable), per_channel=True,
+                         reduce_range=reduce_range, weight_type=QuantType.QInt8)
+        return onnx.load(str(target))
+
+
+def dynamic_quantized_nodes(model: onnx.ModelProto) -> list[str]:
+    """Integer matrix products of a dynamically quantized graph: what runs in INT8."""
+    return sorted(node.name for node in model.graph.node if node.op_type in ("MatMulInteger", "ConvInteger"))
 
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:

@@ -15,6 +15,7 @@ _CHAINS = {
     "onnx": ("precision", ()),
     "onnx-fp16": ("precision", ("to_fp16",)),
     "onnx-int8": ("precision", ("to_int8",)),
+    "onnx-int8-dynamic": ("precision", ("to_int8_dynamic",)),
     "openvino-fp32": ("openvino", ("to_ir_fp32",)),
     "openvino-fp16": ("openvino", ("to_ir_fp16",)),
     "openvino-int8": ("openvino", ("to_ir_int8",)),

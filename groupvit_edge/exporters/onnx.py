@@ -40,6 +40,7 @@ class ExportOptions:
     calib_dir: str | Path | None = None
     calib_count: int = 128
     calib_method: str = "nncf"
+    int8_weight_bits: int = 7                       # 7: no int16 saturation on CPUs without VNNI (quantizers.py)
     seed: int = 0
     max_drop: float | None = None                   # drift budget (mIoU points) for the int8 search
     drift_labels: str = "prototypes:16"             # vocabulary the drift budget is measured with

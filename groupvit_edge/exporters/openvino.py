@@ -120,7 +120,8 @@ def _nncf_ir_route(context: ExportContext) -> list[Path]:
     policy = image_graph_policy(onnx.load(str(context.staging / precision.FP32_FILE), load_external_data=False))
     kept_float = nncf_ir_float_nodes(policy)
     method = {"method": "nncf-ir", "smooth_quant_alpha": SMOOTH_QUANT_ALPHA, "fast_bias_correction": True,
-              "nncf": nncf.__version__, "openvino": ov.__version__.split("-")[0]}
+              "weight_bits": context.options.int8_weight_bits, "nncf": nncf.__version__,
+              "openvino": ov.__version__.split("-")[0]}
     key = calibration_key(context.data["model"]["weights_sha256"], calibration, method,
                           policy=policy_digest(kept_float))
     started = time.perf_counter()
@@ -141,7 +142,8 @@ def _nncf_ir_route(context: ExportContext) -> list[Path]:
 def _quantize_ir(context: ExportContext, calibration, kept_float: list[str]):
     import logging
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
+                                                       AdvancedSmoothQuantParameters, OverflowFix)
     model = _openvino().convert_model(str(context.staging / precision.FP32_FILE))
     windows = calibration.windows()
     logging.getLogger("nncf").setLevel(logging.WARNING)
@@ -155,6 +157,8 @@ def _quantize_ir(context: ExportContext, calibration, kept_float: list[str]):
         ignored_scope=nncf.IgnoredScope(names=sorted(ir_names(model, kept_float)), types=list(NNCF_IR_FLOAT_TYPES),
                                         validate=False),
         advanced_parameters=AdvancedQuantizationParameters(
+            # 7-bit weights unless told otherwise: see calibration.quantizers.DEFAULT_WEIGHT_BITS.
+            overflow_fix=OverflowFix.ENABLE if context.options.int8_weight_bits == 7 else OverflowFix.FIRST_LAYER,
             smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)))
 
 

@@ -107,7 +107,7 @@ def to_int8(context: ExportContext) -> None:
                         "(e.g. ../shared/data/coco/calib2017)")
     calibration = CalibrationSet.from_dir(options.calib_dir, options.calib_count, context.manifest.preprocess,
                                           options.seed, log=log)
-    method = MethodOptions(options.calib_method)
+    method = MethodOptions(options.calib_method, weight_bits=options.int8_weight_bits)
     model = onnx.load(str(context.staging / FP32_FILE))
     policy = image_graph_policy(model)
     key = calibration_key(context.data["model"]["weights_sha256"], calibration, method.to_dict(),
@@ -143,6 +143,27 @@ def to_int8(context: ExportContext) -> None:
     if search:
         context.data["validation"]["drift_budget_search"] = search
     _finish(context, "image.int8.onnx", "int8")
+
+
+def to_int8_dynamic(context: ExportContext) -> None:
+    """ONNX Runtime CPU only: dynamic INT8 needs no calibration images, and is its own target because neither
+    TensorRT nor OpenVINO run its integer ops fast; the shared QDQ graph is `onnx-int8`."""
+    from ..calibration.policy import image_graph_policy
+    from ..calibration.quantizers import dynamic_quantized_nodes, quantize_dynamic_int8
+    model = onnx.load(str(context.staging / FP32_FILE))
+    policy = image_graph_policy(model)
+    quantized = quantize_dynamic_int8(model, policy, reduce_range=context.options.int8_weight_bits == 7,
+                                      log=context.log)
+    onnx.save(quantized, str(context.staging / "image.int8-dynamic.onnx"))
+    drift = measure_graph_drift(context, "image.int8-dynamic.onnx", drift_images(context))
+    _log_drift(drift, context.log)
+    context.data["precision"].update(
+        compute="int8-dynamic", backends=["onnxruntime"], weight_bits=context.options.int8_weight_bits,
+        quantized_nodes=dynamic_quantized_nodes(quantized),
+        kept_float=["LayerNormalization", "Softmax", "Erf (GELU)", "activation×activation MatMul",
+                    "grouping assignment", "L2 normalisation"], kept_float_nodes=policy.assignment)
+    context.data["validation"]["drift_vs_fp32"] = drift
+    _finish(context, "image.int8-dynamic.onnx", "int8-dynamic")
 
 
 def _exceeds(drift: dict, max_drop: float) -> bool:
