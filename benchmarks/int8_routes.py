@@ -22,7 +22,7 @@ import numpy as np
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BPE = SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 ROUTES = ("ort-fp32", "ort-defaults", "ort-minmax", "ort-percentile", "ort-entropy", "ort-dynamic", "nncf-onnx",
-          "openvino-qdq", "openvino-nncf", "onnx-fp16")
+          "nncf-onnx-w8", "openvino-qdq", "openvino-nncf", "onnx-fp16")
 
 
 def latency(runtime, size, runs: int) -> float:
@@ -59,10 +59,10 @@ def main():
     args = parser.parse_args()
 
     import onnx
-    from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static, QuantType
+    from onnxruntime.quantization import QuantFormat, quantize_static
     from groupvit_edge import runtimes
     from groupvit_edge.calibration import CalibrationSet
-    from groupvit_edge.calibration.quantizers import _WindowReader
+    from groupvit_edge.calibration.quantizers import WindowReader, minmax_stride
     from groupvit_edge.exporters import export
     from groupvit_edge.metrics.drift import measure_drift
     from groupvit_edge.model import load_model
@@ -98,27 +98,26 @@ def main():
             windows = windows if windows is not None else calibration.windows(progress=False)
             source = scratch / "fp32-image.onnx"
             onnx.save(fp32_model, str(source))
-            quantize_static(str(source), str(scratch / "defaults.onnx"), _WindowReader(windows),
+            quantize_static(str(source), str(scratch / "defaults.onnx"), WindowReader(windows),
                             quant_format=QuantFormat.QDQ,
-                            extra_options={"CalibMaxIntermediateOutputs": 16})
+                            extra_options={"CalibStridedMinMax": minmax_stride(len(windows))})
             judge(route, replace_image_graph(fp32, scratch / route, onnx.load(str(scratch / "defaults.onnx")),
                                              "int8"), built_s=time.perf_counter() - started,
                   note="quantize_static defaults: asymmetric U8, every op")
         elif route == "ort-dynamic":
-            source = scratch / "fp32-image.onnx"
-            onnx.save(fp32_model, str(source))
-            quantize_dynamic(str(source), str(scratch / "dynamic.onnx"), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"])
-            judge(route, replace_image_graph(fp32, scratch / route, onnx.load(str(scratch / "dynamic.onnx")),
-                                             "int8-dynamic"), built_s=time.perf_counter() - started,
-                  note="weights INT8, activations quantized at run time (ORT CPU only)")
-        elif route.startswith("ort-") or route == "nncf-onnx":
-            method = "nncf" if route == "nncf-onnx" else route[4:]
+            out = scratch / route
+            export(loaded, out, "onnx-int8-dynamic", validation_images=images[0], **common)
+            judge(route, out, built_s=time.perf_counter() - started,
+                  note="ours: onnx-int8-dynamic, weights 7-bit per channel, activations at run time (ORT CPU only)")
+        elif route.startswith("ort-") or route.startswith("nncf-onnx"):
+            method = "nncf" if route.startswith("nncf-onnx") else route[4:]
+            bits = 8 if route.endswith("-w8") else 7
             out = scratch / route
             export(loaded, out, "onnx-int8", calib_dir=SHARED / "coco" / "calib2017", calib_count=args.calib_count,
-                   calib_method=method, validation_images=images[0], cache_dir=scratch / "cache", **common)
+                   calib_method=method, int8_weight_bits=bits, validation_images=images[0],
+                   cache_dir=scratch / "cache", **common)
             seconds = runtimes.open(out).manifest.data["calibration"]["seconds"]
-            judge(route, out, built_s=seconds, note=f"ours: symmetric S8S8 QDQ, policy, {method}")
+            judge(route, out, built_s=seconds, note=f"ours: symmetric S8S8 QDQ, policy, {method}, {bits}-bit weights")
         elif route in ("openvino-qdq", "openvino-nncf"):
             out = scratch / route
             export(loaded, out, "openvino-int8", calib_dir=SHARED / "coco" / "calib2017",

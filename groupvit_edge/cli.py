@@ -191,15 +191,17 @@ def evaluate_command(source, dataset, classes, backend, limit, json_path):
 @click.option("--runs", type=int, default=20, show_default=True)
 @click.option("--threads", type=int, help="CPU threads per backend.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Windows per image-graph call.")
+@click.option("--streams", type=int, help="Throughput mode: OpenVINO's THROUGHPUT hint with N streams, and a "
+              "windows/s column over a stream of windows (async requests where the backend has them).")
 @click.option("--json", "json_path", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
-def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, batch, json_path):
+def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, batch, streams, json_path):
     """Speed, size, memory and accuracy of each artifact, one row each."""
     from .metrics.bench import BenchSettings, benchmark
     from .metrics.report import write_json
     from .segmentation.preprocess import list_images
     paths = list_images(list(images))[:limit]
     report = benchmark(list(artifacts), paths, reference=reference, settings=BenchSettings(
-        warmup=warmup, runs=runs, threads=threads, batch=batch, labels=labels), log=click.echo)
+        warmup=warmup, runs=runs, threads=threads, batch=batch, streams=streams, labels=labels), log=click.echo)
     click.echo(report.to_markdown())
     write_json(report.data, json_path)
     click.echo(f"\nwrote {json_path}")

@@ -183,3 +183,24 @@ def test_drift_budget_search_returns_blocks_until_it_fits(tmp_path, random_check
     quantized = set(read_manifest(tmp_path / "budget").data["precision"]["quantized_nodes"])
     assert not any(block_of(n) in search["kept_float_blocks"] for n in quantized if block_of(n))
     del kept_nodes
+
+
+def test_ort_minmax_sees_every_calibration_window(tmp_path):
+    """onnxruntime 1.32's CalibMaxIntermediateOutputs drops all but the last partial pass; our strided MinMax
+    must keep the range of a window in the first pass."""
+    from onnx import TensorProto, helper, numpy_helper
+    from groupvit_edge.calibration.policy import Policy
+    from groupvit_edge.calibration.quantizers import MethodOptions, minmax_stride, quantize
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["pixels", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    windows = np.full((32, 4), 0.5, dtype=np.float32)
+    windows[0, 0] = 100.0                      # the largest activation is in the first pass only
+    assert minmax_stride(32) == 16 and minmax_stride(31) == 1 and minmax_stride(287) == 7
+    quantized = quantize(model, windows, Policy(["mm"], [], []), MethodOptions("minmax", weight_bits=8),
+                         log=lambda m: None)
+    inits = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
+    pixels_q = next(n for n in quantized.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "pixels")
+    assert inits[pixels_q.input[1]] == pytest.approx(100.0 / 127, rel=1e-3)

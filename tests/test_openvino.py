@@ -115,6 +115,17 @@ def test_async_stream_yields_every_window_in_order(ir_fp32, windows):
         assert np.array_equal(encoding.group_embeds[0], batch.group_embeds[index % len(windows)])
 
 
+def test_bench_streams_runs_openvino_in_throughput_mode(ir_fp32, coco_images):
+    from groupvit_edge.metrics.bench import BenchSettings, benchmark
+    report = benchmark([ir_fp32], [EVAL_IMAGES / coco_images[0].name], isolate=False, log=lambda m: None,
+                       settings=BenchSettings(warmup=1, runs=2, threads=2, streams=2, labels=None))
+    row = report.data["rows"][0]
+    assert row["status"] == "ok", row.get("traceback")
+    assert "THROUGHPUT 2 streams" in row["backend"] and "inference precision f32" in row["backend"]
+    assert row["stream_windows_per_s"] > 0
+    assert "stream windows/s (2 streams)" in report.to_markdown()
+
+
 def test_device_hint_and_precision_errors_are_one_sentence(ir_fp32):
     available = ov.Core().available_devices
     absent = next(name for name in ("NPU", "GPU", "CPU") if not any(d.startswith(name) for d in available))

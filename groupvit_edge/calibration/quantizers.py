@@ -84,15 +84,35 @@ def _quantize_nncf(model, windows, policy: Policy, options: MethodOptions, log) 
             smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=options.smooth_quant_alpha)))
 
 
-class _WindowReader:
-    """ONNX Runtime's CalibrationDataReader protocol over preprocessed windows, one window per batch."""
+class WindowReader:
+    """ONNX Runtime's CalibrationDataReader protocol over preprocessed windows, one window per batch, with the
+    `len`/`set_range` that its strided MinMax calibration uses."""
 
     def __init__(self, windows: np.ndarray):
+        self._all = windows
         self._windows = iter(windows)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._windows = iter(self._all[start_index:end_index])
 
     def get_next(self):
         window = next(self._windows, None)
         return None if window is None else {"pixels": window[None]}
+
+
+def minmax_stride(count: int, most: int = 16) -> int:
+    """Windows per MinMax statistics pass: the largest divisor of `count` up to `most` (ORT requires a divisor).
+
+    MinMax keeps every intermediate tensor of the windows it has seen (~330 MB per 448² window), so it must fold
+    them in passes. ORT's own `CalibMaxIntermediateOutputs` does not: in onnxruntime 1.32 `collect_data` clears
+    the tensors every N windows *without* computing their ranges, so only the last partial pass counts (and a
+    window count divisible by N fails with "No data is collected"). `CalibStridedMinMax` computes and merges the
+    ranges of each pass.
+    """
+    return max(d for d in range(1, min(most, count) + 1) if count % d == 0)
 
 
 def _quantize_ort(model, windows, policy: Policy, options: MethodOptions, log) -> onnx.ModelProto:
@@ -129,16 +149,17 @@ def _run_quantize_static(model, windows, policy, options, method):
         source, target = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
         onnx.save(model, str(source))
         quantize_static(
-            str(source), str(target), _WindowReader(windows), quant_format=QuantFormat.QDQ,
+            str(source), str(target), WindowReader(windows), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["Conv", "Gemm", "MatMul"], nodes_to_quantize=list(policy.quantizable),
             per_channel=True, reduce_range=options.reduce_range, activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8, calibrate_method=method,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                            # int32 bias Q/DQ is ORT-specific; TensorRT's explicit quantization takes INT8 Q/DQ.
                            "QuantizeBias": False,
-                           # MinMax keeps every intermediate output until the end: fold them every 16 batches
-                           # so memory stays flat over 128+ calibration images.
-                           "CalibMaxIntermediateOutputs": 16, "CalibPercentile": options.percentile})
+                           "CalibPercentile": options.percentile,
+                           # memory stays flat over 128+ calibration images (see minmax_stride)
+                           **({"CalibStridedMinMax": minmax_stride(len(windows))}
+                              if options.method == "minmax" else {})})
         return onnx.load(str(target))
 
 

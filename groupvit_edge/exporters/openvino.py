@@ -6,9 +6,11 @@
     "qdq"      precision.to_int8's QDQ ONNX (one calibration for every backend), converted to IR;
     "nncf-ir"  NNCF post-training quantization of the fp32 IR (FakeQuantize, OpenVINO's own form), which also
                quantizes self-attention's q·k; the grouping assignment and the grouping maps stay float.
-  The default is "nncf-ir", the better by measurement (benchmarks/openvino_targets.py, 448², 2 threads, 128
-  calibration images, 50 held-out images): 60.9 vs 70.6 ms median, 16.5 vs 13.9 windows/s, with the same drift
-  (confident group agreement 100.000 vs 99.997 %, group cosine mean 0.99774 vs 0.99775, min 0.98398 vs 0.98362).
+  The default is "nncf-ir", the better by measurement where INT8 pays (benchmarks/openvino_targets.py, 448²,
+  2 threads, 128 calibration images, 50 held-out images, on an AVX-512 CPU): 60.9 vs 70.6 ms median, 16.5 vs
+  13.9 windows/s, with the same drift (confident group agreement 100.000 vs 99.997 %, group cosine mean 0.99774
+  vs 0.99775). On an AVX2-only CPU (no VNNI) INT8 is no faster than fp32 and the routes are within noise
+  (243 vs 232 ms; cosine 0.99601 vs 0.99608, 7-bit weights).
   `openvino_int8_route` (an export option, when ExportOptions has it) or DEFAULT_INT8_ROUTE selects a route.
 
 The text graph stays fp32 in every target: it runs once per vocabulary, not per image. Every IR's drift against
