@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..runtimes import Runtime
 from ..runtimes import open as open_runtime
 from ..runtimes.base import ImageEncoding
-from ..segmentation.postprocess import BACKGROUND_THRESHOLD, resize_bilinear
+from ..segmentation.postprocess import BACKGROUND_THRESHOLD, resize_bilinear, top_two
 from ..segmentation.preprocess import Prepared, list_images, load_image, prepare
 from ..segmentation.segmenter import encode_windows, label_map
 from ..segmentation.vocabulary import Vocabulary, parse_labels
@@ -45,11 +45,10 @@ class WindowDecision:
 def decide_groups(grouping: np.ndarray, window_size: tuple[int, int], margin: float | None) -> WindowDecision:
     """Upsample one window's soft maps once; argmax, and the relative best-vs-second margin when asked."""
     maps = resize_bilinear(grouping, *window_size)
-    confident = None
-    if margin is not None:
-        second, best = np.partition(maps, -2, axis=0)[-2:]
-        confident = (best - second) >= margin * np.maximum(best, np.finfo(np.float32).tiny)
-    return WindowDecision(maps.argmax(axis=0), confident)
+    if margin is None:
+        return WindowDecision(maps.argmax(axis=0), None)
+    groups, best, second = top_two(maps)
+    return WindowDecision(groups, (best - second) >= margin * np.maximum(best, np.finfo(np.float32).tiny))
 
 
 @dataclass
