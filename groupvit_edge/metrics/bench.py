@@ -176,20 +176,23 @@ class BenchReport:
                  f"{s['runs']} runs after {s['warmup']} warm-up; mIoU vs {self.data['reference'] or '—'} "
                  f"({s['labels']})", "",
                  "| artifact | target | backend | status | size MB | image graph ms/window p50 / p90 "
-                 f"| end-to-end ms/photo p50 / p90 | photos/s |{stream_head} peak RSS MB | mIoU vs ref | ΔmIoU |",
-                 f"|---|---|---|---|---|---|---|---|{stream_rule}---|---|---|"]
+                 f"| end-to-end ms/photo p50 / p90 | photos/s |{stream_head} peak RSS MB | mIoU vs ref | ΔmIoU "
+                 "| confident group agree % |",
+                 f"|---|---|---|---|---|---|---|---|{stream_rule}---|---|---|---|"]
         for r in self.data["rows"]:
             stream_cell = "" if not streams else (f" {r['stream_windows_per_s']:.2f} |" if r["status"] == "ok"
                                                   else " |")
             if r["status"] != "ok":
                 lines.append(f"| {r['artifact']} | | | {r['status']} | | | | |{stream_cell} {r['peak_rss_mb']:.0f} "
-                             f"| | |")
+                             f"| | | |")
                 continue
             miou = r.get("miou_vs_reference")
+            confident = r.get("group_agreement_confident")
             lines.append(
                 f"| {r['artifact']} | {r['target']} | {r['backend']} | ok | {r['size_mb']:.1f} "
                 f"| {r['image_graph_ms']['p50']:.1f} / {r['image_graph_ms']['p90']:.1f} "
                 f"| {r['end_to_end_ms']['p50']:.1f} / {r['end_to_end_ms']['p90']:.1f} | {r['images_per_s']:.2f} "
                 f"|{stream_cell} {r['peak_rss_mb']:.0f} | {'—' if miou is None else f'{miou:.2f}'} "
-                f"| {'—' if miou is None else f'{miou - 100:+.2f}'} |")
+                f"| {'—' if miou is None else f'{miou - 100:+.2f}'} "
+                f"| {'—' if confident is None else f'{confident:.3f}'} |")
         return "\n".join(lines)
