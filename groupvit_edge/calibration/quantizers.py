@@ -25,8 +25,8 @@ SMOOTH_QUANT_ALPHA = 0.95
 HISTOGRAM_WINDOWS = 16     # ORT entropy/percentile calibrators: ~330 MB per 448² window (measured)
 # 7-bit weights (values in [-64, 63]; NNCF's overflow fix, ORT's reduce_range) by default: x86 CPUs without VNNI
 # multiply u8×s8 pairs into int16 with saturation (vpmaddubsw), which full-range weights overflow. Measured on an
-# AVX2-only EPYC, NNCF graph in ONNX Runtime, 448²: group cosine mean/min 0.9805/0.9512 with 8-bit weights,
-# 0.9960/0.9927 with 7-bit; the same 8-bit graph computed exactly (no integer kernels) gives 0.9975/0.9901.
+# AVX2-only EPYC by benchmarks/int8_saturation.py (NNCF graph in ONNX Runtime, 448²): group cosine mean/min
+# 0.9813/0.9512 with 8-bit weights, 0.9962/0.9927 with 7-bit; computed exactly, 0.9977/0.9901 and 0.9961/0.9915.
 # 7-bit stays symmetric INT8, so TensorRT and VNNI CPUs read the same graph at a small cost.
 WEIGHT_BITS = (7, 8)
 DEFAULT_WEIGHT_BITS = 7
