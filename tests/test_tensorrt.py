@@ -134,6 +134,15 @@ def test_fp16_artifact_is_ready_for_trt_fp16(tmp_path, random_checkpoint, bpe_pa
     assert report.graphs == ["image.fp16.onnx", "text.onnx"] and report.ok and not report.findings, report.format()
 
 
+def test_dynamic_int8_artifact_is_refused_with_its_cause_first(tmp_path, random_checkpoint, bpe_path, coco_images):
+    export(str(random_checkpoint), tmp_path / "dyn", "onnx-int8-dynamic", image_size=224, tokenizer=bpe_path,
+           validation_images=EVAL_IMAGES / coco_images[0].name, log=lambda m: None)
+    report = check_artifact(tmp_path / "dyn", "trt-int8")
+    assert not report.ok and report.errors[0].rule == "artifact"
+    assert "onnxruntime only" in report.errors[0].message and "--target onnx-int8" in report.errors[0].message
+    assert "operator" in report.rules()      # MatMulInteger / DynamicQuantizeLinear, per node
+
+
 def test_operator_table_is_data_with_its_source():
     table = operator_table()
     assert table["source"]["repo"] == "onnx/onnx-tensorrt" and table["source"]["branch"] == "release/10.3"

@@ -243,6 +243,14 @@ def check_graph(model, target: str = "trt-fp16", *, graph: str | None = None,
 def check_manifest(manifest, target: str) -> Report:
     """Every ONNX graph a manifest names, each with the dynamic axis names its manifest record declares."""
     report = Report(target)
+    precision = manifest.data.get("precision", {})
+    backends = precision.get("backends")
+    if backends and "tensorrt" not in backends:
+        # Said first, so the user reads the cause before the per-node findings it explains.
+        report.findings.append(Finding(
+            "error", "artifact", None,
+            f"this {precision.get('target', '?')} artifact is made for {', '.join(backends)} only; TensorRT builds "
+            f"from the fp32 (`--target onnx`), fp16 or QDQ INT8 (`--target onnx-int8`) graphs", graph=None))
     for graph_name, record in manifest.graphs.items():
         if record.get("format") != "onnx":
             continue
