@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import resource
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,15 +25,9 @@ ROUTES = ("ort-fp32", "ort-defaults", "ort-minmax", "ort-percentile", "ort-entro
 
 
 def latency(runtime, size, runs: int) -> float:
+    from groupvit_edge.metrics.bench import median_ms
     pixels = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    for _ in range(3):
-        runtime.encode_image(pixels)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        runtime.encode_image(pixels)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+    return median_ms(lambda: runtime.encode_image(pixels), runs, warmup=3)
 
 
 def replace_image_graph(fp32_dir: Path, out: Path, onnx_model, compute: str) -> Path:

@@ -39,25 +39,33 @@ def policy_digest(names: list[str]) -> str:
 def cached_quantization(key: dict, build: Callable[[], onnx.ModelProto], root: Path | None = None,
                         log=print) -> tuple[onnx.ModelProto, bool]:
     """Return (quantized graph, reused?) for `key`, building and storing it when no matching entry exists."""
+    return cached_entry(key, build, "image.qdq.onnx", load=lambda path: onnx.load(str(path)),
+                        save=lambda model, path: onnx.save(model, str(path)), root=root, log=log)
+
+
+def cached_entry(key: dict, build: Callable, file_name: str, load: Callable, save: Callable,
+                 root: Path | None = None, log=print) -> tuple[object, bool]:
+    """(result, reused?) for `key`: `load(path)` of the stored `file_name` when its key matches, else `build()`,
+    stored atomically with `save(result, path)` (a rebuilt entry replaces the stale one, never half of it)."""
     root = Path(root) if root is not None else cache_root()
     entry = root / "calibration" / f"{key['weights_sha256'][:16]}-{key['method']['method']}"
-    key_file, graph_file = entry / "key.json", entry / "image.qdq.onnx"
-    if key_file.is_file() and graph_file.is_file():
+    key_file, result_file = entry / "key.json", entry / file_name
+    if key_file.is_file() and result_file.is_file():
         stored = json.loads(key_file.read_text())
         if stored == key:
             log(f"reusing calibration cache {entry}")
-            return onnx.load(str(graph_file)), True
+            return load(result_file), True
         log(f"calibration cache {entry} was made with different {', '.join(changed_fields(stored, key))}; "
             f"recalibrating")
-    model = build()
+    result = build()
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
-        onnx.save(model, str(staging / "image.qdq.onnx"))
-        (staging / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True))
+        save(result, staging / file_name)
+        (staging / key_file.name).write_text(json.dumps(key, indent=2, sort_keys=True))
         shutil.rmtree(entry, ignore_errors=True)
         staging.rename(entry)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return model, False
+    return result, False

@@ -62,22 +62,33 @@ def quantize(model: onnx.ModelProto, windows: np.ndarray, policy: Policy, option
 
 
 def _quantize_nncf(model, windows, policy: Policy, options: MethodOptions, log) -> onnx.ModelProto:
-    try:
-        import nncf
-        from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                           AdvancedSmoothQuantParameters, OverflowFix)
-    except ImportError:
-        raise UserError("--calib-method nncf needs NNCF: pip install nncf (or choose --calib-method minmax)") from None
-    logging.getLogger("nncf").setLevel(logging.WARNING)
+    nncf = _nncf()
     allowed = set(policy.quantizable)
     ignored = [node.name for node in model.graph.node if node.name not in allowed]
     log(f"quantizing with NNCF (symmetric INT8, SmoothQuant α={options.smooth_quant_alpha}, bias correction) "
         f"on {len(windows)} windows")
+    return nncf_quantize(model, windows, nncf.IgnoredScope(names=ignored, validate=False), options)
+
+
+def _nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise UserError("--calib-method nncf needs NNCF: pip install nncf (or choose --calib-method minmax)") from None
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    return nncf
+
+
+def nncf_quantize(model, windows: np.ndarray, ignored_scope, options: MethodOptions):
+    """NNCF post-training quantization of an ONNX model or an OpenVINO IR, the same settings for both routes:
+    TRANSFORMER, symmetric (PERFORMANCE preset), SmoothQuant on MatMul, bias correction, every window."""
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
+                                                       AdvancedSmoothQuantParameters, OverflowFix)
     return nncf.quantize(
         model, nncf.Dataset(list(windows), lambda window: {"pixels": window[None]}),
         preset=nncf.QuantizationPreset.PERFORMANCE, model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(windows), fast_bias_correction=options.fast_bias_correction,
-        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+        subset_size=len(windows), fast_bias_correction=options.fast_bias_correction, ignored_scope=ignored_scope,
         advanced_parameters=AdvancedQuantizationParameters(
             # FIRST_LAYER is NNCF's own default (7-bit weights on the patch embedding only).
             overflow_fix=OverflowFix.ENABLE if options.reduce_range else OverflowFix.FIRST_LAYER,

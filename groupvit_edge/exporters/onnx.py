@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..artifact import GraphRecord, Manifest, Preprocess, atomic_directory, write_json_atomic, MANIFEST_NAME
+from ..artifact import GraphRecord, Manifest, atomic_directory, write_json_atomic, MANIFEST_NAME
 from ..errors import UserError, ValidationFailed
 from ..segmentation.preprocess import load_image, prepare
 from ..segmentation.vocabulary import Vocabulary, load_tokenizer

@@ -142,55 +142,27 @@ def _nncf_ir_route(context: ExportContext) -> list[Path]:
 
 
 def _quantize_ir(context: ExportContext, calibration, kept_float: list[str]):
-    import logging
     import nncf
-    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                       AdvancedSmoothQuantParameters, OverflowFix)
+    from ..calibration.quantizers import MethodOptions, nncf_quantize
     model = _openvino().convert_model(str(context.staging / precision.FP32_FILE))
     windows = calibration.windows()
-    logging.getLogger("nncf").setLevel(logging.WARNING)
     context.log(f"quantizing the fp32 IR with NNCF (symmetric INT8, SmoothQuant α={SMOOTH_QUANT_ALPHA}, bias "
                 f"correction; grouping assignment, grouping maps, LayerNorm and Softmax in float) on "
                 f"{len(windows)} windows")
-    return nncf.quantize(
-        model, nncf.Dataset(list(windows), lambda window: {"pixels": window[None]}),
-        preset=nncf.QuantizationPreset.PERFORMANCE, model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(windows), fast_bias_correction=True,
-        ignored_scope=nncf.IgnoredScope(names=sorted(ir_names(model, kept_float)), types=list(NNCF_IR_FLOAT_TYPES),
-                                        validate=False),
-        advanced_parameters=AdvancedQuantizationParameters(
-            # 7-bit weights unless told otherwise: see calibration.quantizers.DEFAULT_WEIGHT_BITS.
-            overflow_fix=OverflowFix.ENABLE if context.options.int8_weight_bits == 7 else OverflowFix.FIRST_LAYER,
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)))
+    ignored = nncf.IgnoredScope(names=sorted(ir_names(model, kept_float)), types=list(NNCF_IR_FLOAT_TYPES),
+                                validate=False)
+    options = MethodOptions("nncf", smooth_quant_alpha=SMOOTH_QUANT_ALPHA, fast_bias_correction=True,
+                            weight_bits=context.options.int8_weight_bits)
+    return nncf_quantize(model, windows, ignored, options)
 
 
 def cached_ir(key: dict, build, root=None, log=print):
     """The IR counterpart of calibration.cache.cached_quantization: (quantized ov.Model, reused?) for `key`."""
-    import json
-    import shutil
-    from ..calibration.cache import cache_root, changed_fields
+    from ..calibration.cache import cached_entry
     ov = _openvino()
-    entry = Path(root or cache_root()) / "calibration" / f"{key['weights_sha256'][:16]}-{key['method']['method']}"
-    key_file, xml = entry / "key.json", entry / "image.xml"
-    if key_file.is_file() and xml.is_file():
-        stored = json.loads(key_file.read_text())
-        if stored == key:
-            log(f"reusing calibration cache {entry}")
-            return ov.Core().read_model(str(xml)), True
-        log(f"calibration cache {entry} was made with different {', '.join(changed_fields(stored, key))}; "
-            f"recalibrating")
-    model = build()
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
-    try:
-        ov.save_model(model, str(staging / xml.name), compress_to_fp16=False)
-        (staging / key_file.name).write_text(json.dumps(key, indent=2, sort_keys=True))
-        shutil.rmtree(entry, ignore_errors=True)
-        staging.rename(entry)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return model, False
+    return cached_entry(key, build, "image.xml", load=lambda path: ov.Core().read_model(str(path)),
+                        save=lambda model, path: ov.save_model(model, str(path), compress_to_fp16=False),
+                        root=root, log=log)
 
 
 # NNCF never quantizes these op types' inputs under model_type=TRANSFORMER; listing them states the policy.

@@ -8,7 +8,6 @@ The text graph stays fp32: it runs once per vocabulary, not per image.
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +20,9 @@ from ..errors import UserError
 from .onnx import ExportContext, onnx_record
 
 FP32_FILE = "image.onnx"
+# What the INT8 targets keep in float (calibration.policy), as the manifest states it.
+INT8_KEPT_FLOAT = ["LayerNormalization", "Softmax", "Erf (GELU)", "activation×activation MatMul",
+                   "grouping assignment", "L2 normalisation"]
 
 
 def drift_images(context: ExportContext, held_out: list[Path] | None = None) -> list[Path]:
@@ -134,8 +136,7 @@ def to_int8(context: ExportContext) -> None:
         raise RuntimeError(f"the quantizer produced a non-symmetric QDQ graph: {form}")
     context.data["precision"].update(
         compute="int8", method=method.to_dict(), quantized_nodes=quantized_nodes(quantized),
-        kept_float=["LayerNormalization", "Softmax", "Erf (GELU)", "activation×activation MatMul",
-                    "grouping assignment", "L2 normalisation"] + (search["kept_float_blocks"] if search else []),
+        kept_float=INT8_KEPT_FLOAT + (search["kept_float_blocks"] if search else []),
         kept_float_nodes=policy.assignment, qdq=form)
     context.data["calibration"] = {**calibration.summary(), **method.to_dict(), "reused_cache": reused,
                                    "seconds": calibration_seconds}
@@ -160,8 +161,7 @@ def to_int8_dynamic(context: ExportContext) -> None:
     context.data["precision"].update(
         compute="int8-dynamic", backends=["onnxruntime"], weight_bits=context.options.int8_weight_bits,
         quantized_nodes=dynamic_quantized_nodes(quantized),
-        kept_float=["LayerNormalization", "Softmax", "Erf (GELU)", "activation×activation MatMul",
-                    "grouping assignment", "L2 normalisation"], kept_float_nodes=policy.assignment)
+        kept_float=INT8_KEPT_FLOAT, kept_float_nodes=policy.assignment)
     context.data["validation"]["drift_vs_fp32"] = drift
     _finish(context, "image.int8-dynamic.onnx", "int8-dynamic")
 
@@ -172,7 +172,6 @@ def _exceeds(drift: dict, max_drop: float) -> bool:
 
 def drift_budget_search(context, model, policy, calibrate, drift, images):
     """Return blocks to float, most harmful first, re-quantizing and re-measuring until the drift fits."""
-    from ..calibration.quantizers import quantize  # noqa: F401 - calibrate closes over it
     options, log = context.options, context.log
     fully_quantized_ms = _median_latency(context, "image.int8.onnx")
     ranking = block_sensitivity(model, onnx.load(str(context.staging / "image.int8.onnx")), policy, context)
@@ -201,16 +200,11 @@ def drift_budget_search(context, model, policy, calibrate, drift, images):
 
 
 def _median_latency(context, file: str, runs: int = 5) -> float:
+    from ..metrics.bench import median_ms
     from ..runtimes.onnxruntime import OnnxRuntime
     runtime = OnnxRuntime(_with_image_graph(context, file))
     pixels = np.zeros((1, 3, *context.options.image_size), dtype=np.float32)
-    runtime.encode_image(pixels)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        runtime.encode_image(pixels)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+    return median_ms(lambda: runtime.encode_image(pixels), runs)
 
 
 def block_sensitivity(fp32: onnx.ModelProto, quantized: onnx.ModelProto, policy, context) -> list[tuple[str, float]]:

@@ -31,6 +31,18 @@ class BenchSettings:
     segment_labels: tuple[str, ...] = ("person", "car", "dog", "tree", "sky")
 
 
+def median_ms(call, runs: int, warmup: int = 1) -> float:
+    """Median wall time of `call()` in milliseconds over `runs` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
 def _percentiles(milliseconds: list[float]) -> dict:
     return {"p50": float(np.percentile(milliseconds, 50)), "p90": float(np.percentile(milliseconds, 90))}
 

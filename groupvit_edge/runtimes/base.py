@@ -2,11 +2,21 @@
 from __future__ import annotations
 
 import abc
+import importlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..artifact import Manifest
+
+
+def importable(module: str) -> bool:
+    """Whether a backend's package imports here; a broken install (a CUDA library missing) counts as absent."""
+    try:
+        importlib.import_module(module)
+    except Exception:
+        return False
+    return True
 
 
 @dataclass

@@ -5,18 +5,14 @@ import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
-from .base import ImageEncoding, Runtime
+from .base import ImageEncoding, Runtime, importable
 
 NAME = "onnxruntime"
 EXTRA = "onnxruntime"
 
 
 def is_installed() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importable("onnxruntime")
 
 
 def unsupported_reason(manifest: Manifest) -> str | None:

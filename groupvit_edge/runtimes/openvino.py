@@ -19,7 +19,7 @@ import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
-from .base import ImageEncoding, Runtime
+from .base import ImageEncoding, Runtime, importable
 
 NAME = "openvino"
 EXTRA = "openvino"
@@ -31,11 +31,7 @@ VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")
 
 
 def is_installed() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importable("openvino")
 
 
 def unsupported_reason(manifest: Manifest) -> str | None:

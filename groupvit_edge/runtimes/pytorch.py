@@ -5,18 +5,14 @@ import numpy as np
 
 from ..artifact import Manifest, Preprocess, new_manifest_data
 from ..errors import UserError
-from .base import ImageEncoding, Runtime
+from .base import ImageEncoding, Runtime, importable
 
 NAME = "torch"
 EXTRA = "export"
 
 
 def is_installed() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importable("torch")
 
 
 def unsupported_reason(manifest: Manifest) -> str | None:

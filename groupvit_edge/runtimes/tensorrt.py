@@ -18,7 +18,7 @@ import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
-from .base import ImageEncoding, Runtime
+from .base import ImageEncoding, Runtime, importable
 
 NAME = "tensorrt"
 EXTRA = "tensorrt"
@@ -67,11 +67,7 @@ def _torch_cuda():
 
 
 def is_installed() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except Exception:
-        return False
-    return cuda_runtime_module() is not None or _torch_cuda() is not None
+    return importable("tensorrt") and (cuda_runtime_module() is not None or _torch_cuda() is not None)
 
 
 def device_properties(device: int = 0) -> dict:
