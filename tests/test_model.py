@@ -9,7 +9,6 @@ import torch
 
 from groupvit_edge.errors import UserError
 from groupvit_edge.model import GroupViT, GroupViTConfig, load_model, save_pretrained
-from groupvit_edge.model.nvlabs_keys import hf_to_nvlabs
 
 transformers = pytest.importorskip("transformers")
 
@@ -110,20 +109,6 @@ def test_pytorch_model_bin_directory(tmp_path, ours):
     state["text_model.embeddings.position_ids"] = torch.arange(77)[None]   # older HF checkpoints carry it
     torch.save(state, directory / "pytorch_model.bin")
     assert load_model(str(directory)).weights_sha256 == ours.weights_sha256
-
-
-def test_original_nvlabs_checkpoint(tmp_path, ours):
-    """A .pth laid out like NVlabs' release: {'model': original keys, 'config': a pickled foreign object}."""
-    path = tmp_path / "group_vit_gcc_yfcc_30e.pth"
-    torch.save({"model": hf_to_nvlabs(ours.model.state_dict()), "epoch": 30, "config": _ForeignConfig()}, path)
-    loaded = load_model(str(path))
-    assert loaded.weights_sha256 == ours.weights_sha256
-
-
-class _ForeignConfig:
-    """Stands in for the omegaconf config NVlabs pickles; torch's weights_only loader rejects it."""
-    def __init__(self):
-        self.model = {"type": "MultiLabelContrastive"}
 
 
 def test_hub_id_offline_fails_with_one_sentence(monkeypatch):

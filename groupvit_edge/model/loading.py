@@ -12,6 +12,7 @@ import hashlib
 import json
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,47 +129,71 @@ def _build(config: GroupViTConfig, state_dict: dict, source: Path) -> GroupViT:
 
 
 def _torch_load(path: Path):
+    """torch.load with the weights-only unpickler, never the permissive one: a pickle can name any callable.
+
+    Original NVlabs checkpoints pickle their training config (omegaconf objects) beside the weights. Those names,
+    and only those, are mapped to an inert class (`_InertConfig`) that runs nothing and keeps nothing; a
+    checkpoint naming anything else is refused.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _weights_only_load(path)
     except pickle.UnpicklingError:
-        # Original NVlabs checkpoints pickle their training config (omegaconf objects) beside the weights.
-        # Load them with every non-torch class replaced by an inert stub, so nothing of theirs runs.
-        pass
+        foreign = _foreign_globals(path)
     except Exception as error:
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}); "
                         f"check the file or re-download it") from None
+    refused = [name for name in foreign if not _is_training_config_global(name)]
+    if refused or not foreign:
+        what = (f"names {refused[0]}, which loading weights would have to run" if refused else
+                "holds a pickle that the weights-only loader refuses and that cannot be inspected safely")
+        raise UserError(f"{path} {what}: refused; convert the checkpoint to safetensors where it was made "
+                        f"(safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) and pass that")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StubbingPickle)
+        with torch.serialization.safe_globals([(_InertConfig, name) for name in foreign]):
+            return _weights_only_load(path)
     except Exception as error:
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error}); "
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}); "
                         f"check the file or re-download it") from None
 
 
-class _Stub:
+def _weights_only_load(path: Path):
+    with warnings.catch_warnings():
+        # torch warns about pickle protocols before refusing; the refusal is what the user needs to read.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# The globals a pickled omegaconf DictConfig (NVlabs' `config` entry) names, listed from a torch.save of one:
+# omegaconf's node and container classes, and the Python types its metadata refers to.
+TRAINING_CONFIG_MODULE = "omegaconf."
+TRAINING_CONFIG_GLOBALS = frozenset({
+    "typing.Any", "collections.defaultdict", "builtins.dict", "builtins.list", "builtins.int", "builtins.float",
+    "builtins.str", "builtins.bool", "builtins.tuple"})
+
+
+def _is_training_config_global(name: str) -> bool:
+    return name.startswith(TRAINING_CONFIG_MODULE) or name in TRAINING_CONFIG_GLOBALS
+
+
+def _foreign_globals(path: Path) -> list[str]:
+    """The globals the weights-only unpickler does not allow by default; [] when the file is not a torch zip."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:   # legacy (non-zip) files and opcodes torch's scanner lacks cannot be listed safely
+        return []
+
+
+class _InertConfig:
+    """Stands in for every training-config object: takes any arguments and state, keeps none, does nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
     def __init__(self, *args, **kwargs):
         pass
 
     def __setstate__(self, state):
         pass
-
-
-class _StubbingUnpickler(pickle.Unpickler):
-    SAFE_MODULES = ("torch._utils", "torch.storage", "torch.serialization", "collections", "torch._tensor")
-    SAFE_NAMES = {("torch", "Size"), ("torch", "device"), ("torch", "float32"), ("torch", "float16"),
-                  ("torch", "bfloat16"), ("torch", "int64")}
-
-    def find_class(self, module, name):
-        if module.startswith(self.SAFE_MODULES) or (module, name) in self.SAFE_NAMES or (
-                module == "torch" and name.endswith("Storage")):
-            return super().find_class(module, name)
-        return _Stub
-
-
-class _StubbingPickle:
-    """A pickle module for torch.load whose Unpickler never imports a class outside torch's tensor machinery."""
-    Unpickler = _StubbingUnpickler
-    load = pickle.load
-    __name__ = "pickle"
 
 
 def _download_from_hub(repo_id: str) -> Path:
