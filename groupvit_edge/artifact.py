@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from .errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2           # 2: every file the manifest names carries its sha256
 MANIFEST_NAME = "manifest.json"
 # GroupViT's evaluation normalises with the ImageNet statistics (mmseg's Normalize, to_rgb=True).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -73,19 +73,65 @@ class Manifest:
         return self.data["precision"]["target"]
 
     def graph_path(self, graph: str, key: str = "file") -> Path:
-        return self.directory / self.graphs[graph][key]
+        return self._resolve(self.graphs[graph][key], f"the {graph} graph's {key}")
 
-    def _resolve(self, relative: str) -> Path:
+    def engine_path(self, graph: str) -> Path:
+        return self._resolve(self.data["engines"][graph]["file"], f"the {graph} engine")
+
+    def _resolve(self, relative: str, what: str) -> Path:
         # In-memory manifests (the PyTorch reference) hold absolute paths and no directory.
-        return Path(relative) if self.directory is None else self.directory / relative
+        if self.directory is None:
+            return Path(relative)
+        return inside_artifact(self.directory, relative, what)
 
-    def tokenizer_dir(self) -> Path | None:
+    def tokenizer_source(self) -> Path | None:
+        """The tokenizer to load: the one BPE file the manifest names, or the directory of its vocab.json +
+        merges.txt — never another file that happens to lie in the folder."""
         entry = self.data.get("tokenizer")
-        return self._resolve(entry["dir"]) if entry else None
+        if not entry:
+            return None
+        files = entry.get("files") or []
+        if len(files) == 1:
+            return self._resolve(f"{entry['dir']}/{files[0]}", "the tokenizer file")
+        return self._resolve(entry["dir"], "the tokenizer directory")
 
     def vocabulary_path(self) -> Path | None:
         entry = self.data.get("vocabulary")
-        return self._resolve(entry["file"]) if entry else None
+        return self._resolve(entry["file"], "the vocabulary") if entry else None
+
+    def files(self) -> list[tuple[str, str, str | None]]:
+        """(what, relative path, sha256) of every file the manifest names: graphs, IR weights, engines,
+        tokenizer files and the precomputed vocabulary."""
+        named = []
+        for graph, record in self.graphs.items():
+            named.append((f"{graph} graph", record["file"], record.get("sha256")))
+            if "weights" in record:
+                named.append((f"{graph} graph weights", record["weights"], record.get("weights_sha256")))
+        for graph, record in (self.data.get("engines") or {}).items():
+            named.append((f"{graph} engine", record["file"], record.get("sha256")))
+        tokenizer = self.data.get("tokenizer")
+        if tokenizer:
+            digests = tokenizer.get("sha256") or {}
+            named += [("tokenizer file", f"{tokenizer['dir']}/{name}", digests.get(name))
+                      for name in tokenizer.get("files", [])]
+        vocabulary = self.data.get("vocabulary")
+        if vocabulary:
+            named.append(("vocabulary", vocabulary["file"], vocabulary.get("sha256")))
+        return named
+
+    def verify(self) -> None:
+        """Every named file lies inside the artifact and has the sha256 the manifest records; else a UserError."""
+        for what, relative, expected in self.files():
+            path = self._resolve(relative, what)
+            if not path.is_file():
+                raise UserError(f"{self.directory} is missing {relative} ({what}) that its manifest names; "
+                                f"re-run `groupvit-edge export`")
+            if expected is None:
+                raise UserError(f"{self.directory}/{MANIFEST_NAME} records no sha256 for {relative} ({what}), so it "
+                                f"cannot be verified; re-run `groupvit-edge export`")
+            if sha256_file_cached(path) != expected:
+                raise UserError(f"{path} ({what}) does not match the sha256 its manifest records: the file was "
+                                f"changed or damaged after export; re-run `groupvit-edge export`")
 
     def to_json(self) -> str:
         return json.dumps(self.data, indent=2, sort_keys=False) + "\n"
@@ -116,7 +162,9 @@ REQUIRED_KEYS = ("schema_version", "toolkit_version", "model", "preprocess", "pa
                  "graphs", "precision")
 
 
-def read_manifest(directory: str | Path) -> Manifest:
+def read_manifest(directory: str | Path, verify: bool = True) -> Manifest:
+    """The artifact's manifest, with every file it names checked to lie inside the artifact and, unless
+    `verify=False`, to have its recorded sha256 (hashed once per file version in a process)."""
     directory = Path(directory)
     path = directory / MANIFEST_NAME
     if not directory.is_dir():
@@ -134,11 +182,12 @@ def read_manifest(directory: str | Path) -> Manifest:
     if int(data["schema_version"]) > SCHEMA_VERSION:
         raise UserError(f"{path} has schema {data['schema_version']}, newer than this groupvit-edge understands "
                         f"({SCHEMA_VERSION}): upgrade groupvit-edge")
+    if int(data["schema_version"]) < SCHEMA_VERSION:
+        raise UserError(f"{path} has schema {data['schema_version']}, written before artifacts recorded the "
+                        f"sha256 of every file, so it cannot be verified: re-run `groupvit-edge export`")
     manifest = Manifest(data, directory)
-    for name, graph in manifest.graphs.items():
-        if not (directory / graph["file"]).is_file():
-            raise UserError(f"{directory} is missing {graph['file']} ({name} graph) that its manifest names; "
-                            f"re-run `groupvit-edge export`")
+    if verify:
+        manifest.verify()
     return manifest
 
 
@@ -148,6 +197,34 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# (device, inode, size, mtime, ctime) → sha256. Any write changes ctime, which no user can set back, so a file
+# that still has the same identity has the same bytes: opening an artifact again in one process hashes nothing.
+_VERIFIED: dict[tuple, str] = {}
+
+
+def sha256_file_cached(path: Path) -> str:
+    stat = path.stat()
+    identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if identity not in _VERIFIED:
+        _VERIFIED[identity] = sha256_file(path)
+    return _VERIFIED[identity]
+
+
+def inside_artifact(directory: Path, relative, what: str) -> Path:
+    """`directory / relative`, refused unless it is a relative path that stays inside the artifact (symlinks
+    followed): a manifest must not make a runtime open /proc/self/environ or ../../other/image.onnx."""
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+        raise UserError(f"{directory}/{MANIFEST_NAME} names {what} as {relative!r}, not a path inside the artifact: "
+                        f"refused; re-run `groupvit-edge export`")
+    path = directory / relative
+    root = directory.resolve()
+    resolved = path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise UserError(f"{directory}/{MANIFEST_NAME} names {what} as {relative!r}, which lies outside the "
+                        f"artifact: refused; re-run `groupvit-edge export`")
+    return path
 
 
 @contextlib.contextmanager

@@ -55,3 +55,17 @@ def onnx_artifact(tmp_path_factory, random_checkpoint, bpe_path, coco_images) ->
 def reference_runtime(random_checkpoint):
     from groupvit_edge import runtimes
     return runtimes.open(str(random_checkpoint), image_size=(448, 448))
+
+
+def record_file(artifact: Path, relative: str, key_path: tuple[str, ...]) -> None:
+    """After a test deliberately replaces an artifact file, record its new sha256 where the manifest keeps it
+    (e.g. ("graphs", "image", "sha256")), as an export that produced those bytes would have."""
+    import json
+    from groupvit_edge.artifact import MANIFEST_NAME, sha256_file
+    path = artifact / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    holder = data
+    for key in key_path[:-1]:
+        holder = holder.setdefault(key, {})
+    holder[key_path[-1]] = sha256_file(artifact / relative)
+    path.write_text(json.dumps(data))

@@ -18,7 +18,7 @@ from groupvit_edge.runtimes.base import ImageEncoding, Runtime
 from groupvit_edge.segmentation import Segmenter
 from groupvit_edge.testing import assert_drift_within
 
-from conftest import EVAL_IMAGES, SHARED_DATA
+from conftest import EVAL_IMAGES, SHARED_DATA, record_file
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,7 @@ def degraded_artifact(onnx_artifact, tmp_path_factory):
             noisy = weights + 0.03 * weights.std() * rng.standard_normal(weights.shape).astype(weights.dtype)
             initializer.CopyFrom(numpy_helper.from_array(noisy, initializer.name))
     onnx.save(model, str(copy / "image.onnx"))
+    record_file(copy, "image.onnx", ("graphs", "image", "sha256"))
     return copy
 
 
@@ -159,4 +160,4 @@ def test_eval_and_bench_cli(onnx_artifact, tmp_path):
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert rows[0]["status"] == "ok" and rows[0]["miou_vs_reference"] == 100.0
     assert rows[0]["image_graph_ms"]["p50"] > 0 and rows[0]["peak_rss_mb"] > 0 and rows[0]["size_mb"] > 100
-    assert rows[1]["status"].startswith("failed: ONNX Runtime cannot load")
+    assert rows[1]["status"].startswith("failed: ") and "sha256" in rows[1]["status"]

@@ -1,11 +1,14 @@
 """A checkpoint never runs code, and an artifact is never trusted blindly: hostile files, real loading paths."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +111,105 @@ def test_an_nvlabs_checkpoint_with_its_omegaconf_config_loads(tmp_path, random_c
     assert load_model(str(path)).weights_sha256 == expected.weights_sha256
     # allowed for that one load only, not for every later torch.load in the process
     assert not any("omegaconf" in str(item) for item in torch.serialization.get_safe_globals())
+
+
+# ------------------------------------------------------------------------------------------ artifacts verified
+
+@pytest.fixture
+def artifact_copy(onnx_artifact, tmp_path):
+    """A private copy of the fp32 artifact to tamper with."""
+    return Path(shutil.copytree(onnx_artifact, tmp_path / "artifact"))
+
+
+def _edit_manifest(artifact, edit):
+    path = artifact / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _flip_exponent_bit_of_a_weight(path):
+    """Flip the top exponent bit of one float32 weight near the end of the file (where the initializers are)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) - 4096 + 3] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_a_graph_is_refused_by_segment_and_doctor(artifact_copy, coco_images, tmp_path):
+    _flip_exponent_bit_of_a_weight(artifact_copy / "image.onnx")
+    done = _cli("segment", artifact_copy, coco_images[0], "--labels", "cat", "--out", tmp_path / "out")
+    assert done.returncode == 2, done.stderr
+    assert "image.onnx" in done.stderr and "sha256" in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    doctor = _cli("doctor", "--artifact", artifact_copy)
+    assert doctor.returncode == 2 and "sha256" in doctor.stderr
+
+
+@pytest.mark.parametrize("tamper", ["tokenizer", "vocabulary"])
+def test_a_changed_tokenizer_or_vocabulary_is_refused(artifact_copy, tamper):
+    from groupvit_edge import runtimes
+    if tamper == "tokenizer":
+        target = next((artifact_copy / "tokenizer").iterdir())
+    else:
+        target = artifact_copy / "vocab.npz"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=f"{target.name}.*sha256"):
+        runtimes.open(artifact_copy)
+
+
+@pytest.mark.parametrize("where, value", [
+    ("image graph", "../../elsewhere/image.onnx"),
+    ("image graph", "/proc/self/environ"),
+    ("tokenizer", "../../etc"),
+    ("vocabulary", "/proc/self/environ"),
+])
+def test_manifest_paths_outside_the_artifact_are_refused(artifact_copy, where, value):
+    from groupvit_edge import runtimes
+
+    def edit(data):
+        if where == "image graph":
+            data["graphs"]["image"]["file"] = value
+        elif where == "tokenizer":
+            data["tokenizer"]["dir"] = value
+        else:
+            data["vocabulary"]["file"] = value
+
+    _edit_manifest(artifact_copy, edit)
+    with pytest.raises(UserError, match="refused"):
+        runtimes.open(artifact_copy)
+
+
+def test_a_symlink_out_of_the_artifact_is_refused(artifact_copy, tmp_path):
+    from groupvit_edge import runtimes
+    outside = tmp_path / "outside.onnx"
+    (artifact_copy / "image.onnx").rename(outside)
+    (artifact_copy / "image.onnx").symlink_to(outside)
+    with pytest.raises(UserError, match="outside the artifact"):
+        runtimes.open(artifact_copy)
+
+
+def test_only_the_tokenizer_files_the_manifest_names_are_read(artifact_copy):
+    """A vocab.json dropped into the tokenizer folder would take precedence over the BPE file if the folder
+    were searched; the artifact's runtime reads the verified file it names."""
+    from groupvit_edge.segmentation import Segmenter
+    (artifact_copy / "tokenizer" / "vocab.json").write_text('{"not": 0}')
+    (artifact_copy / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
+    with Segmenter.open(artifact_copy, ["cat", "dog"]) as segmenter:
+        assert segmenter.vocabulary.text_embeds.shape[0] == 2
+
+
+def test_an_artifact_without_checksums_is_refused(artifact_copy):
+    from groupvit_edge import runtimes
+    _edit_manifest(artifact_copy, lambda data: data["graphs"]["text"].pop("sha256"))
+    with pytest.raises(UserError, match="no sha256 for text.onnx"):
+        runtimes.open(artifact_copy)
+    _edit_manifest(artifact_copy, lambda data: data.update(schema_version=1))
+    with pytest.raises(UserError, match="re-run `groupvit-edge export`"):
+        runtimes.open(artifact_copy)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "groupvit_edge.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)

@@ -27,7 +27,7 @@ from groupvit_edge.exporters import tensorrt as engines
 from groupvit_edge.exporters.onnx import ExportOptions
 from groupvit_edge.runtimes import tensorrt as trt_runtime
 
-from conftest import CALIB_IMAGES, EVAL_IMAGES
+from conftest import CALIB_IMAGES, EVAL_IMAGES, record_file
 
 TENSORRT_HERE = trt_runtime.is_installed()
 requires_tensorrt = pytest.mark.skipif(
@@ -484,9 +484,12 @@ def test_trt_artifact_needs_engines_and_falls_back_to_onnx_runtime_here(fp32_art
     data["engines"] = {graph: {"file": f"{graph}.engine", "format": "tensorrt-engine"} for graph in ("image", "text")}
     data["tensorrt"] = {"version": "10.3.0", "gpu": "Orin (nvgpu)", "compute_capability": "8.7"}
     (artifact / MANIFEST_NAME).write_text(json.dumps(data))
-    assert "missing image.engine" in trt_runtime.unsupported_reason(read_manifest(artifact))
+    assert "missing image.engine" in trt_runtime.unsupported_reason(read_manifest(artifact, verify=False))
+    with pytest.raises(UserError, match="missing image.engine"):
+        read_manifest(artifact)
     for graph in ("image", "text"):
         (artifact / f"{graph}.engine").write_bytes(b"placeholder")
+        record_file(artifact, f"{graph}.engine", ("engines", graph, "sha256"))
     if TENSORRT_HERE:
         pytest.skip("TensorRT is installed here: the fallback below is for machines without it")
     assert trt_runtime.unsupported_reason(read_manifest(artifact)) is None

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..artifact import GraphRecord, Manifest, atomic_directory, write_json_atomic, MANIFEST_NAME
+from ..artifact import GraphRecord, Manifest, atomic_directory, sha256_file, write_json_atomic, MANIFEST_NAME
 from ..errors import UserError, ValidationFailed
 from ..segmentation.preprocess import load_image, prepare
 from ..segmentation.vocabulary import Vocabulary, load_tokenizer
@@ -118,13 +118,16 @@ def build_artifact(model, out_dir: str | Path, steps, target: str, *, image_size
         data = dict(reference.manifest.data)
         data["graphs"] = {"image": onnx_record(staging, "image.onnx"), "text": onnx_record(staging, "text.onnx")}
         data["precision"] = {"target": "onnx", "compute": "fp32", "kept_float": ["*"], "quantized_nodes": []}
-        data["tokenizer"] = {"dir": "tokenizer", "files": _copy_tokenizer(tokenizer_source, staging / "tokenizer")}
+        tokenizer_files = _copy_tokenizer(tokenizer_source, staging / "tokenizer")
+        data["tokenizer"] = {"dir": "tokenizer", "files": tokenizer_files,
+                             "sha256": {name: sha256_file(staging / "tokenizer" / name) for name in tokenizer_files}}
         context = ExportContext(staging, data, loaded, reference, options, log)
         if options.labels:
             vocabulary = Vocabulary.encode(reference, options.labels, options.templates or None,
                                            load_tokenizer(tokenizer_source))
             vocabulary.save(staging / "vocab.npz")
-            data["vocabulary"] = {"file": "vocab.npz", "labels": vocabulary.labels,
+            data["vocabulary"] = {"file": "vocab.npz", "sha256": sha256_file(staging / "vocab.npz"),
+                                  "labels": vocabulary.labels,
                                   "templates": list(vocabulary.templates)}
         log("validating in ONNX Runtime against PyTorch")
         data["validation"] = validate_against_reference(context.manifest, reference, validation_image,

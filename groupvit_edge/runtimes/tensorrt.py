@@ -145,7 +145,7 @@ def manifest_reason(manifest: Manifest) -> str | None:
         return "the artifact holds no TensorRT engines (export it with --target trt-fp16 or trt-int8)"
     if manifest.directory is not None:
         for graph, record in engines.items():
-            if not (manifest.directory / record["file"]).is_file():
+            if not manifest.engine_path(graph).is_file():
                 return f"it is missing {record['file']} ({graph} engine) that its manifest names; re-run export"
     return None
 
@@ -396,7 +396,7 @@ class TensorRTRuntime(Runtime):
         self._text = None    # built on first use: a precomputed vocabulary never needs it
 
     def _session(self, graph: str) -> EngineSession:
-        path = self.manifest.directory / self.manifest.data["engines"][graph]["file"]
+        path = self.manifest.engine_path(graph)
         return EngineSession(self._trt, self._runtime, path, self._memory, self._stream)
 
     def encode_image(self, pixels: np.ndarray) -> ImageEncoding:

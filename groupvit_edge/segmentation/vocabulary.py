@@ -87,8 +87,8 @@ class Vocabulary:
 
 
 def _tokenizer_source(runtime) -> Path:
-    directory = runtime.manifest.tokenizer_dir()
-    if directory is None or not directory.is_dir():
+    source = runtime.manifest.tokenizer_source()
+    if source is None or not source.exists():
         raise UserError("no CLIP tokenizer vocabulary for the labels: pass --tokenizer "
                         "PATH/bpe_simple_vocab_16e6.txt.gz (or a directory with vocab.json + merges.txt)")
-    return directory
+    return source
