@@ -22,7 +22,7 @@ def main():
     parser.add_argument("--report", help="also write the report (PNGs) here")
     args = parser.parse_args()
 
-    from groupvit_edge.exporters.onnx import export_onnx
+    from groupvit_edge.exporters import export
     from groupvit_edge.metrics.drift import measure_drift
     from groupvit_edge.model import load_model
 
@@ -30,8 +30,8 @@ def main():
     loaded = load_model("random:0")
     with tempfile.TemporaryDirectory() as scratch:
         artifact = Path(scratch) / "fp32"
-        export_onnx(loaded, artifact, tokenizer=SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz",
-                    validation_image=images[0], log=lambda m: None)
+        export(loaded, artifact, "onnx", tokenizer=SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz",
+                    validation_images=images[0], log=lambda m: None)
         started = time.perf_counter()
         report = measure_drift(loaded, [artifact], images, labels=args.labels, report_dir=args.report)
         wall = time.perf_counter() - started

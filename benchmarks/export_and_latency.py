@@ -39,7 +39,7 @@ def main():
 
     import torch
     from groupvit_edge import runtimes
-    from groupvit_edge.exporters.onnx import export_onnx
+    from groupvit_edge.exporters import export
     from groupvit_edge.model import load_model
     from groupvit_edge.segmentation.preprocess import load_image, prepare
 
@@ -48,8 +48,8 @@ def main():
     loaded = load_model("random:0")
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
-        export_onnx(loaded, Path(scratch) / "fp32", image_size=args.image_size,
-                    tokenizer=SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz", validation_image=images[0],
+        export(loaded, Path(scratch) / "fp32", "onnx", image_size=args.image_size,
+                    tokenizer=SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz", validation_images=images[0],
                     log=lambda m: None)
         export_seconds = time.perf_counter() - started
 

@@ -63,7 +63,7 @@ def main():
     images = sorted((SHARED / "coco" / "eval2017" / "images").glob("*.jpg"))[: args.eval_count]
     loaded = load_model("random:0")
     scratch = Path(tempfile.mkdtemp(prefix="int8-routes-"))
-    common = dict(image_size=args.size, tokenizer=BPE, validation_image=images[0], log=lambda m: None)
+    common = dict(image_size=args.size, tokenizer=BPE, validation_images=images[0], log=lambda m: None)
     fp32 = scratch / "fp32"
     export(loaded, fp32, "onnx", **common)
     reference = runtimes.open(fp32, backend="onnxruntime", threads=2)
@@ -99,7 +99,7 @@ def main():
                   note="quantize_static defaults: asymmetric U8, every op")
         elif route == "ort-dynamic":
             out = scratch / route
-            export(loaded, out, "onnx-int8-dynamic", validation_images=images[0], **common)
+            export(loaded, out, "onnx-int8-dynamic", **common)
             judge(route, out, built_s=time.perf_counter() - started,
                   note="ours: onnx-int8-dynamic, weights 7-bit per channel, activations at run time (ORT CPU only)")
         elif route.startswith("ort-") or route.startswith("nncf-onnx"):
@@ -107,21 +107,20 @@ def main():
             bits = 8 if route.endswith("-w8") else 7
             out = scratch / route
             export(loaded, out, "onnx-int8", calib_dir=SHARED / "coco" / "calib2017", calib_count=args.calib_count,
-                   calib_method=method, int8_weight_bits=bits, validation_images=images[0],
-                   cache_dir=scratch / "cache", **common)
+                   calib_method=method, int8_weight_bits=bits, cache_dir=scratch / "cache", **common)
             seconds = runtimes.open(out).manifest.data["calibration"]["seconds"]
             judge(route, out, built_s=seconds, note=f"ours: symmetric S8S8 QDQ, policy, {method}, {bits}-bit weights")
         elif route in ("openvino-qdq", "openvino-nncf"):
             out = scratch / route
             export(loaded, out, "openvino-int8", calib_dir=SHARED / "coco" / "calib2017",
-                   calib_count=args.calib_count, validation_images=images[0], cache_dir=scratch / "cache",
+                   calib_count=args.calib_count, cache_dir=scratch / "cache",
                    openvino_int8_route="qdq" if route == "openvino-qdq" else "nncf-ir", **common)
             judge(route, out, backend="openvino",
                   note="OpenVINO reading our QDQ ONNX" if route == "openvino-qdq"
                   else "NNCF on the OpenVINO IR (TRANSFORMER, policy as ignored scope)")
         elif route == "onnx-fp16":
             out = scratch / route
-            export(loaded, out, "onnx-fp16", validation_images=images[0], **common)
+            export(loaded, out, "onnx-fp16", **common)
             judge(route, out, note="onnxconverter-common, keep-float32 list")
 
     print(f"\n{len(images)} held-out COCO eval images, {args.size}², batch 1, 2 threads, calibration "

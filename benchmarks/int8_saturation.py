@@ -80,7 +80,7 @@ def main():
                                  calib_dir=SHARED / "coco" / "calib2017", calib_count=args.calib_count,
                                  int8_weight_bits=bits, validation_images=images[0], cache_dir=args.cache,
                                  log=lambda message: None).directory
-    fp32 = export(loaded, scratch / "fp32", "onnx", image_size=448, tokenizer=BPE, validation_image=images[0],
+    fp32 = export(loaded, scratch / "fp32", "onnx", image_size=448, tokenizer=BPE, validation_images=images[0],
                   log=lambda message: None).directory
     from groupvit_edge.artifact import read_manifest
     preprocess = read_manifest(fp32).preprocess

@@ -47,28 +47,26 @@ print(json.dumps({"seconds": time.perf_counter() - started}))
 
 def export_targets(loaded, out: Path, args, log) -> tuple[dict[str, Path], dict[str, float]]:
     from groupvit_edge.exporters import export
-    from groupvit_edge.exporters import openvino as openvino_exporter
-    common = dict(image_size=args.image_size, tokenizer=BPE, validation_image=sorted(EVAL.glob("*.jpg"))[0],
+    common = dict(image_size=args.image_size, tokenizer=BPE, validation_images=sorted(EVAL.glob("*.jpg"))[0],
                   log=log)
     drift_images = sorted(EVAL.glob("*.jpg"))[:4]     # export-time drift; the table's drift uses --eval-count
     artifacts, seconds = {}, {}
-    # (artifact, target, options, int8 route): the route is the exporter's module constant, set per export.
+    # (artifact, target, options, int8 route)
     plan = [("fp32", "openvino-fp32", {}, None), ("fp16", "openvino-fp16", {}, None),
             ("int8-qdq", "openvino-int8", {"calib_dir": CALIB, "calib_count": args.calib_count}, "qdq"),
             ("int8-nncf-ir", "openvino-int8", {"calib_dir": CALIB, "calib_count": args.calib_count}, "nncf-ir")]
-    default_route = openvino_exporter.DEFAULT_INT8_ROUTE
     for name, target, extra, route in plan:
         if args.reuse and (out / name / "manifest.json").is_file():
             artifacts[name], seconds[name] = out / name, float("nan")
             continue
-        openvino_exporter.DEFAULT_INT8_ROUTE = route or default_route
+        if route is not None:
+            extra = {**extra, "openvino_int8_route": route}
         started = time.perf_counter()
         if target != "openvino-fp32":
             extra = {**extra, "validation_images": _link_dir(out, drift_images)}
-        result = export(loaded, out / name, target, **common, **extra)
+        result = export(loaded, out / name, target, **{**common, **extra})
         seconds[name] = time.perf_counter() - started
         artifacts[name] = result.directory
-    openvino_exporter.DEFAULT_INT8_ROUTE = default_route
     return artifacts, seconds
 
 

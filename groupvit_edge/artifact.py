@@ -6,16 +6,12 @@ is missing, corrupt, from a newer schema, or written for another backend, with a
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import UserError
 
@@ -191,6 +187,17 @@ def read_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     return manifest
 
 
+def owned_entries(directory: Path) -> set[Path] | None:
+    """The paths (relative) an artifact's manifest accounts for, or None when `directory` holds no readable
+    manifest: what export may replace, and nothing else."""
+    try:
+        data = json.loads((Path(directory) / MANIFEST_NAME).read_text())
+        named = Manifest(data, Path(directory)).files()    # any schema: an older artifact is still ours to replace
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return {Path(MANIFEST_NAME), *(Path(relative) for _, relative, _ in named)}
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -227,57 +234,26 @@ def inside_artifact(directory: Path, relative, what: str) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def atomic_directory(destination: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces `destination`, on any error it vanishes.
-
-    An existing destination is replaced only if it is an artifact (has a manifest) or empty, so a typo in
-    --out never wipes unrelated files.
-    """
-    destination = Path(destination).resolve()
-    if destination.exists() and not (destination / MANIFEST_NAME).is_file() and (
-            not destination.is_dir() or any(destination.iterdir())):
-        raise UserError(f"{destination} exists and is not a groupvit-edge artifact: choose another --out")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)   # mkdtemp makes 0700; the artifact should get ordinary permissions
-    try:
-        yield staging
-        if destination.exists():
-            retired = destination.with_name(f".{destination.name}.{os.getpid()}.old")
-            destination.rename(retired)
-            staging.rename(destination)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def write_json_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text)
-    temporary.replace(path)
-
-
 def tensor_spec(name: str, dtype: str, shape: list) -> dict:
     return {"name": name, "dtype": dtype, "shape": shape}
 
 
 @dataclass
 class GraphRecord:
-    """One graph file in the manifest: what it is, how to feed it and what it returns."""
+    """One graph file in the manifest (ONNX, IR or engine): what it is, how to feed it and what it returns."""
     file: str
     format: str
     precision: str
     inputs: list[dict]
     outputs: list[dict]
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)      # e.g. IR "weights", opset, engine build plan
 
-    def to_dict(self, directory: Path) -> dict:
-        return {"file": self.file, "format": self.format, "precision": self.precision,
-                "sha256": sha256_file(directory / self.file), "inputs": self.inputs, "outputs": self.outputs,
-                **self.extra}
+    def to_dict(self, directory: Path, with_hashes: bool = True) -> dict:
+        """The manifest entry; `with_hashes=False` for working manifests that runtimes read during export."""
+        data = {"file": self.file, "format": self.format, "precision": self.precision,
+                "inputs": self.inputs, "outputs": self.outputs, **self.extra}
+        if with_hashes:
+            data["sha256"] = sha256_file(directory / self.file)
+            if "weights" in self.extra:
+                data["weights_sha256"] = sha256_file(directory / self.extra["weights"])
+        return data

@@ -44,10 +44,10 @@ def random_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def onnx_artifact(tmp_path_factory, random_checkpoint, bpe_path, coco_images) -> Path:
     """The fp32 ONNX artifact at 448², exported from the checkpoint the way the README does it."""
-    from groupvit_edge.exporters.onnx import export_onnx
+    from groupvit_edge.exporters import export
     out = tmp_path_factory.mktemp("artifacts") / "fp32"
-    export_onnx(str(random_checkpoint), out, image_size=448, tokenizer=bpe_path, labels=["cat", "dog", "grass"],
-                validation_image=coco_images[0], log=lambda message: None)
+    export(str(random_checkpoint), out, "onnx", image_size=448, tokenizer=bpe_path, labels=["cat", "dog", "grass"],
+           validation_images=coco_images[0], log=lambda message: None)
     return out
 
 

@@ -14,7 +14,7 @@ from groupvit_edge.calibration import CalibrationSet
 from groupvit_edge.calibration.cache import cached_quantization
 from groupvit_edge.calibration.policy import block_of, image_graph_policy
 from groupvit_edge.errors import UserError
-from groupvit_edge.exporters import export, precision
+from groupvit_edge.exporters import export
 
 from conftest import CALIB_IMAGES, EVAL_IMAGES
 
@@ -148,40 +148,6 @@ def test_dynamic_int8_is_an_onnxruntime_only_artifact(tmp_path, random_checkpoin
     assert runtimes.open(tmp_path / "dyn").name == "onnxruntime"
     with pytest.raises(UserError, match="OpenVINO IR"):
         runtimes.open(tmp_path / "dyn", backend="openvino")
-
-
-def test_int8_needs_calibration_images(tmp_path, random_checkpoint, bpe_path):
-    with pytest.raises(UserError, match="--calib-dir"):
-        export(str(random_checkpoint), tmp_path / "x", "onnx-int8", image_size=224, tokenizer=bpe_path,
-               log=lambda m: None)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_drift_budget_search_returns_blocks_until_it_fits(tmp_path, random_checkpoint, bpe_path, coco_images,
-                                                         monkeypatch):
-    """The search loop with a scripted drift: two blocks back to float bring it within budget."""
-    real = precision.measure_graph_drift
-    calls = []
-
-    def scripted(context, file, images):
-        drift = real(context, file, images)
-        calls.append(file)
-        drift["class_level"]["miou_vs_reference"] = [90.0, 95.0, 99.5][min(len(calls) - 1, 2)]
-        return drift
-
-    monkeypatch.setattr(precision, "measure_graph_drift", scripted)
-    export(str(random_checkpoint), tmp_path / "budget", "onnx-int8", image_size=224, tokenizer=bpe_path,
-           calib_dir=CALIB_IMAGES, calib_count=2, calib_method="minmax", max_drop=1.0,
-           validation_images=EVAL_IMAGES / coco_images[0].name, cache_dir=tmp_path / "cache", log=lambda m: None)
-    search = read_manifest(tmp_path / "budget").data["validation"]["drift_budget_search"]
-    assert search["fits"] and len(search["kept_float_blocks"]) == 2
-    ranking = [entry["block"] for entry in search["ranking"]]
-    assert search["kept_float_blocks"] == ranking[:2]           # most harmful first
-    assert set(search["image_graph_ms"]) == {"fully_quantized", "final"}
-    kept_nodes = image_graph_policy(onnx.load(str(tmp_path / "budget" / "image.int8.onnx")))
-    quantized = set(read_manifest(tmp_path / "budget").data["precision"]["quantized_nodes"])
-    assert not any(block_of(n) in search["kept_float_blocks"] for n in quantized if block_of(n))
-    del kept_nodes
 
 
 def test_ort_minmax_sees_every_calibration_window(tmp_path):

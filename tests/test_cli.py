@@ -82,9 +82,9 @@ def test_bad_input_is_one_sentence_and_exit_2(case, onnx_artifact, coco_images, 
 def test_export_end_to_end_from_the_cli(random_checkpoint, bpe_path, coco_images, tmp_path):
     out = tmp_path / "art"
     done = run("export", "--model", random_checkpoint, "--target", "onnx", "--image-size", "224",
-               "--tokenizer", bpe_path, "--validation-image", coco_images[0], "--labels", "cat,dog", "--out", out)
+               "--tokenizer", bpe_path, "--validation-images", coco_images[0], "--labels", "cat,dog", "--out", out)
     assert done.returncode == 0, done.stderr
-    assert "max abs diff vs PyTorch" in done.stdout and "group agreement" in done.stdout
+    assert "max abs diff" in done.stdout and "confident group agreement" in done.stdout
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["validation"]["image"] == str(coco_images[0])
+    assert manifest["validation"]["fp32_vs_pytorch"]["images"] == [coco_images[0].name]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]

@@ -18,7 +18,7 @@ from groupvit_edge.runtimes.base import ImageEncoding, Runtime
 from groupvit_edge.segmentation import Segmenter
 from groupvit_edge.testing import assert_drift_within
 
-from conftest import EVAL_IMAGES, SHARED_DATA, record_file
+from conftest import EVAL_IMAGES, EVAL_MASKS, SHARED_DATA, record_file
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def degraded_artifact(onnx_artifact, tmp_path_factory):
 
 def test_fp32_artifact_does_not_drift_from_pytorch(onnx_artifact, reference_runtime, images, tmp_path):
     # ORT and PyTorch differ by ~1e-7: only pixels whose reference decision is a near-tie may flip.
-    report = assert_drift_within(onnx_artifact, reference_runtime, images=images, labels="prototypes:8",
+    report = assert_drift_within(reference_runtime, onnx_artifact, images=images, labels="prototypes:8",
                                  max_drop=0.5, min_confident_group_agreement=99.99, min_group_cosine=0.99999,
                                  report_dir=tmp_path / "report")
     candidate = report.data["candidates"][0]
@@ -56,7 +56,7 @@ def test_fp32_artifact_does_not_drift_from_pytorch(onnx_artifact, reference_runt
 
 def test_degraded_artifact_fails_with_figures_and_report(degraded_artifact, reference_runtime, images, tmp_path):
     with pytest.raises(AssertionError) as failure:
-        assert_drift_within(degraded_artifact, reference_runtime, images=images, labels="prototypes:8",
+        assert_drift_within(reference_runtime, degraded_artifact, images=images, labels="prototypes:8",
                             max_drop=0.1, min_group_cosine=0.9999, report_dir=tmp_path / "report")
     message = str(failure.value)
     assert "drift budget exceeded" in message and "| candidate |" in message
@@ -118,7 +118,7 @@ def test_drift_cli_max_drop_exit_codes(onnx_artifact, degraded_artifact, images,
     ok = run_cli("drift", *common, "--candidate", onnx_artifact, "--max-drop", "0.5", "--json", tmp_path / "a.json",
                  "--report", tmp_path / "report")
     assert ok.returncode == 0, ok.stderr
-    assert "| candidate |" in ok.stdout and "within --max-drop" in ok.stdout
+    assert "| candidate |" in ok.stdout and "within the budget (mIoU drop ≤ 0.5)" in ok.stdout
     data = json.loads((tmp_path / "a.json").read_text())
     assert data["schema"] == "groupvit-edge/drift/1" and data["images"]["count"] == 2
     failed = run_cli("drift", *common, "--candidate", degraded_artifact, "--max-drop", "0.01",
@@ -134,7 +134,7 @@ def test_eval_matches_a_hand_computed_confusion(onnx_artifact, coco_images):
     from PIL import Image
     from groupvit_edge.metrics import ConfusionMatrix
     from groupvit_edge.metrics.classmaps import coco_object
-    report = evaluate(onnx_artifact, SHARED_DATA / "coco/eval2017", "coco-object", limit=2, progress=False)
+    report = evaluate(onnx_artifact, EVAL_IMAGES, EVAL_MASKS, "coco-object", limit=2, progress=False)
     class_map = coco_object()
     segmenter = Segmenter.open(onnx_artifact, class_map.foreground)
     confusion = ConfusionMatrix(81)
@@ -147,7 +147,7 @@ def test_eval_matches_a_hand_computed_confusion(onnx_artifact, coco_images):
 
 
 def test_eval_and_bench_cli(onnx_artifact, tmp_path):
-    done = run_cli("eval", onnx_artifact, "--dataset", SHARED_DATA / "coco/eval2017", "--limit", "1",
+    done = run_cli("eval", onnx_artifact, "--images", EVAL_IMAGES, "--masks", EVAL_MASKS, "--limit", "1",
                    "--json", tmp_path / "eval.json")
     assert done.returncode == 0, done.stderr
     assert "mIoU" in done.stdout and json.loads((tmp_path / "eval.json").read_text())["classes"] == "coco-object"

@@ -11,8 +11,9 @@ import pytest
 
 from groupvit_edge.artifact import read_manifest
 from groupvit_edge.errors import UserError, ValidationFailed
+from groupvit_edge.exporters import export
 from groupvit_edge.exporters import onnx as onnx_exporter
-from groupvit_edge.exporters.onnx import export_onnx
+from groupvit_edge.exporters import run as export_run
 
 # Ops a TensorRT 10.3 ONNX parser or a deterministic export must not see (noise, scatter, OneHot).
 FORBIDDEN_OPS = {"OneHot", "ScatterElements", "ScatterND", "RandomUniform", "RandomNormal",
@@ -40,11 +41,12 @@ def test_artifact_layout_and_manifest(onnx_artifact, random_checkpoint):
         "group_embeds": ["batch", 8, 256], "image_embed": ["batch", 256], "grouping": ["batch", 8, 28, 28]}
     assert data["graphs"]["text"]["inputs"][0] == {"name": "token_ids", "dtype": "int32", "shape": ["classes", 77]}
     assert data["vocabulary"]["labels"] == ["cat", "dog", "grass"]
-    validation = data["validation"]
+    validation = data["validation"]["fp32_vs_pytorch"]
     print("export validation:", json.dumps(validation))
-    assert validation["image"].endswith(".jpg")
-    assert max(validation["max_abs_diff"].values()) < 1e-4
-    assert validation["group_agreement"] > 0.999
+    assert validation["images"] == ["000000000139.jpg"] and validation["photos"] == "--validation-images"
+    assert max(validation["model_level"]["max_abs_diff"].values()) < 1e-4
+    assert validation["model_level"]["group_agreement"] > 99.9 and validation["failures"] == []
+    assert validation["text_max_abs_diff"] < 1e-4
 
 
 def test_graphs_use_portable_ops(onnx_artifact):
@@ -73,29 +75,28 @@ def test_dynamic_batch(onnx_artifact, reference_runtime):
 
 
 def test_non_square_export(tmp_path, random_checkpoint, bpe_path):
-    result = export_onnx(str(random_checkpoint), tmp_path / "wide", image_size=(224, 320), tokenizer=bpe_path,
-                         log=lambda m: None)
+    result = export(str(random_checkpoint), tmp_path / "wide", "onnx", image_size=(224, 320), tokenizer=bpe_path,
+                    log=lambda m: None)
     shapes = {o["name"]: o["shape"] for o in result.manifest.graphs["image"]["outputs"]}
     assert shapes["grouping"] == ["batch", 8, 14, 20]
-    assert result.manifest.data["validation"]["group_agreement"] > 0.999
+    assert result.manifest.data["validation"]["fp32_vs_pytorch"]["model_level"]["group_agreement"] > 99.9
 
 
 def test_failed_validation_leaves_nothing(tmp_path, random_checkpoint, bpe_path, monkeypatch):
     def broken(*args, **kwargs):
-        return {"image": "x", "windows": 1, "max_abs_diff": {"grouping": 0.5}, "group_agreement": 0.5,
-                "label_agreement": 0.5, "label_vocabulary": "prototypes"}
-    monkeypatch.setattr(onnx_exporter, "validate_against_reference", broken)
+        raise ValidationFailed("the ONNX graphs disagree with PyTorch; the artifact was not written")
+    monkeypatch.setattr(onnx_exporter, "_validated", broken)
     with pytest.raises(ValidationFailed, match="not written"):
-        export_onnx(str(random_checkpoint), tmp_path / "art", image_size=224, tokenizer=bpe_path, log=lambda m: None)
+        export(str(random_checkpoint), tmp_path / "art", image_size=224, tokenizer=bpe_path, log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_interrupted_export_leaves_nothing(tmp_path, random_checkpoint, bpe_path, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(onnx_exporter, "_copy_tokenizer", interrupt)
+    monkeypatch.setattr(export_run, "_copy_tokenizer", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        export_onnx(str(random_checkpoint), tmp_path / "art", image_size=224, tokenizer=bpe_path, log=lambda m: None)
+        export(str(random_checkpoint), tmp_path / "art", image_size=224, tokenizer=bpe_path, log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -104,21 +105,26 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path, random_checkpoint, b
     precious.mkdir()
     (precious / "holiday.jpg").write_bytes(b"...")
     with pytest.raises(UserError, match="not a groupvit-edge artifact"):
-        export_onnx(str(random_checkpoint), precious, image_size=224, tokenizer=bpe_path, log=lambda m: None)
+        export(str(random_checkpoint), precious, image_size=224, tokenizer=bpe_path, log=lambda m: None)
     assert (precious / "holiday.jpg").exists()
 
 
 def test_reexport_replaces_an_artifact(tmp_path, random_checkpoint, bpe_path):
     out = tmp_path / "art"
-    first = export_onnx(str(random_checkpoint), out, image_size=224, tokenizer=bpe_path, log=lambda m: None)
-    second = export_onnx(str(random_checkpoint), out, image_size=224, tokenizer=bpe_path, labels=["sky"],
-                         log=lambda m: None)
+    first = export(str(random_checkpoint), out, image_size=224, tokenizer=bpe_path, log=lambda m: None)
+    second = export(str(random_checkpoint), out, image_size=224, tokenizer=bpe_path, labels=["sky"],
+                    log=lambda m: None)
     assert read_manifest(out).data["vocabulary"]["labels"] == ["sky"]
     assert first.manifest.data["created"] <= second.manifest.data["created"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
-def test_export_needs_a_tokenizer(tmp_path, random_checkpoint):
-    with pytest.raises(UserError, match="--tokenizer"):
-        export_onnx(str(random_checkpoint), tmp_path / "art", image_size=224, log=lambda m: None)
-    assert list(tmp_path.iterdir()) == []
+def test_export_ships_its_tokenizer(tmp_path, random_checkpoint):
+    """random:SEED and .pth checkpoints carry no vocabulary: the CLIP BPE file shipped with groupvit-edge is used."""
+    from groupvit_edge.assets import default_tokenizer
+    from groupvit_edge.segmentation import Segmenter
+    export(str(random_checkpoint), tmp_path / "art", image_size=224, log=lambda m: None)
+    tokenizer = read_manifest(tmp_path / "art").data["tokenizer"]
+    assert tokenizer["files"] == [default_tokenizer().name]
+    with Segmenter.open(tmp_path / "art", ["cat", "dog"]) as segmenter:
+        assert segmenter.vocabulary.text_embeds.shape == (2, 256)

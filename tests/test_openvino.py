@@ -35,7 +35,7 @@ def _export(out, target, checkpoint, bpe, **options):
 @pytest.fixture(scope="module")
 def ir_fp32(tmp_path_factory, random_checkpoint, bpe_path, coco_images):
     return _export(tmp_path_factory.mktemp("ov") / "fp32", "openvino-fp32", random_checkpoint, bpe_path,
-                   labels=["cat", "dog", "grass"], validation_image=coco_images[0])
+                   labels=["cat", "dog", "grass"], validation_images=coco_images[0])
 
 
 @pytest.fixture(scope="module")
@@ -180,14 +180,9 @@ def int8_artifacts(tmp_path_factory, random_checkpoint, bpe_path, coco_images):
     cache = tmp_path_factory.mktemp("calibration-cache")
 
     def build(route, name=None):
-        previous = openvino_exporter.DEFAULT_INT8_ROUTE
-        openvino_exporter.DEFAULT_INT8_ROUTE = route
-        try:
-            return _export(tmp_path_factory.mktemp("ov-int8") / (name or route), "openvino-int8", random_checkpoint,
-                           bpe_path, calib_dir=CALIB_IMAGES, calib_count=8, cache_dir=cache,
-                           validation_images=EVAL_IMAGES / coco_images[0].name)
-        finally:
-            openvino_exporter.DEFAULT_INT8_ROUTE = previous
+        return _export(tmp_path_factory.mktemp("ov-int8") / (name or route), "openvino-int8", random_checkpoint,
+                       bpe_path, calib_dir=CALIB_IMAGES, calib_count=8, cache_dir=cache, openvino_int8_route=route,
+                       validation_images=EVAL_IMAGES / coco_images[0].name)
     return build
 
 
@@ -232,11 +227,9 @@ def test_int8_other_route(int8_artifacts):
         assert "drift_vs_fp32_onnxruntime" in manifest.data["validation"]
 
 
-def test_int8_step_refuses_a_missing_calibration_dir_and_an_unknown_route(tmp_path, monkeypatch):
-    from groupvit_edge.exporters.onnx import ExportContext, ExportOptions
-    context = ExportContext(tmp_path, {}, None, None, ExportOptions(image_size=(SIZE, SIZE)), lambda message: None)
-    with pytest.raises(UserError, match="--target openvino-int8 needs calibration images"):
-        openvino_exporter.to_ir_int8(context)
-    monkeypatch.setattr(openvino_exporter, "DEFAULT_INT8_ROUTE", "fastest")
-    with pytest.raises(UserError, match="use one of qdq, nncf-ir"):
-        openvino_exporter.to_ir_int8(context)
+def test_int8_refuses_an_unknown_route_and_a_budget_on_the_ir_route(tmp_path):
+    with pytest.raises(UserError, match="--openvino-int8-route 'fastest' is not one of nncf-ir, qdq"):
+        export("random:0", tmp_path / "x", "openvino-int8", openvino_int8_route="fastest", log=lambda m: None)
+    with pytest.raises(UserError, match="add --openvino-int8-route qdq"):
+        export("random:0", tmp_path / "x", "openvino-int8", max_drop=1.0, log=lambda m: None)
+    assert not (tmp_path / "x").exists()

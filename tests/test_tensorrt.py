@@ -18,13 +18,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from groupvit_edge.calibration.cache import calibration_key, changed_fields
 from groupvit_edge import runtimes
-from groupvit_edge.artifact import MANIFEST_NAME, Preprocess, read_manifest, write_json_atomic
+from groupvit_edge.artifact import MANIFEST_NAME, Preprocess, read_manifest
 from groupvit_edge.calibration import CalibrationSet
 from groupvit_edge.checks.tensorrt import check_artifact, check_graph, operator_table
 from groupvit_edge.errors import UserError
 from groupvit_edge.exporters import export
 from groupvit_edge.exporters import tensorrt as engines
-from groupvit_edge.exporters.onnx import ExportOptions
 from groupvit_edge.runtimes import tensorrt as trt_runtime
 
 from conftest import CALIB_IMAGES, EVAL_IMAGES, record_file
@@ -39,35 +38,24 @@ requires_tensorrt = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def trt_fp16_attempt(tmp_path_factory, random_checkpoint, bpe_path, coco_images):
-    """`export(..., "trt-fp16")` at 224², with the staging directory copied as the TensorRT step receives it.
-
-    The copy is the fp32 artifact the readiness check runs on (the step runs after the fp32 graphs validated).
-    """
+    """`export(..., "trt-fp16")` at 224²: refused before any tracing without TensorRT, built with it."""
     root = tmp_path_factory.mktemp("trt-export")
-    staged = tmp_path_factory.mktemp("staged") / "fp32"
-    real_step = engines.build_fp16
-
-    def copy_then_build(context):
-        shutil.copytree(context.staging, staged)
-        write_json_atomic(staged / MANIFEST_NAME, context.manifest.to_json())
-        real_step(context)
-
     logs, error = [], None
-    patch = pytest.MonkeyPatch()
-    patch.setattr(engines, "build_fp16", copy_then_build)
     try:
         export(str(random_checkpoint), root / "trt", "trt-fp16", image_size=224, tokenizer=bpe_path,
                validation_images=EVAL_IMAGES / coco_images[0].name, log=logs.append)
     except Exception as raised:   # UserError without TensorRT; on a GPU machine the export succeeds
         error = raised
-    finally:
-        patch.undo()
-    return SimpleNamespace(root=root, staged=staged, error=error, logs=logs)
+    return SimpleNamespace(root=root, error=error, logs=logs)
 
 
 @pytest.fixture(scope="module")
-def fp32_artifact(trt_fp16_attempt) -> Path:
-    return trt_fp16_attempt.staged
+def fp32_artifact(tmp_path_factory, random_checkpoint, bpe_path, coco_images) -> Path:
+    """The fp32 artifact the trt-* targets parse their engines from, at 224²."""
+    out = tmp_path_factory.mktemp("fp32") / "fp32"
+    export(str(random_checkpoint), out, "onnx", image_size=224, tokenizer=bpe_path,
+           validation_images=EVAL_IMAGES / coco_images[0].name, log=lambda message: None)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +79,7 @@ def test_trt_export_without_tensorrt_is_one_sentence_and_leaves_nothing(trt_fp16
     assert message == trt_runtime.NOT_INSTALLED and "\n" not in message
     assert "pip install groupvit-edge[tensorrt]" in message and "`groupvit-edge doctor`" in message
     assert list(trt_fp16_attempt.root.iterdir()) == []   # neither the artifact nor a staging directory
-    # The readiness check ran first, on the fp32 graphs the engines would have been built from.
-    readiness = [line for line in trt_fp16_attempt.logs if "readiness for trt-fp16" in line]
-    assert readiness and "image.onnx, text.onnx: ready (0 errors" in readiness[0]
+    assert trt_fp16_attempt.logs == []                   # refused by the plan check, before any tracing
 
 
 # --------------------------------------------------------------------------- readiness on the toolkit's graphs
@@ -358,12 +344,11 @@ def test_api_check_and_network_flags_per_version():
 # ----------------------------------------------------------------------------------------------- profiles
 
 def test_profiles_from_options():
-    options = ExportOptions()
+    options = engines.TensorRTOptions()
     defaults = engines.batch_profiles(options)
-    assert defaults["image"] == engines.BatchProfile(options.batch_min, options.batch_opt, options.batch_max)
-    assert defaults["text"] == engines.BatchProfile(*engines.TEXT_PROFILE)   # no classes_* fields yet
-    assert engines.batch_profiles(SimpleNamespace())["image"] == engines.BatchProfile(*engines.IMAGE_PROFILE)
-    chosen = engines.batch_profiles(SimpleNamespace(batch_min=2, batch_opt=4, batch_max=16, classes_max=512))
+    assert defaults["image"] == engines.BatchProfile(*engines.IMAGE_PROFILE)
+    assert defaults["text"] == engines.BatchProfile(*engines.TEXT_PROFILE)
+    chosen = engines.batch_profiles(engines.TensorRTOptions(batch_min=2, batch_opt=4, batch_max=16, classes_max=512))
     assert chosen["image"].shapes(["batch", 3, 448, 448]) == ((2, 3, 448, 448), (4, 3, 448, 448), (16, 3, 448, 448))
     assert chosen["text"].shapes(["classes", 77]) == ((1, 77), (64, 77), (512, 77))
     with pytest.raises(UserError, match="1 ≤ min ≤ opt ≤ max"):
@@ -372,10 +357,6 @@ def test_profiles_from_options():
         engines.BatchProfile(0, 1, 1)
     with pytest.raises(UserError, match="profiled on axis 0 only"):
         chosen["image"].shapes(["batch", 3, "height", 448])
-    build = engines.BuildOptions.from_export_options(SimpleNamespace(tensorrt_typing="strong", workspace_mb=512,
-                                                                     timing_cache="/tmp/t.cache"))
-    assert (build.typing, build.int8_route, build.workspace_mb, build.timing_cache) == \
-        ("strong", "explicit", 512, Path("/tmp/t.cache"))
 
 
 def test_runtime_chunks_calls_beyond_the_profile():
@@ -497,7 +478,7 @@ def test_trt_artifact_needs_engines_and_falls_back_to_onnx_runtime_here(fp32_art
     with pytest.raises(UserError, match=r"needs tensorrt, which is not installed: pip install groupvit-edge\[tensorrt\]"):
         runtimes.open(artifact, backend="tensorrt")
     with pytest.raises(UserError, match="TensorRT is not installed"):
-        trt_runtime.open_runtime(read_manifest(artifact))
+        trt_runtime.open_runtime(read_manifest(artifact), trt_runtime.Options())
 
 
 def test_tensorrt_modules_import_without_torch_or_tensorrt():
@@ -556,7 +537,7 @@ def test_engine_from_another_tensorrt_is_refused(trt_fp16_artifact, tmp_path):
     data["tensorrt"]["version"] = "9.0.0"
     (artifact / MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(UserError, match="built with TensorRT 9.0.0"):
-        trt_runtime.open_runtime(read_manifest(artifact))
+        trt_runtime.open_runtime(read_manifest(artifact), trt_runtime.Options())
     assert runtimes.open(artifact).name == "onnxruntime"   # the automatic choice falls back to the ONNX
 
 
@@ -568,6 +549,6 @@ def test_int8_engine_from_the_qdq_graph(tmp_path, random_checkpoint, bpe_path, c
            validation_images=EVAL_IMAGES / coco_images[0].name, cache_dir=tmp_path / "cache", log=print)
     manifest = read_manifest(tmp_path / "int8")
     assert manifest.data["tensorrt"]["plan"]["source"] == "qdq"
-    drift = manifest.data["validation"]["engine_drift_vs_reference"]["model_level"]
+    drift = manifest.data["validation"]["drift_vs_fp32"]["model_level"]
     # Same bar as the QDQ graph in ONNX Runtime (test_calibration): a sane INT8 engine stays above 0.98.
     assert drift["group_embed_cosine"]["mean"] > 0.98

@@ -21,9 +21,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("GROUPVIT_EDGE_CACHE", Path.home() / ".cache" / "groupvit-edge"))
 
 
+# Bumped whenever what we do around a calibrator changes its result (e.g. keeping policy-float nodes float).
+REVISION = 2
+
+
 def calibration_key(weights_sha256: str, calibration, method: dict, **extra) -> dict:
     """What a calibration result depends on; `extra` adds what a consumer adds (policy, TensorRT version, …)."""
-    return {"weights_sha256": weights_sha256, "images_sha256": calibration.fingerprint(),
+    return {"revision": REVISION, "weights_sha256": weights_sha256, "images_sha256": calibration.fingerprint(),
             "count": len(calibration.images), "seed": calibration.seed, "preprocess": calibration.preprocess.to_dict(),
             "method": method, **extra}
 

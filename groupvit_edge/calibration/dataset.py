@@ -19,6 +19,22 @@ from ..errors import UserError
 from ..segmentation.preprocess import IMAGE_SUFFIXES, load_image, prepare
 
 DEFAULT_HELD_OUT = 8
+MIN_HELD_OUT = 2           # fewer held-out photos than this say too little: the shipped photos are used instead
+
+
+@dataclass(frozen=True)
+class PhotoSet:
+    """Photos a step measures on, and where they come from in words (the export log and manifest say it)."""
+    paths: tuple[Path, ...]
+    source: str
+
+    def names(self) -> list[str]:
+        return [path.name for path in self.paths]
+
+    def first(self, count: int) -> "PhotoSet":
+        if count >= len(self.paths):
+            return self
+        return PhotoSet(self.paths[:count], f"the first {count} of {self.source}")
 
 
 @dataclass
@@ -29,30 +45,51 @@ class CalibrationSet:
     seed: int = 0
     skipped_files: int = 0                  # files in the directory that are not images
     unreadable: list[Path] = field(default_factory=list)
+    source: str = ""                        # where the calibration images come from, in words
+    held_out_source: str = ""
+
+    @classmethod
+    def resolve(cls, directory, count: int, preprocess: Preprocess, seed: int = 0, *,
+                held_out: int = DEFAULT_HELD_OUT, validation: PhotoSet | None = None, log=print) -> "CalibrationSet":
+        """Calibration photos (from `directory`, else the shipped sample photos) and held-out photos to measure
+        drift on: `validation` when given, else photos of the same source not drawn for calibration, else the
+        shipped sample photos. Resolved once per export and handed to every step that needs it."""
+        from ..assets import sample_photos, samples_description
+        if count < 1:
+            raise UserError(f"--calib-count {count} must be at least 1")
+        if directory is None:
+            photos = sample_photos()
+            order = _shuffled(photos, seed)
+            share = max(MIN_HELD_OUT, len(photos) // 3)
+            chosen, rest = order[share:][:count], order[:share]
+            source = f"{len(chosen)} of the {samples_description(len(photos))}"
+            rest_source = f"the other {len(rest)} sample photos"
+            skipped = 0
+        else:
+            directory = Path(directory)
+            images, skipped = _images_in(directory, log)
+            order = _shuffled(images, seed)
+            chosen, rest = order[:count], order[count:][:held_out]
+            if len(chosen) < count:
+                log(f"calibration: {directory} has {len(images)} images, fewer than --calib-count {count}; using all")
+            source = f"{len(chosen)} photos of {directory}"
+            rest_source = f"{len(rest)} photos of {directory} not drawn for calibration"
+            if len(rest) < MIN_HELD_OUT:
+                rest = sample_photos()
+                rest_source = (f"the {samples_description(len(rest))} (every image of {directory} was drawn for "
+                               f"calibration)")
+        if validation is not None:
+            rest, rest_source = list(validation.paths), validation.source
+        return cls(sorted(chosen), sorted(rest), preprocess, seed, skipped, source=source,
+                   held_out_source=rest_source)
 
     @classmethod
     def from_dir(cls, directory, count: int, preprocess: Preprocess, seed: int = 0,
                  held_out: int = DEFAULT_HELD_OUT, log=print) -> "CalibrationSet":
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise UserError(f"--calib-dir {directory} is not a directory: pass a folder of images, "
-                            f"e.g. ../shared/data/coco/calib2017")
-        if count < 1:
-            raise UserError(f"--calib-count {count} must be at least 1")
-        files = sorted(p for p in directory.rglob("*") if p.is_file())
-        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-        skipped = len(files) - len(images)
-        if skipped:
-            log(f"calibration: skipping {skipped} non-image file(s) in {directory}")
-        if not images:
-            raise UserError(f"--calib-dir {directory} holds no images: pass a folder of JPEG/PNG files")
-        order = images[:]
-        random.Random(seed).shuffle(order)
-        chosen = order[:count]
-        rest = order[count:]
-        if len(chosen) < count:
-            log(f"calibration: {directory} has {len(images)} images, fewer than --calib-count {count}; using all")
-        return cls(sorted(chosen), sorted(rest[:held_out]), preprocess, seed, skipped)
+        return cls.resolve(directory, count, preprocess, seed, held_out=held_out, log=log)
+
+    def drift_photos(self) -> PhotoSet:
+        return PhotoSet(tuple(self.held_out), self.held_out_source)
 
     def fingerprint(self) -> str:
         """sha256 over the calibration images' bytes: renamed copies hash alike, edited images do not."""
@@ -85,6 +122,27 @@ class CalibrationSet:
         return np.stack(windows)
 
     def summary(self) -> dict:
-        return {"count": len(self.images), "seed": self.seed, "sha256": self.fingerprint(),
-                "held_out": [p.name for p in self.held_out], "skipped_files": self.skipped_files,
-                "unreadable": [str(p) for p in self.unreadable]}
+        return {"count": len(self.images), "source": self.source, "seed": self.seed, "sha256": self.fingerprint(),
+                "held_out": [p.name for p in self.held_out], "held_out_source": self.held_out_source,
+                "skipped_files": self.skipped_files, "unreadable": [str(p) for p in self.unreadable]}
+
+
+def _shuffled(paths: list[Path], seed: int) -> list[Path]:
+    order = list(paths)
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def _images_in(directory: Path, log) -> tuple[list[Path], int]:
+    """Image files under `directory` (recursive, sorted) and how many other files were skipped."""
+    if not directory.is_dir():
+        raise UserError(f"--calib-dir {directory} is not a directory: pass a folder of images, "
+                        f"e.g. ../shared/data/coco/calib2017")
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    skipped = len(files) - len(images)
+    if skipped:
+        log(f"calibration: skipping {skipped} non-image file(s) in {directory}")
+    if not images:
+        raise UserError(f"--calib-dir {directory} holds no images: pass a folder of JPEG/PNG files")
+    return images, skipped

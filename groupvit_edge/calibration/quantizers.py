@@ -7,6 +7,7 @@ quantization (SmoothQuant, bias correction) and ONNX Runtime's MinMax/Entropy/Pe
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -139,7 +140,7 @@ def _quantize_ort(model, windows, policy: Policy, options: MethodOptions, log) -
     log(f"quantizing with ONNX Runtime's {options.method} calibrator (symmetric S8S8 QDQ, per-channel) "
         f"on {len(windows)} windows")
     with _quiet_root_logger():
-        return _run_quantize_static(model, windows, policy, options, method)
+        return float_outside_policy(_run_quantize_static(model, windows, policy, options, method), policy.quantizable)
 
 
 @contextlib.contextmanager
@@ -226,3 +227,127 @@ def qdq_form(model: onnx.ModelProto) -> dict:
     return {"qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node),
             "zero_point_dtypes": sorted(dtypes), "nonzero_zero_points": nonzero, "per_channel_qdq": per_channel,
             "symmetric_int8": not nonzero and dtypes <= {"int8"}}
+
+
+def return_to_float(quantized: onnx.ModelProto, fp32: onnx.ModelProto, nodes) -> onnx.ModelProto:
+    """`quantized` with the named nodes computing in float again, from the same calibration.
+
+    Their activation inputs (and outputs, where the quantizer quantized those too) bypass QuantizeLinear →
+    DequantizeLinear; their weights and biases come back exactly from `fp32` (a quantizer's bias correction is
+    undone), divided by the SmoothQuant scale where the quantizer multiplied their activation by one, which keeps
+    the product equal to fp32's. Q/DQ nodes left unused go.
+    """
+    model = copy.deepcopy(quantized)
+    graph = model.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    initializers = {init.name: init for init in graph.initializer}
+    original = {node.name: node for node in fp32.graph.node}
+    fp32_values = {init.name: init for init in fp32.graph.initializer}
+    wanted = set(nodes)
+    for node in graph.node:
+        if node.name not in wanted:
+            continue
+        source = original[node.name]
+        scale = None
+        for position, name in enumerate(node.input):
+            dequantize = producers.get(name)
+            if dequantize is None or dequantize.op_type != "DequantizeLinear":
+                continue
+            quantize_node = producers.get(dequantize.input[0])
+            if quantize_node is not None and quantize_node.op_type == "QuantizeLinear":
+                node.input[position] = quantize_node.input[0]
+                scale = _smooth_quant_scale(node.input[position], source.input[position], producers, initializers)
+        for position, name in enumerate(node.input):
+            dequantize = producers.get(name)
+            if dequantize is not None and dequantize.op_type == "DequantizeLinear":
+                weight = numpy_helper.to_array(fp32_values[source.input[position]])
+                if scale is not None:
+                    weight = _unscale_weight(node.op_type, weight, scale)
+                node.input[position] = _add_initializer(graph, f"{node.name}/float/{position}", weight)
+        _restore_bias(graph, node, original, fp32_values, initializers)
+        _bypass_output_quantization(graph, node)
+    _drop_unused(graph)
+    return model
+
+
+def float_outside_policy(model: onnx.ModelProto, quantizable) -> onnx.ModelProto:
+    """ONNX Runtime quantizes a tensor once for all its consumers: a LayerNorm output feeding both a quantized
+    projection and the grouping assignment's k_proj reaches the assignment through Q/DQ too. Nodes the policy
+    keeps float read the float tensor again."""
+    allowed = set(quantizable)
+    producers = {output: node for node in model.graph.node for output in node.output}
+    for node in model.graph.node:
+        if node.name in allowed or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for position, name in enumerate(node.input):
+            dequantize = producers.get(name)
+            if dequantize is None or dequantize.op_type != "DequantizeLinear":
+                continue
+            quantize_node = producers.get(dequantize.input[0])
+            if quantize_node is not None and quantize_node.op_type == "QuantizeLinear":
+                node.input[position] = quantize_node.input[0]
+    _drop_unused(model.graph)
+    return model
+
+
+def _bypass_output_quantization(graph, node) -> None:
+    """ONNX Runtime's QDQ form also quantizes a product's output: consumers read it unquantized again."""
+    for output in node.output:
+        quantizers = [q.output[0] for q in graph.node if q.op_type == "QuantizeLinear" and q.input[0] == output]
+        dequantized = {dq.output[0] for dq in graph.node if dq.op_type == "DequantizeLinear" and dq.input[0] in quantizers}
+        for consumer in graph.node:
+            for position, name in enumerate(consumer.input):
+                if name in dequantized:
+                    consumer.input[position] = output
+
+
+def _smooth_quant_scale(tensor: str, original_tensor: str, producers, initializers) -> np.ndarray | None:
+    """The per-channel factor a quantizer multiplied `original_tensor` by to make `tensor` (SmoothQuant), or None
+    when the node reads the original activation."""
+    if tensor == original_tensor:
+        return None
+    multiply = producers.get(tensor)
+    if multiply is None or multiply.op_type != "Mul" or original_tensor not in multiply.input:
+        raise RuntimeError(f"cannot undo the quantizer's change of {original_tensor} into {tensor}")
+    other = next(name for name in multiply.input if name != original_tensor)
+    return numpy_helper.to_array(initializers[other]).reshape(-1)
+
+
+def _unscale_weight(op_type: str, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    if op_type == "MatMul":                  # x·a @ (W / a) = x @ W, W: [in, out]
+        return (weight / scale[:, None]).astype(weight.dtype)
+    if op_type == "Conv":                    # input channels are axis 1
+        return (weight / scale.reshape(1, -1, *([1] * (weight.ndim - 2)))).astype(weight.dtype)
+    raise RuntimeError(f"cannot undo SmoothQuant on a {op_type} node")
+
+
+def _restore_bias(graph, node, original, fp32_values, initializers) -> None:
+    """Bias correction changes the constant added after a quantized product; float gets fp32's back."""
+    for consumer in graph.node:
+        if consumer.op_type != "Add" or node.output[0] not in consumer.input or consumer.name not in original:
+            continue
+        for position, name in enumerate(consumer.input):
+            reference = original[consumer.name].input[position]
+            if name in initializers and reference in fp32_values:
+                value = numpy_helper.to_array(fp32_values[reference])
+                consumer.input[position] = _add_initializer(graph, f"{consumer.name}/float/{position}", value)
+
+
+def _add_initializer(graph, name: str, value: np.ndarray) -> str:
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    return name
+
+
+def _drop_unused(graph) -> None:
+    """Remove nodes none of whose outputs are used (repeatedly), then initializers nothing reads."""
+    outputs = {output.name for output in graph.output}
+    while True:
+        used = {name for node in graph.node for name in node.input} | outputs
+        dead = [node for node in graph.node if not any(output in used for output in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input} | outputs
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)

@@ -38,22 +38,24 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..calibration.cache import calibration_key, changed_fields
+from ..artifact import GraphRecord
+from ..calibration.cache import cache_root, calibration_key, changed_fields
 from ..errors import UserError, ValidationFailed
+from .options import option
+from .plan import Step, Target
+from .records import ArtifactParts, DriftCheck, PrecisionRecord
 
 MIN_VERSION = (10, 3)                # JetPack 6 (6.1/6.2); the parser table of checks.tensorrt is 10.3's
 STRONG_BY_DEFAULT_FROM = (10, 12)    # weak typing deprecated in 10.12 (release notes)
 WEAK_TYPING_REMOVED_IN = 11
 TYPINGS = ("auto", "weak", "strong")
 INT8_ROUTES = ("explicit", "implicit")
-DEFAULT_WORKSPACE_MB = 2048          # ExportOptions.workspace_mb's default, for options objects without it
-IMAGE_PROFILE = (1, 1, 8)            # ExportOptions.batch_min/opt/max defaults: windows per image-graph call
+DEFAULT_WORKSPACE_MB = 2048
+IMAGE_PROFILE = (1, 1, 8)            # windows per image-graph call: min, opt, max
 TEXT_PROFILE = (1, 64, 256)          # prompts per call: vocabulary.TEXT_BATCH is 256
 CALIBRATION_BATCH = 8
 # Layer types the FP16/INT8 weak paths keep in FP32 whatever their names: LayerNormalization and Softmax.
@@ -183,12 +185,10 @@ class BatchProfile:
         return tuple((n, *rest) for n in (self.minimum, self.optimum, self.maximum))
 
 
-def batch_profiles(options) -> dict[str, BatchProfile]:
-    """Profiles of both graphs from export options (`batch_*` for the image graph, `classes_*` for the text)."""
-    def read(prefix, defaults):
-        values = (getattr(options, f"{prefix}_{end}", None) for end in ("min", "opt", "max"))
-        return BatchProfile(*(default if value is None else int(value) for value, default in zip(values, defaults)))
-    return {"image": read("batch", IMAGE_PROFILE), "text": read("classes", TEXT_PROFILE)}
+def batch_profiles(options: "TensorRTOptions") -> dict[str, BatchProfile]:
+    """Profiles of both graphs: windows per image-graph call, prompts per text-graph call."""
+    return {"image": BatchProfile(options.batch_min, options.batch_opt, options.batch_max),
+            "text": BatchProfile(options.classes_min, options.classes_opt, options.classes_max)}
 
 
 # ------------------------------------------------------------------------------------ layer pinning (weak)
@@ -298,16 +298,12 @@ class CalibrationCacheFile:
         return table.read_bytes()
 
     def write(self, data: bytes) -> None:
-        self.directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}.", dir=self.directory.parent))
-        try:
+        from ..files import replace_directory
+        entries = {Path("calibration.cache"), Path("key.json")}
+        with replace_directory(self.directory, ours=lambda directory: entries, what="calibration cache",
+                               log=self.log) as staging:
             (staging / "calibration.cache").write_bytes(bytes(data))
             (staging / "key.json").write_text(json.dumps(self.key, indent=2, sort_keys=True))
-            shutil.rmtree(self.directory, ignore_errors=True)
-            staging.rename(self.directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
 
 
 def calibration_batches(windows, batch: int):
@@ -353,96 +349,129 @@ def _entropy_calibrator(trt, batches, batch: int, cache: CalibrationCacheFile, m
 
 # -------------------------------------------------------------------------------------------------- build
 
-@dataclass
-class BuildOptions:
-    """The TensorRT part of the export options (read with getattr: older ExportOptions lack these fields)."""
-    typing: str = "auto"
-    int8_route: str = "explicit"
-    workspace_mb: int = DEFAULT_WORKSPACE_MB
-    timing_cache: Path | None = None
-    profiles: dict = field(default_factory=dict)
-    calibration_batch: int = CALIBRATION_BATCH
+# ------------------------------------------------------------------------------------- options, family
 
-    @classmethod
-    def from_export_options(cls, options) -> "BuildOptions":
-        workspace = getattr(options, "workspace_mb", None)
-        workspace = DEFAULT_WORKSPACE_MB if workspace is None else workspace
-        if int(workspace) < 1:
-            raise UserError(f"--workspace-mb {workspace} is not a size: pass a positive number of MB")
-        cache = getattr(options, "timing_cache", None)
-        return cls(typing=getattr(options, "tensorrt_typing", None) or "auto",
-                   int8_route=getattr(options, "int8_route", None) or "explicit", workspace_mb=int(workspace),
-                   timing_cache=Path(cache) if cache else None, profiles=batch_profiles(options),
-                   calibration_batch=int(getattr(options, "calibration_batch", None) or CALIBRATION_BATCH))
+TRT_TARGETS = ("trt-fp16", "trt-int8")
+TARGETS = (
+    Target("trt-fp16", "tensorrt", "tensorrt", "TensorRT engines, FP16, built on the target GPU",
+           ),
+    Target("trt-int8", "tensorrt", "tensorrt", "TensorRT engines, INT8 (QDQ graph, or TensorRT 10's entropy "
+           "calibrator), built on the target GPU", calibrated=True),
+)
 
 
-def build_fp16(context) -> None:
-    """Step of target trt-fp16."""
-    _build_target(context, "trt-fp16")
+@dataclass(frozen=True)
+class TensorRTOptions:
+    batch_min: int = option(IMAGE_PROFILE[0], "trt-*: fewest windows per image-graph call (optimization profile).",
+                            targets=TRT_TARGETS, minimum=1)
+    batch_opt: int = option(IMAGE_PROFILE[1], "trt-*: windows per call the engine is tuned for.",
+                            targets=TRT_TARGETS, minimum=1)
+    batch_max: int = option(IMAGE_PROFILE[2], "trt-*: most windows per image-graph call.", targets=TRT_TARGETS,
+                            minimum=1)
+    classes_min: int = option(TEXT_PROFILE[0], "trt-*: fewest prompts per text-graph call.", targets=TRT_TARGETS,
+                              minimum=1)
+    classes_opt: int = option(TEXT_PROFILE[1], "trt-*: prompts per call the text engine is tuned for.",
+                              targets=TRT_TARGETS, minimum=1)
+    classes_max: int = option(TEXT_PROFILE[2], "trt-*: most prompts per text-graph call.", targets=TRT_TARGETS,
+                              minimum=1)
+    workspace_mb: int = option(DEFAULT_WORKSPACE_MB, "trt-*: builder workspace limit in MB.", targets=TRT_TARGETS,
+                               minimum=1)
+    timing_cache: str | None = option(None, "trt-*: timing cache file (default: one per TensorRT version and GPU "
+                                            "in the cache directory).", targets=TRT_TARGETS, metavar="FILE")
+    tensorrt_typing: str = option("auto", "trt-*: auto = weak typing with the FP16 flag before TensorRT 10.12, "
+                                          "strong from 10.12.", targets=TRT_TARGETS, choices=TYPINGS)
+    int8_route: str = option("explicit", "trt-int8: explicit = the QDQ graph; implicit = IInt8EntropyCalibrator2 "
+                                         "(TensorRT 10 only).", targets=("trt-int8",), choices=INT8_ROUTES)
 
 
-def build_int8(context) -> None:
-    """Step of target trt-int8."""
-    _build_target(context, "trt-int8")
+OPTIONS = TensorRTOptions
 
 
-def _readiness(context, target: str) -> None:
+def steps(target: Target, options) -> list:
+    from . import precision
+    return precision.base_steps() + [
+        Step("readiness", "check the ONNX against the TensorRT parser's rules"),
+        Step("engines", "build engines (the installed TensorRT decides typing and the graph they parse)"),
+        Step("drift", "measure the engines against fp32")]
+
+
+def problems(export_plan) -> list[str]:
+    """TensorRT, a GPU, and a build plan this TensorRT supports: all known before anything is traced."""
+    from ..runtimes.tensorrt import device_properties, import_tensorrt
+    from .drift_budget import budget_from
+    options = export_plan.options.backends["tensorrt"]
+    try:
+        BatchProfile(options.batch_min, options.batch_opt, options.batch_max)
+        BatchProfile(options.classes_min, options.classes_opt, options.classes_max)
+        trt = import_tensorrt()
+        device_properties()
+        build_plan = plan_build(export_plan.target.name, trt.__version__, options.tensorrt_typing, options.int8_route)
+    except UserError as error:
+        return [str(error)]
+    found = []
+    missing = missing_api(build_plan, trt)
+    if missing:
+        found.append(f"the installed TensorRT {trt.__version__} lacks {', '.join(missing)} that this build needs: "
+                     f"choose another --tensorrt-typing/--int8-route or reinstall TensorRT")
+    if build_plan.calibrator and budget_from(export_plan.options) is not None:
+        found.append("a drift budget searches the QDQ graph: use --int8-route explicit with it")
+    return found
+
+
+def build(job, floats) -> ArtifactParts:
+    from ..runtimes.tensorrt import device_properties, import_tensorrt
+    from . import precision
+    trt = import_tensorrt()
+    options = job.backend_options("tensorrt")
+    target = job.plan.target.name
+    plan = plan_build(target, trt.__version__, options.tensorrt_typing, options.int8_route)
+    device = device_properties()
+    job.log(f"building {target} engines on {device['gpu']} (sm {device['compute_capability']}): {plan.describe()}")
+    reduced = None
+    if plan.source == "fp16":
+        reduced = precision.to_fp16(job, floats)
+    elif plan.source == "qdq":
+        reduced = precision.to_int8(job, floats)
+    graphs = {"image": reduced.graph if reduced else floats.image, "text": floats.text}
+    _readiness(job.working_manifest(graphs), target, job.log)
+    root = Path(job.options.common.cache_dir) if job.options.common.cache_dir else cache_root()
+    timing = Path(options.timing_cache) if options.timing_cache else timing_cache_path(
+        root, trt.__version__, device["gpu"], device["compute_capability"])
+    profiles = batch_profiles(options)
+    engines, calibration = {}, None
+    for graph, graph_plan in (("image", plan), ("text", text_plan(plan))):
+        source = job.staging / graphs[graph].file
+        pin = kept_float_nodes(source) if graph_plan.pin_float32 else None
+        calibrator = None
+        if graph_plan.calibrator:
+            calibrator, calibration = _implicit_calibration(job, trt, source, root)
+        engines[graph] = build_engine(trt, source, job.staging / ENGINE_FILES[graph], graph_plan, graphs[graph],
+                                      profiles[graph], workspace_mb=options.workspace_mb, timing_cache=timing,
+                                      pin=pin, calibrator=calibrator, log=job.log)
+    section = {"version": trt.__version__, "target": target, **device, "plan": plan.to_manifest(),
+               "text_plan": text_plan(plan).to_manifest(), "workspace_mb": options.workspace_mb,
+               "timing_cache": str(timing)}
+    precision_record, calibration_record = _precision(job, plan, reduced, graphs, calibration)
+    check = _check_engines(job, floats, graphs, engines, section, job.drift_photos(),
+                           reduced.check.budget if reduced else None)
+    checks = {"drift_vs_fp32": check}
+    if reduced is not None:
+        checks["drift_vs_fp32_onnxruntime"] = reduced.check
+    return ArtifactParts(graphs, precision_record, checks, calibration_record, reduced.search if reduced else None,
+                         engines=engines, sections={"tensorrt": section})
+
+
+def _readiness(manifest, target: str, log) -> None:
     from ..checks.tensorrt import check_manifest
-    report = check_manifest(context.manifest, target)
-    context.log(report.format(limit=10))
+    report = check_manifest(manifest, target)
+    log(report.format(limit=10))
     if not report.ok:
         raise ValidationFailed(f"{report.summary()}, first: {report.errors[0]}; the artifact was not written")
 
 
-def _build_target(context, target: str) -> None:
-    from ..runtimes.tensorrt import device_properties, import_tensorrt
-    from . import precision
-    log, options = context.log, context.options
-    _readiness(context, target)
-    if target == "trt-int8" and options.calib_dir is None:   # both INT8 routes calibrate on COCO images
-        raise UserError("--target trt-int8 needs calibration images: pass --calib-dir DIR "
-                        "(e.g. ../shared/data/coco/calib2017)")
-    trt = import_tensorrt()
-    build = BuildOptions.from_export_options(options)
-    plan = plan_build(target, trt.__version__, build.typing, build.int8_route)
-    missing = missing_api(plan, trt)
-    if missing:
-        raise UserError(f"the installed TensorRT {trt.__version__} lacks {', '.join(missing)} that this build "
-                        f"needs: choose another tensorrt_typing/int8_route or reinstall TensorRT")
-    device = device_properties()
-    log(f"building {target} engines on {device['gpu']} (sm {device['compute_capability']}): {plan.describe()}")
-    if plan.source == "fp16":
-        precision.to_fp16(context)
-    elif plan.source == "qdq":
-        precision.to_int8(context)
-    if plan.source != "fp32":
-        _readiness(context, target)     # the reduced-precision graph the engine is parsed from
-    from ..calibration.cache import cache_root
-    root = Path(options.cache_dir) if getattr(options, "cache_dir", None) else cache_root()
-    timing = build.timing_cache or timing_cache_path(root, trt.__version__, device["gpu"],
-                                                     device["compute_capability"])
-    engines, calibration = {}, None
-    for graph, graph_plan in (("image", plan), ("text", text_plan(plan))):
-        source = context.staging / context.data["graphs"][graph]["file"]
-        pin = kept_float_nodes(source) if graph_plan.pin_float32 else None
-        calibrator = None
-        if graph_plan.calibrator:
-            calibrator, calibration = _implicit_calibration(context, trt, source, build, root)
-        engines[graph] = build_engine(trt, source, context.staging / ENGINE_FILES[graph], graph_plan,
-                                      context.data["graphs"][graph], build.profiles[graph],
-                                      workspace_mb=build.workspace_mb, timing_cache=timing, pin=pin,
-                                      calibrator=calibrator, log=log)
-    context.data["engines"] = engines
-    context.data["tensorrt"] = {"version": trt.__version__, "target": target, **device,
-                                "plan": plan.to_manifest(), "text_plan": text_plan(plan).to_manifest(),
-                                "workspace_mb": build.workspace_mb, "timing_cache": str(timing)}
-    _record_precision(context, plan, engines, calibration)
-    _validate_engines(context)
-
-
-def build_engine(trt, onnx_path: Path, engine_path: Path, plan: BuildPlan, graph_record: dict,
+def build_engine(trt, onnx_path: Path, engine_path: Path, plan: BuildPlan, graph_record: GraphRecord,
                  profile: BatchProfile, *, workspace_mb: int, timing_cache: Path | None, pin=None,
-                 calibrator=None, log=print) -> dict:
+                 calibrator=None, log=print) -> GraphRecord:
     """Parse `onnx_path`, build one serialized engine per `plan` and write it to `engine_path`; its manifest record.
 
     API per the TensorRT 10 Python docs: Builder/create_network/OnnxParser.parse_from_file, set_memory_pool_limit
@@ -464,7 +493,7 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, plan: BuildPlan, graph
         config.set_flag(getattr(trt.BuilderFlag, flag))
     shapes = {}
     optimization_profile = builder.create_optimization_profile()
-    for spec in graph_record["inputs"]:
+    for spec in graph_record.inputs:
         shapes[spec["name"]] = profile.shapes(spec["shape"])
         optimization_profile.set_shape(spec["name"], *shapes[spec["name"]])
     config.add_optimization_profile(optimization_profile)
@@ -476,7 +505,7 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, plan: BuildPlan, graph
         # the calibration batch (TensorRT developer guide, "INT8 Calibration with Dynamic Shapes"; recalled, not
         # found verbatim in the stored docs — hence min = opt = max, which satisfies either reading).
         calibration_profile = builder.create_optimization_profile()
-        for spec in graph_record["inputs"]:
+        for spec in graph_record.inputs:
             fixed = (calibrator.get_batch_size(), *shapes[spec["name"]][0][1:])
             calibration_profile.set_shape(spec["name"], fixed, fixed, fixed)
         config.int8_calibrator = calibrator
@@ -492,13 +521,10 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, plan: BuildPlan, graph
     seconds = time.perf_counter() - started
     log(f"  {engine_path.name}: {engine_path.stat().st_size / 2**20:.1f} MB in {seconds:.0f} s from "
         f"{onnx_path.name}" + (f", {pinned} layers pinned to FP32" if pin is not None else ""))
-    from ..artifact import sha256_file
-    return {"file": engine_path.name, "format": "tensorrt-engine", "source": onnx_path.name,
-            "sha256": sha256_file(engine_path), "inputs": graph_record["inputs"],
-            "outputs": graph_record["outputs"], "plan": plan.to_manifest(), "float32_pinned_layers": pinned,
-            "profile": {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])}
-                        for name, s in shapes.items()},
-            "build_seconds": round(seconds, 1)}
+    profile_shapes = {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for name, s in shapes.items()}
+    return GraphRecord(engine_path.name, "tensorrt-engine", plan.source, graph_record.inputs, graph_record.outputs,
+                       {"source": onnx_path.name, "plan": plan.to_manifest(), "float32_pinned_layers": pinned,
+                        "profile": profile_shapes, "build_seconds": round(seconds, 1)})
 
 
 def _load_timing_cache(config, path: Path | None, log):
@@ -515,79 +541,59 @@ def _load_timing_cache(config, path: Path | None, log):
 
 
 def _save_timing_cache(config, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(bytes(config.get_timing_cache().serialize()))
-    partial.replace(path)
+    from ..files import write_bytes_atomic
+    write_bytes_atomic(path, bytes(config.get_timing_cache().serialize()))
 
 
-def _implicit_calibration(context, trt, source: Path, build: BuildOptions, root: Path):
-    """The entropy calibrator over the COCO calibration images, with its cache keyed like the INT8 step's."""
+def _implicit_calibration(job, trt, source: Path, root: Path):
+    """The entropy calibrator over the export's calibration photos, its cache keyed like the INT8 step's."""
     from ..artifact import sha256_file
-    from ..calibration import CalibrationSet
     from ..runtimes.tensorrt import open_device_memory
-    options = context.options
-    if options.calib_dir is None:
-        raise UserError("--target trt-int8 with int8_route implicit needs calibration images: pass --calib-dir "
-                        "DIR (e.g. ../shared/data/coco/calib2017)")
-    preprocess = context.manifest.preprocess
-    calibration = CalibrationSet.from_dir(options.calib_dir, options.calib_count, preprocess, options.seed,
-                                          log=context.log)
+    calibration = job.calibration
+    preprocess = job.preprocess
     # The INT8 step's key, plus what TensorRT names the tensors after (the exact graph) and writes the table with.
-    key = calibration_key(context.data["model"]["weights_sha256"], calibration,
-                          {"method": "tensorrt-entropy2", "batch": build.calibration_batch},
+    key = calibration_key(job.loaded.weights_sha256, calibration,
+                          {"method": "tensorrt-entropy2", "batch": CALIBRATION_BATCH},
                           tensorrt=trt.__version__, network_sha256=sha256_file(source))
-    cache = CalibrationCacheFile(root, key, log=context.log)
+    cache = CalibrationCacheFile(root, key, log=job.log)
     memory = open_device_memory()
     stream = memory.stream()
-    batch = build.calibration_batch
-    nbytes = batch * 3 * preprocess.height * preprocess.width * 4
-    batches = calibration_batches(calibration.iter_windows(), batch)
-    return _entropy_calibrator(trt, batches, batch, cache, memory, stream, nbytes), (calibration, cache, batch)
+    nbytes = CALIBRATION_BATCH * 3 * preprocess.height * preprocess.width * 4
+    batches = calibration_batches(calibration.iter_windows(), CALIBRATION_BATCH)
+    return (_entropy_calibrator(trt, batches, CALIBRATION_BATCH, cache, memory, stream, nbytes),
+            (calibration, cache))
 
 
-def _record_precision(context, plan: BuildPlan, engines: dict, calibration) -> None:
-    precision_info = context.data["precision"]
-    if plan.target == "trt-fp16" and plan.typing == "weak":
-        from ..calibration.policy import FP16_KEEP_FLOAT_OPS
-        names, kept = kept_float_nodes(context.staging / context.data["graphs"]["image"]["file"])
-        precision_info.update(compute="fp16", kept_float=FP16_KEEP_FLOAT_OPS + ["grouping assignment"],
-                              kept_float_nodes=sorted(kept), quantized_nodes=[])
-    elif plan.calibrator:
-        calibration_set, cache, batch = calibration
-        precision_info.update(compute="int8", kept_float=["LayerNormalization", "Softmax", "grouping assignment"],
-                              quantized_nodes="chosen by TensorRT (implicit calibration)")
-        context.data["calibration"] = {**calibration_set.summary(), "method": "tensorrt-entropy2", "batch": batch,
-                                       "cache": str(cache.directory), "reused_cache": cache.reused}
-    # The strongly typed paths ran precision.to_fp16 / to_int8, which recorded their own precision fields.
-    precision_info["engines"] = {graph: record["plan"]["typing"] for graph, record in engines.items()}
+def _precision(job, plan: BuildPlan, reduced, graphs: dict, calibration):
+    """The precision record and calibration record of the engines' build."""
+    engines_typing = {"image": plan.typing, "text": text_plan(plan).typing}
+    if reduced is not None:      # strongly typed from the FP16 or QDQ graph: that step's own record
+        reduced.precision.details["engines"] = engines_typing
+        return reduced.precision, reduced.calibration
+    if plan.calibrator:
+        calibration_set, cache = calibration
+        record = PrecisionRecord("int8", ["LayerNormalization", "Softmax", "grouping assignment"],
+                                 quantized_nodes="chosen by TensorRT (implicit calibration)",
+                                 details={"engines": engines_typing})
+        return record, {**calibration_set.summary(), "method": "tensorrt-entropy2", "batch": CALIBRATION_BATCH,
+                        "cache": str(cache.directory), "reused_cache": cache.reused}
+    from ..calibration.policy import FP16_KEEP_FLOAT_OPS
+    _, kept = kept_float_nodes(job.staging / graphs["image"].file)
+    return PrecisionRecord("fp16", FP16_KEEP_FLOAT_OPS + ["grouping assignment"], sorted(kept),
+                           details={"engines": engines_typing}), None
 
 
-def _validate_engines(context) -> None:
-    """Drift of the image engine against the PyTorch reference on held-out images, when there are any."""
-    from ..calibration import CalibrationSet
-    from ..metrics.drift import measure_drift
+def _check_engines(job, floats, graphs, engines, section, photos, budget):
+    """The image engine against the fp32 ONNX image graph in ONNX Runtime, on the drift photos (always)."""
+    from ..metrics.drift import validate_candidate
+    from ..runtimes.onnxruntime import OnnxRuntime
     from ..runtimes.tensorrt import TensorRTRuntime
-    from .precision import drift_images
-    options = context.options
-    held_out = None
-    if options.calib_dir is not None:
-        held_out = CalibrationSet.from_dir(options.calib_dir, options.calib_count, context.manifest.preprocess,
-                                           options.seed, log=lambda message: None).held_out
-    try:
-        images = drift_images(context, held_out)
-    except UserError:
-        context.log("  engine drift not measured: pass --validation-images DIR to measure it at export")
-        return
-    with TensorRTRuntime(context.manifest) as runtime:
-        report = measure_drift(context.reference, [runtime], images, labels=options.drift_labels,
-                               confident_margin=0.01, progress=False)
-    result = report.data["candidates"][0]
-    context.data["validation"]["engine_drift_vs_reference"] = {
-        "images": [p.name for p in images], "vocabulary": options.drift_labels,
-        "class_level": {k: result["class_level"][k] for k in ("miou_vs_reference", "pixel_agreement")},
-        "model_level": result["model_level"]}
-    context.log(f"  engine vs PyTorch on {len(images)} held-out images: mIoU "
-                f"{result['class_level']['miou_vs_reference']:.2f}, group cosine mean "
-                f"{result['model_level']['group_embed_cosine']['mean']:.5f}")
-
+    from . import precision
+    reference = OnnxRuntime(job.working_manifest({"image": floats.image, "text": floats.text}))
+    labels = precision.drift_labels(job.options)
+    with TensorRTRuntime(job.working_manifest(graphs, engines, tensorrt=section)) as runtime:
+        drift = validate_candidate(reference, runtime, list(photos.paths), labels=labels)
+        check = DriftCheck(f"{floats.image.file} in {reference.description}", runtime.description, photos, labels,
+                           drift, budget)
+    job.log(f"  {check.line()}")
+    return check

@@ -59,10 +59,13 @@ def measure_artifact(artifact: str, images: list[str], reference: str | None, se
     from ..segmentation import Segmenter
     from ..segmentation.preprocess import load_image, prepare
 
+    backend, _ = runtimes.choose_backend(artifact)
     options = {"threads": settings.threads} if settings.threads else {}
     if settings.streams:
-        options.update(hint="THROUGHPUT", streams=settings.streams)   # backends without streams ignore these
-    runtime = runtimes.open(artifact, **options)
+        options.update(hint="THROUGHPUT", streams=settings.streams)
+    # A bench row runs each artifact as its best backend would; options that backend does not have do not apply.
+    accepted = runtimes.option_names(backend)
+    runtime = runtimes.open(artifact, backend, **{k: v for k, v in options.items() if k in accepted})
     row = {"artifact": artifact, "target": runtime.manifest.data["precision"]["target"],
            "backend": runtime.description, "size_mb": _size_mb(Path(artifact))}
     windows = np.concatenate([prepare(load_image(p), runtime.manifest.preprocess).windows for p in images])
@@ -91,11 +94,11 @@ def measure_artifact(artifact: str, images: list[str], reference: str | None, se
     row["windows_per_image"] = len(windows) / len(images)
 
     if reference is not None and settings.labels:
-        from .drift import measure_drift
-        drift = measure_drift(reference, [runtime], images, labels=settings.labels, progress=False)
-        candidate = drift.data["candidates"][0]
-        row["miou_vs_reference"] = candidate["class_level"]["miou_vs_reference"]
-        row["group_agreement_confident"] = candidate["model_level"]["group_agreement_confident"]
+        from .drift import validate_candidate
+        drift = validate_candidate(reference, runtime, images, labels=settings.labels)
+        row["miou_vs_reference"] = drift.class_level.miou_vs_reference
+        row["group_agreement_confident"] = drift.model_level.group_agreement_confident
+        row["group_embed_cosine_mean"] = drift.model_level.group_embed_cosine.mean
     return row
 
 

@@ -9,6 +9,7 @@ With ground-truth masks the candidate's own mIoU is compared with the reference'
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,12 +110,131 @@ class ModelLevel:
             difference = np.abs(getattr(reference, name) - getattr(candidate, name)).max()
             self.max_abs_diff[name] = max(self.max_abs_diff[name], float(difference))
 
-    def summary(self) -> dict:
+    def summary(self) -> "ModelLevelDrift":
         groups, images = np.concatenate(self.group_cosines), np.concatenate(self.image_cosines)
-        return {**self.grouping.summary(),
-                "group_embed_cosine": {"mean": float(groups.mean()), "min": float(groups.min())},
-                "image_embed_cosine": {"mean": float(images.mean()), "min": float(images.min())},
-                "max_abs_diff": dict(self.max_abs_diff)}
+        return ModelLevelDrift(**self.grouping.summary(),
+                               group_embed_cosine=Cosine(float(groups.mean()), float(groups.min())),
+                               image_embed_cosine=Cosine(float(images.mean()), float(images.min())),
+                               max_abs_diff=dict(self.max_abs_diff))
+
+
+# ------------------------------------------------------------------------------------------- typed results
+
+@dataclass(frozen=True)
+class Cosine:
+    mean: float
+    min: float
+
+
+@dataclass(frozen=True)
+class ModelLevelDrift:
+    """Vocabulary-free figures. Agreements are percentages of pixels; None where there was nothing to count."""
+    group_agreement: float | None            # final group equals the reference's
+    group_agreement_confident: float | None  # the same over pixels whose reference decision is not a near-tie
+    near_tie_share: float | None             # pixels whose reference best-vs-second group margin is below margin
+    group_embed_cosine: Cosine
+    image_embed_cosine: Cosine
+    max_abs_diff: dict[str, float]           # per image-graph output
+
+
+@dataclass(frozen=True)
+class ClassLevelDrift:
+    """The candidate's label maps scored against the reference's as ground truth (percent / mIoU points)."""
+    miou_vs_reference: float
+    pixel_agreement: float
+    miou_vs_reference_confident: float | None
+    pixel_agreement_confident: float | None
+    near_tie_class_share: float
+    per_class_iou: dict[str, float | None]
+    worst_images: list[dict]                 # {"image": path, "agreement": percent}, worst first
+
+
+@dataclass(frozen=True)
+class GroundTruthDrift:
+    reference_miou: float
+    candidate_miou: float
+    drop: float
+    reference_pixel_accuracy: float
+    candidate_pixel_accuracy: float
+
+
+@dataclass(frozen=True)
+class CandidateDrift:
+    """How far one candidate is from the reference: what `drift`, export validation, `bench`, `tune` and
+    `groupvit_edge.testing` all read."""
+    source: str
+    backend: str
+    target: str
+    model_sha256: str
+    class_level: ClassLevelDrift
+    model_level: ModelLevelDrift
+    ground_truth: GroundTruthDrift | None
+    encode_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["timing"] = {"encode_s": data.pop("encode_seconds")}
+        return data
+
+
+@dataclass(frozen=True)
+class DriftBudget:
+    """Limits a candidate must stay within; a None limit is not checked. Agreements in percent, mIoU in points
+    (below 100 against the reference, or below the reference's own mIoU against ground truth), cosines as is."""
+    max_drop: float | None = None
+    min_confident_group_agreement: float | None = None
+    min_group_agreement: float | None = None
+    min_group_cosine: float | None = None          # mean over groups and windows
+    min_group_cosine_worst: float | None = None    # the worst group of any window
+    max_abs_diff: float | None = None              # any image-graph output
+
+    def failures(self, drift: CandidateDrift) -> list[str]:
+        """One sentence per limit `drift` exceeds."""
+        model, name = drift.model_level, drift.source
+        failed = []
+        if self.max_drop is not None:
+            drop = 100.0 - drift.class_level.miou_vs_reference
+            if drop > self.max_drop:
+                failed.append(f"{name}: mIoU vs reference {drift.class_level.miou_vs_reference:.2f} is {drop:.2f} "
+                              f"points below 100 (allowed {self.max_drop})")
+            truth = drift.ground_truth
+            if truth is not None and truth.drop > self.max_drop:
+                failed.append(f"{name}: ground-truth mIoU {truth.candidate_miou:.2f} is {truth.drop:.2f} points "
+                              f"below the reference's {truth.reference_miou:.2f} (allowed {self.max_drop})")
+        checks = ((self.min_confident_group_agreement, model.group_agreement_confident, "confident-pixel group "
+                   "agreement", "%", 3),
+                  (self.min_group_agreement, model.group_agreement, "group agreement", "%", 3),
+                  (self.min_group_cosine, model.group_embed_cosine.mean, "mean group-embedding cosine", "", 5),
+                  (self.min_group_cosine_worst, model.group_embed_cosine.min, "minimum group-embedding cosine",
+                   "", 5))
+        for limit, value, what, unit, digits in checks:
+            if limit is not None and (value is None or value < limit):
+                shown = "unmeasured" if value is None else f"{value:.{digits}f}{unit}"
+                failed.append(f"{name}: {what} {shown} is below {limit}{unit}")
+        if self.max_abs_diff is not None:
+            output, worst = max(model.max_abs_diff.items(), key=lambda item: item[1])
+            if worst > self.max_abs_diff:
+                failed.append(f"{name}: max abs difference {worst:.2e} in {output} exceeds {self.max_abs_diff:.0e}")
+        return failed
+
+    def describe(self) -> str:
+        parts = [f"mIoU drop ≤ {self.max_drop}" if self.max_drop is not None else None,
+                 f"confident group agreement ≥ {self.min_confident_group_agreement}%"
+                 if self.min_confident_group_agreement is not None else None,
+                 f"group agreement ≥ {self.min_group_agreement}%" if self.min_group_agreement is not None else None,
+                 f"group cosine mean ≥ {self.min_group_cosine}" if self.min_group_cosine is not None else None,
+                 f"group cosine min ≥ {self.min_group_cosine_worst}" if self.min_group_cosine_worst is not None
+                 else None,
+                 f"max abs diff ≤ {self.max_abs_diff:.0e}" if self.max_abs_diff is not None else None]
+        return ", ".join(part for part in parts if part) or "no limits"
+
+
+# fp32 graphs in any backend must agree with eager PyTorch up to float reassociation (measured ≤ 5e-7 on every
+# output); larger gaps mean a broken graph or a backend silently computing in lower precision.
+FP32_TOLERANCE = DriftBudget(max_abs_diff=1e-3, min_group_agreement=99.0)
+# Reduced precision, judged without a vocabulary: what the drift-budget search and `tune` hold candidates to
+# unless told otherwise. Confident pixels ignore near-ties, which random or weak weights make common.
+MODEL_LEVEL_BUDGET = DriftBudget(min_confident_group_agreement=99.9, min_group_cosine=0.995)
 
 
 # ------------------------------------------------------------------------------------------------ vocabulary
@@ -167,25 +287,24 @@ class _Encoded:
 
 @dataclass
 class DriftReport:
-    data: dict
+    data: dict                          # drift.json (schema SCHEMA)
+    candidates: list[CandidateDrift]
 
-    def failures(self, max_drop: float) -> list[str]:
-        """One sentence per candidate that drops more than `max_drop` mIoU points."""
-        failed = []
-        for candidate in self.data["candidates"]:
-            drop = 100.0 - candidate["class_level"]["miou_vs_reference"]
-            if drop > max_drop:
-                failed.append(f"{candidate['source']}: mIoU vs reference {candidate['class_level']['miou_vs_reference']:.2f}"
-                              f" is {drop:.2f} points below 100 (allowed {max_drop})")
-            truth = candidate.get("ground_truth")
-            if truth and truth["drop"] > max_drop:
-                failed.append(f"{candidate['source']}: ground-truth mIoU {truth['candidate_miou']:.2f} is "
-                              f"{truth['drop']:.2f} points below the reference's {truth['reference_miou']:.2f} "
-                              f"(allowed {max_drop})")
-        return failed
+    def failures(self, budget: DriftBudget | float) -> list[str]:
+        """One sentence per limit a candidate exceeds; a number is a `max_drop` in mIoU points."""
+        budget = budget if isinstance(budget, DriftBudget) else DriftBudget(max_drop=budget)
+        return [failure for candidate in self.candidates for failure in budget.failures(candidate)]
 
     def to_markdown(self) -> str:
         return drift_markdown(self.data)
+
+
+def validate_candidate(reference, candidate, images, *, labels="prototypes:16",
+                       margin: float = CONFIDENT_MARGIN, **options) -> CandidateDrift:
+    """The one comparison of a candidate with a reference on `images`: export validation, `bench`, `tune` and
+    `groupvit_edge.testing` all use it. Options are `measure_drift`'s."""
+    return measure_drift(reference, [candidate], images, labels=labels, confident_margin=margin,
+                         progress=False, **options).candidates[0]
 
 
 def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks_dir=None,
@@ -239,8 +358,7 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
     data = {
         "schema": SCHEMA,
         "reference": _describe(reference, reference_runtime),
-        "images": {"count": len(paths), "source": [str(p) for p in (images if isinstance(images, (list, tuple))
-                                                                      else [images])],
+        "images": {"count": len(paths), "source": _sources(images),
                    "windows": sum(len(e.prepared.boxes) for e in encoded),
                    "size": [preprocess.height, preprocess.width], "resize": preprocess.resize},
         "vocabulary": vocabulary_info,
@@ -251,21 +369,30 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
                    "postprocess_and_metrics_s": postprocess_seconds,
                    "total_s": 0.0},
     }
-    for index, (source, runtime, result) in enumerate(zip(candidates, candidate_runtimes, results), start=1):
-        data["candidates"].append({**_describe(source, runtime), **result,
-                                   "timing": {"encode_s": encode_seconds[index]}})
+    typed = [CandidateDrift(**_describe(source, runtime), **result, encode_seconds=encode_seconds[index])
+             for index, (source, runtime, result) in enumerate(zip(candidates, candidate_runtimes, results), start=1)]
+    data["candidates"] = [candidate.to_dict() for candidate in typed]
     data["timing"]["total_s"] = time.perf_counter() - started
-    report = DriftReport(data)
+    report = DriftReport(data, typed)
     if report_dir is not None:
         from .report import write_report
         write_report(report, encoded, vocabularies, logit_scales, background, class_names, report_dir)
     return report
 
 
+def _sources(images) -> list[str]:
+    if not images:
+        from ..assets import samples_description
+        return [samples_description()]
+    return [str(p) for p in (images if isinstance(images, (list, tuple)) else [images])]
+
+
 def _open(source, image_size=None) -> Runtime:
     if isinstance(source, Runtime):
         return source
-    return open_runtime(source, image_size=image_size) if image_size else open_runtime(source)
+    from ..runtimes import is_artifact
+    # A checkpoint reference runs at the candidates' export size; an artifact has its own.
+    return open_runtime(source, image_size=image_size) if image_size and not is_artifact(source) else open_runtime(source)
 
 
 def _describe(source, runtime: Runtime) -> dict:
@@ -322,6 +449,7 @@ def _vocabularies(labels, class_map, runtimes_, encoded, seed):
 
 def _compare(encoded, index, vocabularies, logit_scales, background, class_names, margin, worst,
              with_truth) -> dict:
+    """The class-level, model-level and ground-truth parts of candidate `index`'s CandidateDrift."""
     reference_vocab, candidate_vocab = vocabularies[0], vocabularies[index]
     versus_reference = ConfusionMatrix(len(class_names), ignore_index=None)
     # Pixels whose reference class decision is a near-tie (relative margin < `margin`) flip under any change of
@@ -351,28 +479,22 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
             truth_reference.update(item.ground_truth, ref_labels)
             truth_candidate.update(item.ground_truth, cand_labels)
     iou = versus_reference.iou
-    result = {
-        "class_level": {
-            "miou_vs_reference": 100.0 * versus_reference.mean_iou,
-            "pixel_agreement": 100.0 * versus_reference.pixel_accuracy,
-            "miou_vs_reference_confident": _finite(100.0 * confident_versus_reference.mean_iou),
-            "pixel_agreement_confident": _finite(100.0 * confident_versus_reference.pixel_accuracy),
-            "near_tie_class_share": 100.0 * (1 - confident_versus_reference.total / max(versus_reference.total, 1)),
-            "per_class_iou": {name: (None if np.isnan(value) else 100.0 * value)
-                              for name, value in zip(class_names, iou)},
-            "worst_images": [{"image": path, "agreement": 100.0 * agreement}
-                             for agreement, path in sorted(per_image)[:worst]],
-        },
-        "model_level": model_level.summary(),
-        "ground_truth": None,
-    }
+    class_level = ClassLevelDrift(
+        miou_vs_reference=100.0 * versus_reference.mean_iou,
+        pixel_agreement=100.0 * versus_reference.pixel_accuracy,
+        miou_vs_reference_confident=_finite(100.0 * confident_versus_reference.mean_iou),
+        pixel_agreement_confident=_finite(100.0 * confident_versus_reference.pixel_accuracy),
+        near_tie_class_share=100.0 * (1 - confident_versus_reference.total / max(versus_reference.total, 1)),
+        per_class_iou={name: (None if np.isnan(value) else 100.0 * value) for name, value in zip(class_names, iou)},
+        worst_images=[{"image": path, "agreement": 100.0 * agreement} for agreement, path in sorted(per_image)[:worst]])
+    ground_truth = None
     if with_truth:
-        result["ground_truth"] = {
-            "reference_miou": 100.0 * truth_reference.mean_iou, "candidate_miou": 100.0 * truth_candidate.mean_iou,
-            "drop": 100.0 * (truth_reference.mean_iou - truth_candidate.mean_iou),
-            "reference_pixel_accuracy": 100.0 * truth_reference.pixel_accuracy,
-            "candidate_pixel_accuracy": 100.0 * truth_candidate.pixel_accuracy}
-    return result
+        ground_truth = GroundTruthDrift(
+            reference_miou=100.0 * truth_reference.mean_iou, candidate_miou=100.0 * truth_candidate.mean_iou,
+            drop=100.0 * (truth_reference.mean_iou - truth_candidate.mean_iou),
+            reference_pixel_accuracy=100.0 * truth_reference.pixel_accuracy,
+            candidate_pixel_accuracy=100.0 * truth_candidate.pixel_accuracy)
+    return {"class_level": class_level, "model_level": model_level.summary(), "ground_truth": ground_truth}
 
 
 def _fmt(value, digits: int = 2, suffix: str = "") -> str:

@@ -24,22 +24,21 @@ class EvalReport:
 
     def to_markdown(self) -> str:
         d = self.data
-        lines = [f"{d['source']} ({d['backend']}) on {d['images']} images of {d['dataset']}, classes {d['classes']}: "
+        lines = [f"{d['source']} ({d['backend']}) on {d['images']} images (masks {d['masks']}), classes {d['classes']}: "
                  f"mIoU {d['miou']:.2f}, pixel accuracy {d['pixel_accuracy']:.2f}", "",
                  "| class | IoU |", "|---|---|"]
         lines += [f"| {name} | {'—' if iou is None else f'{iou:.2f}'} |" for name, iou in d["per_class_iou"].items()]
         return "\n".join(lines)
 
 
-def dataset_pairs(dataset: str | Path) -> list[tuple[Path, Path]]:
-    """DIR/images/<stem>.* paired with DIR/masks/<stem>.png."""
-    dataset = Path(dataset)
-    images_dir, masks_dir = dataset / "images", dataset / "masks"
-    if not images_dir.is_dir() or not masks_dir.is_dir():
-        raise UserError(f"dataset {dataset} must hold images/ and masks/ folders (masks: single-channel PNGs "
-                        f"named like the images)")
+def labelled_pairs(images, masks_dir) -> list[tuple[Path, Path]]:
+    """Each photo of `images` paired with `masks_dir/<stem>.png`."""
+    masks_dir = Path(masks_dir)
+    if not masks_dir.is_dir():
+        raise UserError(f"--masks {masks_dir} is not a directory: pass the folder of single-channel PNG masks "
+                        f"named like the photos")
     pairs = []
-    for image in list_images(images_dir):
+    for image in list_images(images):
         mask = masks_dir / f"{image.stem}.png"
         if not mask.is_file():
             raise UserError(f"image {image.name} has no mask {mask}: add it or remove the image")
@@ -47,11 +46,12 @@ def dataset_pairs(dataset: str | Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def evaluate(source, dataset, classes: str | ClassMap = "coco-object", *, backend: str | None = None,
+def evaluate(source, images, masks, classes: str | ClassMap = "coco-object", *, backend: str | None = None,
              limit: int | None = None, resize: str | None = None, progress: bool = True,
              **runtime_options) -> EvalReport:
+    """The paper's protocol on `images` (files or directories) with ground truth in `masks` (a directory)."""
     class_map = classes if isinstance(classes, ClassMap) else resolve(classes)
-    pairs = dataset_pairs(dataset)[:limit]
+    pairs = labelled_pairs(images, masks)[:limit]
     confusion = ConfusionMatrix(len(class_map.class_names))
     started = time.perf_counter()
     with Segmenter.open(source, class_map.foreground, backend=backend, resize=resize,
@@ -70,7 +70,7 @@ def evaluate(source, dataset, classes: str | ClassMap = "coco-object", *, backen
         backend_description = segmenter.runtime.description
     iou = confusion.iou
     return EvalReport({
-        "schema": SCHEMA, "source": str(source), "backend": backend_description, "dataset": str(dataset),
+        "schema": SCHEMA, "source": str(source), "backend": backend_description, "masks": str(masks),
         "classes": class_map.name, "images": len(pairs), "miou": 100.0 * confusion.mean_iou,
         "pixel_accuracy": 100.0 * confusion.pixel_accuracy,
         "per_class_iou": {name: (None if np.isnan(v) else 100.0 * v) for name, v in zip(class_map.class_names, iou)},

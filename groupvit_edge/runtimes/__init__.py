@@ -1,11 +1,12 @@
 """One Runtime interface, one module per backend; `open` picks the backend an artifact and this machine allow.
 
-Each backend module defines NAME, EXTRA (the pip extra that installs it), `is_installed()`,
-`unsupported_reason(manifest) -> str | None` and `open_runtime(manifest, **options) -> Runtime`.
-No code outside a backend's module knows anything about that backend.
+Each backend module defines NAME, EXTRA (the pip extra that installs it), `Options` (a dataclass of its runtime
+options), `is_installed()`, `unsupported_reason(manifest) -> str | None` and
+`open_runtime(manifest, options) -> Runtime`. No code outside a backend's module knows anything about that backend.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 
@@ -42,14 +43,21 @@ def is_artifact(source) -> bool:
 
 
 def open(source, backend: str | None = None, **options) -> Runtime:  # noqa: A001 - mirrors io.open's role
-    """An artifact directory → its best installed backend; a checkpoint/model spec → the PyTorch reference."""
+    """An artifact directory → its best installed backend; a checkpoint/model spec → the PyTorch reference.
+    `options` are the chosen backend's runtime options (its `Options` fields)."""
+    name, target = choose_backend(source, backend)
+    return backend_module(name).open_runtime(target, backend_options(name, options, source))
+
+
+def choose_backend(source, backend: str | None = None) -> tuple[str, object]:
+    """(backend name, what its open_runtime takes: the verified manifest, or the model spec for the reference)."""
     if isinstance(source, (str, Path)) and Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         read_manifest(source)   # neither artifact nor checkpoint: let the manifest check say what is missing
     if not is_artifact(source):
         if backend not in (None, REFERENCE_BACKEND):
             raise UserError(f"{source} is a model, not an artifact: export it first "
                             f"(groupvit-edge export --model {source} --out DIR) or use --backend torch")
-        return backend_module(REFERENCE_BACKEND).open_runtime(source, **options)
+        return REFERENCE_BACKEND, source
     manifest = read_manifest(source)
     candidates = [backend] if backend else list(ARTIFACT_BACKENDS)
     reasons = []
@@ -60,7 +68,7 @@ def open(source, backend: str | None = None, **options) -> Runtime:  # noqa: A00
             continue
         reason = module.unsupported_reason(manifest)
         if reason is None and module.is_installed():
-            return module.open_runtime(manifest, **options)
+            return name, manifest
         reasons.append((name, module, reason))
     usable = [(name, module) for name, module, reason in reasons if reason is None]
     if usable:
@@ -70,4 +78,25 @@ def open(source, backend: str | None = None, **options) -> Runtime:  # noqa: A00
     raise UserError(f"no backend can run {source} ({detail}); re-export it for a backend installed here")
 
 
-__all__ = ["ImageEncoding", "Runtime", "open", "available_backends", "backend_module", "is_artifact"]
+def option_names(name: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(backend_module(name).Options)}
+
+
+def backend_options(name: str, options: dict, source=None):
+    """`options` as backend `name`'s Options; a name it does not take is an error, never silently dropped."""
+    accepted = option_names(name)
+    for option in options:
+        if option in accepted:
+            continue
+        owners = [other for other in _MODULES if option in option_names(other)]
+        if owners:
+            raise UserError(f"runtime option {option!r} applies to {', '.join(owners)}, not to {name}"
+                            f"{f', which runs {source}' if source is not None else ''}: drop it or choose "
+                            f"--backend {owners[0]}")
+        known = sorted(set().union(*(option_names(other) for other in _MODULES)))
+        raise UserError(f"runtime option {option!r} is unknown: use one of {', '.join(known)}")
+    return backend_module(name).Options(**options)
+
+
+__all__ = ["ImageEncoding", "Runtime", "open", "available_backends", "backend_module", "backend_options", "choose_backend",
+           "is_artifact", "option_names"]

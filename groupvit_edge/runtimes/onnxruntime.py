@@ -1,10 +1,13 @@
 """ONNX Runtime backend: runs image.onnx / text.onnx of an artifact, CPU by default, providers selectable."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
+from ..options import option
 from .base import ImageEncoding, Runtime, importable
 
 NAME = "onnxruntime"
@@ -30,8 +33,15 @@ def _import():
     return onnxruntime
 
 
-def open_runtime(manifest: Manifest, providers=None, threads: int | None = None, **_ignored) -> "OnnxRuntime":
-    return OnnxRuntime(manifest, providers=providers, threads=threads)
+@dataclass(frozen=True)
+class Options:
+    providers: tuple[str, ...] | None = option(None, "onnxruntime: execution providers in order of preference "
+                                               "(repeatable; default CPUExecutionProvider).", multiple=True)
+    threads: int | None = option(None, "CPU threads (default: one per core).", minimum=1)
+
+
+def open_runtime(manifest: Manifest, options: Options) -> "OnnxRuntime":
+    return OnnxRuntime(manifest, providers=options.providers, threads=options.threads)
 
 
 class OnnxRuntime(Runtime):

@@ -11,7 +11,9 @@ THROUGHPUT hint's streams run in parallel.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
+from ..options import option
 from .base import ImageEncoding, Runtime, importable
 
 NAME = "openvino"
@@ -54,11 +57,21 @@ def default_cache_dir() -> Path:
     return root / "openvino"
 
 
-def open_runtime(manifest: Manifest, device: str = "CPU", hint: str = "LATENCY", streams=None,
-                 threads: int | None = None, cache_dir=None, inference_precision: str | None = None,
-                 **_ignored) -> "OpenVinoRuntime":
-    return OpenVinoRuntime(manifest, device=device, hint=hint, streams=streams, threads=threads,
-                           cache_dir=cache_dir, inference_precision=inference_precision)
+@dataclass(frozen=True)
+class Options:
+    device: str = option("CPU", "openvino: device — CPU, GPU, NPU, AUTO or AUTO:GPU,CPU.")
+    hint: str = option("LATENCY", "openvino: performance hint.", choices=HINTS)
+    streams: int | str | None = option(None, "openvino: THROUGHPUT streams, a number or AUTO.")
+    threads: int | None = option(None, "CPU threads (default: one per core).", minimum=1)
+    cache_dir: str | None = option(None, "openvino: compiled-model cache directory ('' for none; default "
+                                         "$GROUPVIT_EDGE_CACHE/openvino).", metavar="DIR")
+    inference_precision: str | None = option(None, "openvino: compute precision — f32, bf16 or f16 (default: the "
+                                                   "precision the artifact was validated at).",
+                                             choices=tuple(PRECISION_CAPABILITY))
+
+
+def open_runtime(manifest: Manifest, options: Options) -> "OpenVinoRuntime":
+    return OpenVinoRuntime(manifest, **dataclasses.asdict(options))
 
 
 def check_device(available: list[str], device: str) -> str:

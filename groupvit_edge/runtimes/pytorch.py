@@ -1,6 +1,8 @@
 """PyTorch reference backend: the model itself, from a checkpoint, through the same interface as artifacts."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..artifact import Manifest, Preprocess, new_manifest_data
@@ -19,14 +21,20 @@ def unsupported_reason(manifest: Manifest) -> str | None:
     return "the PyTorch reference runs checkpoints, not exported artifacts"
 
 
-def open_runtime(source, image_size=(448, 448), threads: int | None = None, resize: str = "slide",
-                 **_ignored) -> "TorchRuntime":
+@dataclass(frozen=True)
+class Options:
+    image_size: tuple[int, int] | int = (448, 448)
+    threads: int | None = None
+    resize: str = "slide"
+
+
+def open_runtime(source, options: Options) -> "TorchRuntime":
     if not is_installed():
         raise UserError("torch is not installed: the PyTorch reference needs it (pip install torch==2.13.0 "
                         "groupvit-edge[export]); run an exported artifact instead")
     from ..model import LoadedModel, load_model
     loaded = source if isinstance(source, LoadedModel) else load_model(str(source))
-    return TorchRuntime(loaded, image_size=image_size, threads=threads, resize=resize)
+    return TorchRuntime(loaded, image_size=options.image_size, threads=options.threads, resize=options.resize)
 
 
 def reference_manifest(loaded, preprocess: Preprocess) -> Manifest:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import ctypes
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
+from ..options import option
 from .base import ImageEncoding, Runtime, importable
 
 NAME = "tensorrt"
@@ -367,9 +369,15 @@ class EngineSession:
         self.context = self.engine = None
 
 
-def open_runtime(manifest: Manifest, device_memory: str = "auto", device: int = 0,
-                 **_ignored) -> "TensorRTRuntime":
-    return TensorRTRuntime(manifest, device_memory=device_memory, device=device)
+@dataclass(frozen=True)
+class Options:
+    device_memory: str = option("auto", "tensorrt: where I/O buffers come from.",
+                                choices=("auto", "cuda-python", "torch"))
+    gpu: int = option(0, "tensorrt: CUDA device index.", minimum=0)
+
+
+def open_runtime(manifest: Manifest, options: Options) -> "TensorRTRuntime":
+    return TensorRTRuntime(manifest, device_memory=options.device_memory, device=options.gpu)
 
 
 class TensorRTRuntime(Runtime):

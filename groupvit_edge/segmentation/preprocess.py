@@ -117,7 +117,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def list_images(sources) -> list[Path]:
-    """Files and directories (searched recursively, sorted) → image paths by suffix; a missing path is an error."""
+    """Files and directories (searched recursively, sorted) → image paths by suffix; a missing path is an error.
+    None (or no sources) means the sample photos shipped with groupvit-edge."""
+    if sources is None or (not isinstance(sources, (str, Path)) and len(sources) == 0):
+        from ..assets import sample_photos
+        return sample_photos()
     found = []
     for source in ([sources] if isinstance(sources, (str, Path)) else sources):
         path = Path(source)

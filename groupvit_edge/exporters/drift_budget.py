@@ -1,0 +1,143 @@
+"""The drift-budget search: the most-quantized INT8 image graph whose drift stays within the user's budget.
+
+Calibrate once. Rank GroupViT's blocks (the model's own: patch embedding, each layer's attention and MLP, the
+grouping blocks, projections) by the error each adds. Every candidate is the same quantized graph with the
+k most harmful blocks computing in float again (`calibration.quantizers.return_to_float`): no recalibration, so
+candidates differ only in k. A binary search over k (at most all blocks but one: all of them is the fp32 graph),
+capped at `--search-steps` measurements, keeps the smallest k that fits; when none fits the export fails with
+the table of what each step reached.
+
+The budget gates on model-level figures (confident group agreement, group-embedding cosine), which stay
+meaningful with any weights, and on class mIoU only when the user names the vocabulary (`--drift-labels`).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from ..errors import ValidationFailed
+from ..metrics.drift import MODEL_LEVEL_BUDGET, DriftBudget
+from .records import BudgetSearch, DriftCheck, SearchStep
+
+CANDIDATE_FILE = "image.int8.candidate.onnx"
+SENSITIVITY_PHOTOS = 2
+LATENCY_RUNS = 5
+
+
+def budget_from(options) -> DriftBudget | None:
+    """The user's drift budget, or None when they gave none (then drift is measured and recorded, not gated)."""
+    given = options.budget
+    if given.max_drop is None and given.min_confident_agreement is None and given.min_group_cosine is None:
+        return None
+    return DriftBudget(
+        max_drop=given.max_drop if given.drift_labels is not None else None,
+        min_confident_group_agreement=(given.min_confident_agreement if given.min_confident_agreement is not None
+                                       else MODEL_LEVEL_BUDGET.min_confident_group_agreement),
+        min_group_cosine=(given.min_group_cosine if given.min_group_cosine is not None
+                          else MODEL_LEVEL_BUDGET.min_group_cosine))
+
+
+def search(job, floats, fp32, quantized, policy, photos, budget: DriftBudget, first: DriftCheck) -> BudgetSearch:
+    """Leave the chosen candidate as the INT8 image graph in the staging directory, or raise ValidationFailed."""
+    import onnx
+    from ..calibration.quantizers import return_to_float
+    from . import precision
+    ranking = block_sensitivity(fp32, quantized, policy, photos, job.preprocess)
+    blocks = [block for block, _ in ranking]
+    job.log(f"drift exceeds the budget ({'; '.join(first.failures)}): searching which of {len(blocks)} blocks to "
+            f"return to float, most harmful first ({', '.join(blocks[:4])}, …)")
+    measured = {0: SearchStep([], first)}
+
+    def measure(count: int) -> SearchStep:
+        nodes = [name for block in blocks[:count] for name in policy.blocks()[block]]
+        onnx.save(return_to_float(quantized, fp32, nodes), str(job.staging / CANDIDATE_FILE))
+        check = precision.measure_graph_drift(job, floats, CANDIDATE_FILE, photos, budget)
+        step = SearchStep(blocks[:count], check)
+        job.log(f"  {count} block(s) in float: {check.line()} → {'fits' if step.fits else 'exceeds'}")
+        measured[count] = step
+        return step
+
+    fits_at = fewest_fitting(len(blocks), job.options.budget.search_steps, lambda count: measure(count).fits)
+    steps = [measured[count] for count in sorted(measured)]
+    result = BudgetSearch(budget, ranking, steps, measured[fits_at] if fits_at is not None else None)
+    if result.chosen is None:
+        raise ValidationFailed(f"the drift budget ({budget.describe()}) cannot be met with any block in INT8; the "
+                               f"artifact was not written. Loosen the budget, calibrate on more photos "
+                               f"(--calib-dir), or export --target onnx for fp32. Each step:\n{result.table()}")
+    chosen = return_to_float(quantized, fp32, [n for b in result.chosen.float_blocks for n in policy.blocks()[b]])
+    onnx.save(chosen, str(job.staging / precision.INT8_FILE))
+    result.chosen.check.candidate = f"{precision.INT8_FILE} in ONNX Runtime"
+    (job.staging / CANDIDATE_FILE).unlink(missing_ok=True)
+    result.image_graph_ms = {"fully_quantized": _median_ms(quantized, job.preprocess),
+                             "chosen": _median_ms(chosen, job.preprocess)}
+    job.log(f"chose {len(result.chosen.float_blocks)} block(s) in float ({listed(result.chosen.float_blocks)}); "
+            f"image graph {result.image_graph_ms['fully_quantized']:.0f} → {result.image_graph_ms['chosen']:.0f} ms")
+    return result
+
+
+def fewest_fitting(blocks: int, steps: int, fits) -> int | None:
+    """The fewest ranked blocks in float for which `fits(count)` holds, measuring at most `steps` counts, or None.
+
+    Zero blocks (the fully quantized graph) was measured and failed. Every block in float is the fp32 graph, not
+    an INT8 one, so the most a candidate returns is all blocks but one; a binary search assumes that returning
+    more blocks never hurts.
+    """
+    most = blocks - 1
+    if most < 1 or steps < 1 or not fits(most):
+        return None
+    fitting, failing, measured = most, 0, 1
+    while fitting - failing > 1 and measured < steps:
+        middle = (failing + fitting) // 2
+        measured += 1
+        if fits(middle):
+            fitting = middle
+        else:
+            failing = middle
+    return fitting
+
+
+def listed(blocks: list[str], shown: int = 4) -> str:
+    return ", ".join(blocks[:shown]) + (f" and {len(blocks) - shown} more" if len(blocks) > shown else "") or "none"
+
+
+def _median_ms(model, preprocess) -> float:
+    import onnxruntime as ort
+    from ..metrics.bench import median_ms
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    pixels = np.zeros((1, 3, preprocess.height, preprocess.width), dtype=np.float32)
+    return median_ms(lambda: session.run(None, {"pixels": pixels}), LATENCY_RUNS)
+
+
+def block_sensitivity(fp32, quantized, policy, photos, preprocess) -> list[tuple[str, float]]:
+    """Rank blocks by the error each adds: relative error at its quantized nodes' outputs minus at their inputs.
+
+    One run of each graph on a few held-out windows with the tensors exposed; errors compound downstream, so
+    the jump across a block, not the error at its output, is what the block itself contributes.
+    """
+    import onnx
+    import onnxruntime as ort
+    from ..segmentation.preprocess import load_image, prepare
+    nodes = {node.name: node for node in fp32.graph.node}
+    watched = {block: [(nodes[n].input[0], nodes[n].output[0]) for n in names if n in nodes]
+               for block, names in policy.blocks().items()}
+    tensors = sorted({tensor for pairs in watched.values() for pair in pairs for tensor in pair})
+    pixels = np.concatenate([prepare(load_image(path), preprocess).windows[:1]
+                             for path in photos.paths[:SENSITIVITY_PHOTOS]])
+
+    def run(model):
+        exposed = copy.deepcopy(model)
+        existing = {output.name for output in exposed.graph.output}
+        exposed.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors if name not in existing)
+        session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
+        return dict(zip([output.name for output in session.get_outputs()], session.run(None, {"pixels": pixels})))
+
+    reference, candidate = run(fp32), run(quantized)
+
+    def error(name):
+        if name not in candidate:
+            return 0.0
+        return float(np.linalg.norm(candidate[name] - reference[name]) / (np.linalg.norm(reference[name]) + 1e-12))
+
+    harm = {block: sum(max(error(out) - error(inp), 0.0) for inp, out in pairs) for block, pairs in watched.items()}
+    return sorted(harm.items(), key=lambda item: -item[1])

@@ -1,0 +1,151 @@
+"""Export options, typed. Common, calibration and drift-budget options are declared here; each backend declares
+its own dataclass in its module (`openvino.OpenVinoOptions`, `tensorrt.TensorRTOptions`).
+
+Every field carries its CLI flag, help text and the targets it applies to, so the CLI is generated from these
+declarations and plan checking reports an option given for a target it does not apply to.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..options import OptionSpec, check_number, option, spec_of
+
+FP16_TARGETS = ("onnx-fp16", "openvino-fp16", "trt-fp16")
+CALIBRATED_TARGETS = ("onnx-int8", "openvino-int8", "trt-int8")
+REDUCED_TARGETS = FP16_TARGETS + CALIBRATED_TARGETS + ("onnx-int8-dynamic",)
+
+
+def image_size(value) -> tuple[int, int]:
+    """448, "448", (448, 672) or "448x672" → (height, width)."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        parts = list(value)
+    elif isinstance(value, int):
+        parts = [value]
+    else:
+        try:
+            parts = [int(p) for p in str(value).lower().split("x")]
+        except ValueError:
+            parts = []
+    if len(parts) not in (1, 2) or not all(isinstance(p, int) for p in parts):
+        raise UserError(f"--image-size {value!r} is not a size: use 448 or HEIGHTxWIDTH like 448x672")
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def labels_list(value) -> tuple[str, ...]:
+    from ..segmentation.vocabulary import parse_labels
+    return tuple(parse_labels(value))
+
+
+def paths(value) -> tuple[str, ...]:
+    return tuple(str(v) for v in ([value] if isinstance(value, (str, Path)) else value))
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    image_size: tuple[int, int] = option((448, 448), "Export size: 448 or HEIGHTxWIDTH (multiples of 16).",
+                                         parse=image_size, metavar="SIZE")
+    tokenizer: str | None = option(None, "CLIP vocabulary: bpe_simple_vocab_16e6.txt.gz or a directory with "
+                                         "vocab.json + merges.txt (default: the checkpoint's own, else the one "
+                                         "shipped with groupvit-edge).", metavar="PATH")
+    labels: tuple[str, ...] | None = option(None, "Comma-separated class names to precompute a vocabulary for "
+                                                  "(optional; any vocabulary works later).", parse=labels_list)
+    validation_images: tuple[str, ...] | None = option(
+        None, "Photos (files or directories, repeatable) to validate the graphs and measure drift on "
+              "(default: held-out calibration images, else the sample photos shipped with groupvit-edge).",
+        parse=paths, multiple=True, metavar="PATH")
+    resize: str = option("slide", "How runtimes fit photos to the export size by default.",
+                         choices=("slide", "letterbox"))
+    cache_dir: str | None = option(None, "Calibration and compiled-model cache (default: $GROUPVIT_EDGE_CACHE or "
+                                         "~/.cache/groupvit-edge).", metavar="DIR")
+    force: bool = option(False, "Write into an artifact directory that also holds other files (they are kept).",
+                         is_flag=True)
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    calib_dir: str | None = option(None, "INT8 calibration photos, searched recursively (default: the sample "
+                                         "photos shipped with groupvit-edge — pass ~128 of your own for a "
+                                         "deployable INT8).", targets=CALIBRATED_TARGETS, metavar="DIR")
+    calib_count: int = option(128, "Calibration photos drawn from --calib-dir (seeded).", targets=CALIBRATED_TARGETS,
+                              minimum=1)
+    calib_method: str = option("nncf", "Calibrator: NNCF post-training quantization, or ONNX Runtime's minmax, "
+                                       "entropy or percentile.", targets=CALIBRATED_TARGETS,
+                               choices=("nncf", "minmax", "entropy", "percentile"))
+    int8_weight_bits: int = option(7, "INT8 weight range: 7 avoids int16 saturation on x86 CPUs without VNNI; 8 "
+                                      "for VNNI/AMX CPUs and GPUs.", targets=CALIBRATED_TARGETS + ("onnx-int8-dynamic",),
+                                   choices=("7", "8"),
+                                   parse=int)
+    seed: int = option(0, "Calibration sampling seed.", targets=CALIBRATED_TARGETS)
+
+
+@dataclass(frozen=True)
+class BudgetOptions:
+    max_drop: float | None = option(
+        None, "Drift budget: search for the most-quantized graph within it (returning blocks to float, most "
+              "harmful first). Gates class mIoU (points) when --drift-labels is given; the model-level limits "
+              "below always apply.", targets=CALIBRATED_TARGETS, metavar="POINTS",
+        minimum=0.0, maximum=100.0)
+    min_confident_agreement: float | None = option(
+        None, "Drift budget: least confident-pixel group agreement, percent (default 99.9 when searching).",
+        targets=CALIBRATED_TARGETS, metavar="PERCENT", minimum=0.0, maximum=100.0)
+    min_group_cosine: float | None = option(
+        None, "Drift budget: least mean group-embedding cosine (default 0.995 when searching).",
+        targets=CALIBRATED_TARGETS, minimum=-1.0, maximum=1.0)
+    search_steps: int = option(8, "Drift budget: most candidate graphs measured.", targets=CALIBRATED_TARGETS,
+                               minimum=1)
+    drift_labels: str | None = option(
+        None, "Vocabulary drift is measured with: class names 'a,b,c' or prototypes:K (default prototypes:16, "
+              "label-free).", targets=REDUCED_TARGETS)
+
+
+GROUPS = {"common": CommonOptions, "calibration": CalibrationOptions, "budget": BudgetOptions}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """All options of one export: the shared groups and one options object per backend that has any."""
+    common: CommonOptions = field(default_factory=CommonOptions)
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    budget: BudgetOptions = field(default_factory=BudgetOptions)
+    backends: dict = field(default_factory=dict)     # backend name → its options dataclass instance
+
+    @classmethod
+    def from_values(cls, backend_groups: dict[str, type], **values) -> "ExportOptions":
+        """Flat keyword values (the API's and the CLI's) → typed groups; a name no group has is an error."""
+        groups = {**GROUPS, **backend_groups}
+        owner = {f.name: group for group, kind in groups.items() for f in dataclasses.fields(kind)}
+        unknown = sorted(name for name in values if name not in owner)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(owner), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UserError(f"export option {unknown[0]!r} is unknown{hint}: see `groupvit-edge export --help`")
+        parsed = {group: {} for group in groups}
+        for name, value in values.items():
+            if value is None:
+                continue
+            spec = spec_of(next(f for f in dataclasses.fields(groups[owner[name]]) if f.name == name))
+            parsed[owner[name]][name] = _parse(name, value, spec)
+        return cls(**{group: groups[group](**parsed[group]) for group in GROUPS},
+                   backends={name: kind(**parsed[name]) for name, kind in backend_groups.items()})
+
+    def given(self) -> list[tuple[str, OptionSpec]]:
+        """(name, spec) of every option whose value differs from its default."""
+        found = []
+        for group in (self.common, self.calibration, self.budget, *self.backends.values()):
+            for f in dataclasses.fields(group):
+                if getattr(group, f.name) != f.default:
+                    found.append((f.name, spec_of(f)))
+        return found
+
+
+def _parse(name: str, value, spec: OptionSpec):
+    if spec.parse is not None and (isinstance(value, str) or spec.parse in (image_size, paths, labels_list)):
+        value = spec.parse(value)
+    if spec.choices is not None and str(value) not in spec.choices:
+        raise UserError(f"{spec.flag(name)} {value!r} is not one of {', '.join(spec.choices)}")
+    check_number(spec.flag(name), value, spec.minimum, spec.maximum)
+    return value

@@ -1,0 +1,186 @@
+"""Writing files and directories so that an interruption leaves the old version or the new one, never a mix.
+
+- `write_atomic` / `write_text_atomic` / `write_json_atomic`: a file is written beside its destination, then
+  renamed over it.
+- `replace_directory`: a directory (an artifact, a drift report) is built in a staging sibling and swapped in by
+  rename. While it runs, a lock beside the destination keeps a second writer out. Staging siblings left by a
+  killed process are removed by the next writer, unless they hold files that are not ours.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from .errors import UserError
+
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<kind>partial|old)$")
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """`write(temporary)` on a hidden sibling of `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    temporary = Path(temporary)
+    try:
+        write(temporary)
+        _give_default_permissions(temporary, 0o666)
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_atomic(path, lambda temporary: temporary.write_text(text))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    return write_atomic(path, lambda temporary: temporary.write_bytes(data))
+
+
+def write_json_atomic(path: str | Path, data) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def _give_default_permissions(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create owner-only files; what we write should get the permissions `open` would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(mode & ~umask)
+
+
+@contextlib.contextmanager
+def replace_directory(destination: str | Path, *, ours: Callable[[Path], set[Path] | None],
+                      what: str = "directory", force: bool = False, log=print) -> Iterator[Path]:
+    """Yield an empty staging directory; when the block succeeds it becomes `destination`, otherwise it vanishes.
+
+    `ours(directory)` names the entries of an existing directory that a previous run of the same kind wrote
+    (relative paths), or None when the directory is not of that kind. An existing destination is replaced only
+    if it is empty or of that kind; entries that are not ours are refused, or with `force` carried over into the
+    new directory. A lock beside the destination refuses a concurrent writer.
+    """
+    destination = Path(destination).absolute()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(destination, what):
+        remove_stale_staging(destination, ours, log)
+        foreign = check_destination(destination, ours, what, force,
+                                    replacing=lambda existing: log(f"replacing the {what} in {existing}"))
+        staging = destination.parent / f".{destination.name}.{os.getpid()}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        _give_default_permissions(staging, 0o777)
+        try:
+            yield staging
+            _swap_in(staging, destination, foreign, log)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def check_destination(destination: Path, ours, what: str, force: bool, replacing=None) -> list[str]:
+    """Entries of an existing destination that are not ours; a UserError when it may not be written.
+    `replacing(destination)` is called when an existing one of ours will be replaced."""
+    destination = Path(destination)
+    if not destination.exists():
+        return []
+    if not destination.is_dir():
+        raise UserError(f"{destination} exists and is a file: choose another output directory")
+    entries = sorted(entry.name for entry in destination.iterdir())
+    if not entries:
+        return []
+    owned = ours(destination)
+    if owned is None:
+        raise UserError(f"{destination} is not empty and is not a groupvit-edge {what}: choose another output "
+                        f"directory (nothing was written)")
+    top_level = {Path(path).parts[0] for path in owned}
+    foreign = [name for name in entries if name not in top_level]
+    if replacing is not None:
+        replacing(destination)
+    if foreign and not force:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise UserError(f"{destination} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} that are not "
+                        f"part of the {what} ({shown}): move them away, choose another output directory, or pass "
+                        f"--force to keep them beside the new {what}")
+    return foreign
+
+
+def _swap_in(staging: Path, destination: Path, foreign: list[str], log) -> None:
+    if not destination.exists():
+        staging.rename(destination)
+        return
+    # The user's entries only ever sit in the retired copy, never in a staging directory, so that a run killed
+    # mid-swap leaves them where `remove_stale_staging` will not delete them.
+    retired = destination.parent / f".{destination.name}.{os.getpid()}.old"
+    shutil.rmtree(retired, ignore_errors=True)
+    destination.rename(retired)
+    staging.rename(destination)
+    for name in foreign:
+        (retired / name).rename(destination / name)
+    if foreign:
+        log(f"kept {', '.join(foreign)} in {destination} (not part of it; --force)")
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def remove_stale_staging(destination: Path, ours, log=print) -> None:
+    """Remove `.NAME.PID.partial|old` siblings of `destination` left by processes that no longer run. A retired
+    copy that still holds entries that are not ours (a --force swap that was killed) is kept and named."""
+    for sibling in destination.parent.glob(f".{destination.name}.*"):
+        match = _STAGING.match(sibling.name)
+        if not match or match["name"] != destination.name or not sibling.is_dir() or _alive(int(match["pid"])):
+            continue
+        if match["kind"] == "old":
+            owned = {Path(p).parts[0] for p in (ours(sibling) or ())}
+            if any(entry.name not in owned for entry in sibling.iterdir()):
+                log(f"left {sibling} in place: an interrupted run left it and it holds files that are not ours")
+                continue
+        shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _lock(destination: Path, what: str) -> Iterator[None]:
+    import fcntl
+    path = destination.parent / f".{destination.name}.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise UserError(f"another groupvit-edge process is writing {destination} right now: wait for it to "
+                            f"finish or choose another output directory") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def tree_size(paths: Iterable[Path]) -> int:
+    """Bytes of files and of everything under directories."""
+    total = 0
+    for path in paths:
+        if path.is_dir():
+            total += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        elif path.is_file():
+            total += path.stat().st_size
+    return total
