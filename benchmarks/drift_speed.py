@@ -39,7 +39,7 @@ def main():
     print(report.to_markdown())
     print(f"\n| drift of fp32 ONNX vs PyTorch, {len(images)} images, {report.data['images']['windows']} windows "
           f"| seconds | share |\n|---|---|---|")
-    candidate_encode = report.data["candidates"][0]["timing"]["encode_s"]
+    candidate_encode = report.candidates[0].encode_seconds
     for name, seconds in (("reference encoding (PyTorch)", timing["reference_encode_s"]),
                           ("candidate encoding (ONNX Runtime)", candidate_encode),
                           ("vocabulary", timing["vocabulary_s"]),

@@ -57,7 +57,7 @@ def main():
     from groupvit_edge.calibration import CalibrationSet
     from groupvit_edge.calibration.quantizers import WindowReader, minmax_stride
     from groupvit_edge.exporters import export
-    from groupvit_edge.metrics.drift import measure_drift
+    from groupvit_edge.metrics.drift import validate_candidate
     from groupvit_edge.model import load_model
 
     images = sorted((SHARED / "coco" / "eval2017" / "images").glob("*.jpg"))[: args.eval_count]
@@ -73,12 +73,11 @@ def main():
 
     def judge(name, artifact, backend="onnxruntime", built_s=None, note=""):
         runtime = runtimes.open(artifact, backend=backend, threads=2)
-        report = measure_drift(reference, [runtime], images, labels="prototypes:16", progress=False)
-        c = report.data["candidates"][0]
-        m = c["model_level"]
-        rows.append((name, runtime.description, latency(runtime, args.size, args.runs), m["group_agreement"],
-                     m["group_agreement_confident"], m["group_embed_cosine"]["mean"], m["group_embed_cosine"]["min"],
-                     c["class_level"]["miou_vs_reference"], built_s, note))
+        drift = validate_candidate(reference, runtime, images, labels="prototypes:16")
+        m = drift.model_level
+        rows.append((name, runtime.description, latency(runtime, args.size, args.runs), m.group_agreement,
+                     m.group_agreement_confident, m.group_embed_cosine.mean, m.group_embed_cosine.min,
+                     drift.class_level.miou_vs_reference, built_s, note))
         print(f"done {name}", flush=True)
 
     fp32_model = onnx.load(str(fp32 / "image.onnx"))

@@ -173,7 +173,7 @@ def main():
     drifted = [name for name in rows if name not in ("PyTorch eager fp32", "ONNX Runtime fp32")]
     report = measure_drift(onnx_fp32, [rows[name] for name in drifted], eval_images, labels="prototypes:16",
                            progress=False)
-    drift = dict(zip(drifted, report.data["candidates"]))
+    drift = dict(zip(drifted, report.candidates))
 
     stream = np.concatenate([prepare(load_image(p), reference.manifest.preprocess).windows
                              for p in eval_images[8:20]])[:args.stream_windows]
@@ -201,10 +201,10 @@ def main():
         median, p90 = statistics.median(times[name]), float(np.percentile(times[name], 90))
         ran = getattr(runtime, "inference_precision", "f32")
         if name in drift:
-            model, classes = drift[name]["model_level"], drift[name]["class_level"]
-            figures = (f"{model['group_agreement_confident']:.3f} | {model['group_agreement']:.2f} | "
-                       f"{model['group_embed_cosine']['mean']:.5f} / {model['group_embed_cosine']['min']:.5f} | "
-                       f"{classes['miou_vs_reference']:.2f}")
+            model, classes = drift[name].model_level, drift[name].class_level
+            figures = (f"{model.group_agreement_confident:.3f} | {model.group_agreement:.2f} | "
+                       f"{model.group_embed_cosine.mean:.5f} / {model.group_embed_cosine.min:.5f} | "
+                       f"{classes.miou_vs_reference:.2f}")
         else:
             figures = "reference | — | — | —" if name == "ONNX Runtime fp32" else "(≈ reference) | — | — | —"
         print(f"| {name} | {ran} | {median:.1f} | {p90:.1f} | {torch_median / median:.2f}× | {figures} |")

@@ -13,6 +13,7 @@ import sys
 import click
 
 from .errors import UserError, ValidationFailed
+from .metrics.drift import CONFIDENT_MARGIN
 from .options import check_number, spec_of
 
 IMAGES_HELP = ("Photos: files or directories, searched recursively (repeatable). Default: the sample photos "
@@ -206,7 +207,7 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, re
               "agreement (percent) is below this.")
 @click.option("--min-group-cosine", type=float, help="Exit 1 when a candidate's mean group-embedding cosine is "
               "below this.")
-@click.option("--margin", type=float, default=0.01, show_default=True,
+@click.option("--margin", type=float, default=CONFIDENT_MARGIN, show_default=True,
               help="Relative best-vs-second group margin below which a reference pixel is a near-tie.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
               help="Write drift.json, drift.md and PNGs of the worst photos and per-class IoU here.")

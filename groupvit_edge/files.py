@@ -131,6 +131,11 @@ def _swap_in(staging: Path, destination: Path, foreign: list[str], log) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def all_ours(directory: Path) -> set[Path]:
+    """`ours` for directories made only by us (cache entries): every entry may be replaced."""
+    return {Path(entry.name) for entry in Path(directory).iterdir()}
+
+
 def remove_stale_staging(destination: Path, ours, log=print) -> None:
     """Remove `.NAME.PID.partial|old` siblings of `destination` left by processes that no longer run. A retired
     copy that still holds entries that are not ours (a --force swap that was killed) is kept and named."""

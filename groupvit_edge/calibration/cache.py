@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -61,15 +59,9 @@ def cached_entry(key: dict, build: Callable, file_name: str, load: Callable, sav
             return load(result_file), True
         log(f"calibration cache {entry} was made with different {', '.join(changed_fields(stored, key))}; "
             f"recalibrating")
+    from ..files import all_ours, replace_directory
     result = build()
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
-    try:
+    with replace_directory(entry, ours=all_ours, what="calibration cache entry", log=log) as staging:
         save(result, staging / file_name)
         (staging / key_file.name).write_text(json.dumps(key, indent=2, sort_keys=True))
-        shutil.rmtree(entry, ignore_errors=True)
-        staging.rename(entry)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return result, False

@@ -249,14 +249,8 @@ def return_to_float(quantized: onnx.ModelProto, fp32: onnx.ModelProto, nodes) ->
             continue
         source = original[node.name]
         scale = None
-        for position, name in enumerate(node.input):
-            dequantize = producers.get(name)
-            if dequantize is None or dequantize.op_type != "DequantizeLinear":
-                continue
-            quantize_node = producers.get(dequantize.input[0])
-            if quantize_node is not None and quantize_node.op_type == "QuantizeLinear":
-                node.input[position] = quantize_node.input[0]
-                scale = _smooth_quant_scale(node.input[position], source.input[position], producers, initializers)
+        for position in _read_float_activations(node, producers):
+            scale = _smooth_quant_scale(node.input[position], source.input[position], producers, initializers)
         for position, name in enumerate(node.input):
             dequantize = producers.get(name)
             if dequantize is not None and dequantize.op_type == "DequantizeLinear":
@@ -277,17 +271,25 @@ def float_outside_policy(model: onnx.ModelProto, quantizable) -> onnx.ModelProto
     allowed = set(quantizable)
     producers = {output: node for node in model.graph.node for output in node.output}
     for node in model.graph.node:
-        if node.name in allowed or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        for position, name in enumerate(node.input):
-            dequantize = producers.get(name)
-            if dequantize is None or dequantize.op_type != "DequantizeLinear":
-                continue
-            quantize_node = producers.get(dequantize.input[0])
-            if quantize_node is not None and quantize_node.op_type == "QuantizeLinear":
-                node.input[position] = quantize_node.input[0]
+        if node.name not in allowed and node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            _read_float_activations(node, producers)
     _drop_unused(model.graph)
     return model
+
+
+def _read_float_activations(node, producers) -> list[int]:
+    """Point each input `node` reads through QuantizeLinear → DequantizeLinear at the float tensor the pair
+    quantizes; the positions it changed. (Weights, whose DequantizeLinear reads an initializer, stay.)"""
+    changed = []
+    for position, name in enumerate(node.input):
+        dequantize = producers.get(name)
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            continue
+        quantize_node = producers.get(dequantize.input[0])
+        if quantize_node is not None and quantize_node.op_type == "QuantizeLinear":
+            node.input[position] = quantize_node.input[0]
+            changed.append(position)
+    return changed
 
 
 def _bypass_output_quantization(graph, node) -> None:

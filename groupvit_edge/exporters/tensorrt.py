@@ -298,10 +298,8 @@ class CalibrationCacheFile:
         return table.read_bytes()
 
     def write(self, data: bytes) -> None:
-        from ..files import replace_directory
-        entries = {Path("calibration.cache"), Path("key.json")}
-        with replace_directory(self.directory, ours=lambda directory: entries, what="calibration cache",
-                               log=self.log) as staging:
+        from ..files import all_ours, replace_directory
+        with replace_directory(self.directory, ours=all_ours, what="calibration cache", log=self.log) as staging:
             (staging / "calibration.cache").write_bytes(bytes(data))
             (staging / "key.json").write_text(json.dumps(self.key, indent=2, sort_keys=True))
 

@@ -1,7 +1,6 @@
 """Drift report files: drift.json, drift.md, side-by-side PNGs of the worst images, per-class IoU charts."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -15,12 +14,8 @@ DISAGREE = (255, 40, 40)
 
 
 def write_json(data: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    partial.replace(path)
-    return path
+    from ..files import write_json_atomic
+    return write_json_atomic(path, data)
 
 
 def write_report(report, encoded, vocabularies, logit_scales, background, class_names, directory) -> Path:

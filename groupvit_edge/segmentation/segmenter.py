@@ -53,15 +53,11 @@ class Segmentation:
         return _draw_legend(blended, self.class_fractions(), self.class_names) if legend else blended
 
     def save(self, directory: str | Path, stem: str) -> tuple[Path, Path]:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        from ..files import write_atomic
         written = []
         for suffix, image in (("overlay", self.overlay()), ("labels", self.label_image())):
-            path = directory / f"{stem}.{suffix}.png"
-            partial = directory / f".{stem}.{suffix}.png.partial"
-            image.save(partial, format="PNG")
-            partial.replace(path)
-            written.append(path)
+            path = Path(directory) / f"{stem}.{suffix}.png"
+            written.append(write_atomic(path, lambda temporary: image.save(temporary, format="PNG")))
         return written[0], written[1]
 
 

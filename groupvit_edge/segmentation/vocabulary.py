@@ -5,7 +5,6 @@ classifier, as GroupViT's evaluation builds it), so changing the vocabulary neve
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -69,12 +68,13 @@ class Vocabulary:
         return cls(list(labels), tuple(templates), class_embeds.astype(np.float32))
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        partial = path.with_name(f".{path.name}.partial.npz")
-        np.savez(partial, labels=np.array(self.labels), templates=np.array(self.templates),
-                 text_embeds=self.text_embeds)
-        os.replace(partial, path)
-        return path
+        from ..files import write_atomic
+
+        def write(temporary: Path) -> None:
+            with open(temporary, "wb") as stream:      # a file object: np.savez would append .npz to a path
+                np.savez(stream, labels=np.array(self.labels), templates=np.array(self.templates),
+                         text_embeds=self.text_embeds)
+        return write_atomic(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":
