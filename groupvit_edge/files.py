@@ -61,20 +61,23 @@ def _give_default_permissions(path: Path, mode: int) -> None:
 
 @contextlib.contextmanager
 def replace_directory(destination: str | Path, *, ours: Callable[[Path], set[Path] | None],
-                      what: str = "directory", force: bool = False, log=print) -> Iterator[Path]:
+                      what: str = "directory", force: bool = False, announce: bool = True,
+                      log=print) -> Iterator[Path]:
     """Yield an empty staging directory; when the block succeeds it becomes `destination`, otherwise it vanishes.
 
     `ours(directory)` names the entries of an existing directory that a previous run of the same kind wrote
     (relative paths), or None when the directory is not of that kind. An existing destination is replaced only
     if it is empty or of that kind; entries that are not ours are refused, or with `force` carried over into the
-    new directory. A lock beside the destination refuses a concurrent writer.
+    new directory. A lock beside the destination refuses a concurrent writer. With `announce`, replacing an
+    existing one is logged.
     """
     destination = Path(destination).absolute()
     destination.parent.mkdir(parents=True, exist_ok=True)
     with _lock(destination, what):
         remove_stale_staging(destination, ours, log)
         foreign = check_destination(destination, ours, what, force,
-                                    replacing=lambda existing: log(f"replacing the {what} in {existing}"))
+                                    replacing=(lambda existing: log(f"replacing the {what} in {existing}"))
+                                    if announce else None)
         staging = destination.parent / f".{destination.name}.{os.getpid()}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()

@@ -109,16 +109,6 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path, random_checkpoint, b
     assert (precious / "holiday.jpg").exists()
 
 
-def test_reexport_replaces_an_artifact(tmp_path, random_checkpoint, bpe_path):
-    out = tmp_path / "art"
-    first = export(str(random_checkpoint), out, image_size=224, tokenizer=bpe_path, log=lambda m: None)
-    second = export(str(random_checkpoint), out, image_size=224, tokenizer=bpe_path, labels=["sky"],
-                    log=lambda m: None)
-    assert read_manifest(out).data["vocabulary"]["labels"] == ["sky"]
-    assert first.manifest.data["created"] <= second.manifest.data["created"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
-
-
 def test_export_ships_its_tokenizer(tmp_path, random_checkpoint):
     """random:SEED and .pth checkpoints carry no vocabulary: the CLIP BPE file shipped with groupvit-edge is used."""
     from groupvit_edge.assets import default_tokenizer

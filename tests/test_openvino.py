@@ -33,9 +33,11 @@ def _export(out, target, checkpoint, bpe, **options):
 
 
 @pytest.fixture(scope="module")
-def ir_fp32(tmp_path_factory, random_checkpoint, bpe_path, coco_images):
-    return _export(tmp_path_factory.mktemp("ov") / "fp32", "openvino-fp32", random_checkpoint, bpe_path,
-                   labels=["cat", "dog", "grass"], validation_images=coco_images[0])
+def ir_fp32(tmp_path_factory):
+    """random:0 with no optional input: the shipped tokenizer and sample photos."""
+    out = tmp_path_factory.mktemp("ov") / "fp32"
+    export("random:0", out, "openvino-fp32", image_size=SIZE, labels=["cat", "dog", "grass"], log=lambda m: None)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +160,7 @@ def test_backend_selection_without_ir_or_without_openvino(ir_fp32, tmp_path, mon
 
 def test_fp16_ir_halves_the_weights_and_records_its_drift(ir_fp32, tmp_path, random_checkpoint, bpe_path,
                                                           coco_images):
-    out = _export(tmp_path / "fp16", "openvino-fp16", random_checkpoint, bpe_path,
-                  validation_images=EVAL_IMAGES / coco_images[1].name)
+    out = _export(tmp_path / "fp16", "openvino-fp16", random_checkpoint, bpe_path)   # no photos: FP16 needs none
     manifest = read_manifest(out)
     record = manifest.graphs["image_ir"]
     assert record["precision"] == "fp16" and record["inference_precision"] == "f16"

@@ -61,7 +61,8 @@ def cached_entry(key: dict, build: Callable, file_name: str, load: Callable, sav
             f"recalibrating")
     from ..files import all_ours, replace_directory
     result = build()
-    with replace_directory(entry, ours=all_ours, what="calibration cache entry", log=log) as staging:
+    with replace_directory(entry, ours=all_ours, what="calibration cache entry",
+                           announce=False, log=log) as staging:
         save(result, staging / file_name)
         (staging / key_file.name).write_text(json.dumps(key, indent=2, sort_keys=True))
     return result, False

@@ -4,18 +4,23 @@
     report.ok, report.errors, print(report.format())
 
 The sources are data, not memory:
-- [OPS] onnx-tensorrt `docs/operators.md`, release/10.3 (10.3-GA), kept verbatim with its provenance in
-  `groupvit_edge/exporters/data/onnx_tensorrt_10_3_operators.json`: the operator table, per-op type lists and
-  restrictions, the opset range of its header, the notes on DOUBLE/UINT8/INT8 and the INT64 changelog.
-- [QDQ] onnx-tensorrt `onnxOpImporters.cpp`, `QuantDequantLinearHelper` of a 10.x parser (the jonhoo/onnx-tensorrt
-  fork @ 24e0a271, same history as 10.3-GA; it already has INT4 and `output_dtype`): UINT8 data and UINT8
+- [OPS] onnx-tensorrt `docs/operators.md` at tag release/10.3-GA (branch 10.3-GA, commit 62bdde2a), kept
+  verbatim with its provenance in `groupvit_edge/exporters/data/onnx_tensorrt_10_3_operators.json`: the operator
+  table, per-op type lists (DequantizeLinear: INT8, FP8, INT4) and restrictions, the opset range of its header,
+  the notes on DOUBLE/UINT8/INT8 and the INT64 changelog.
+- [QDQ] onnx-tensorrt `onnxOpImporters.cpp` at the same commit, `QuantDequantLinearHelper`: UINT8 data and UINT8
   Quantize zero points rejected, "TensorRT only supports symmetric quantization", "Scale coefficients must all be
-  positive", scale/zero-point volumes equal, the axis normalised and checked against the channel count.
+  positive", scale/zero-point volumes equal, the axis normalised (absent: 0 for per-channel) and checked against
+  the channel count, and "We assume this is weight-quantization ... Activations-quantization does not support
+  per-axis quantization". [MODEL] `ModelImporter.cpp` there only warns about opsets (below 7), it never refuses one.
+- [OP-DOC] TensorRT's Dequantize operator page (8.6): "The scale tensor must be a build-time constant"; the 10.0
+  release notes: block quantization is INT4 weight-only quantization.
 
 Rules (each finding names its rule; `error` means the 10.3 parser or builder rejects it, `warning` means it
 builds but is a trap):
 - operator: every node's op is in the 10.3 table and marked supported; other domains would need plugins.
-- opset: the default-domain opset lies in the header's range (9..20; the 10.3 header still says "TensorRT 10.0").
+- opset: a default-domain opset outside the header's range (9..20; the 10.3 header still says "TensorRT 10.0") is
+  a warning: [MODEL] parses it, and ops whose semantics changed after 20 may then fail.
 - constant-input: an input that a restriction requires constant ("`axes` must be an initializer", "... a constant
   tensor", "... a build-time constant") is an initializer or a Constant output.
 - extra-output: LayerNormalization uses only `Y`, MaxPool no `Indices` (their restrictions).
@@ -35,8 +40,10 @@ builds but is a trap):
   floating-point type with higher precision").
 - shape: graph inputs/outputs are static except axis 0 named as the manifest's dynamic axis ("batch" for the
   image graph, "classes" for the text graph), the one dimension the engine's optimization profile covers.
-- qdq-dtype, qdq-zero-point, qdq-scale, qdq-axis, qdq-pair: the explicit-quantization form of [QDQ]. A per-channel
-  Q/DQ without an `axis` attribute is an error: ONNX defaults the axis to 1, the parser to 0.
+- qdq-dtype, qdq-zero-point, qdq-scale, qdq-axis, qdq-pair: the explicit-quantization form of [QDQ] and [OP-DOC].
+  Errors: DequantizeLinear of INT32 (or any type but INT8/FP8/INT4) data, a scale computed at run time, a
+  per-channel Q/DQ of an activation, a per-channel Q/DQ without an `axis` attribute (ONNX defaults the axis to 1,
+  the parser to 0), blocked scales on anything but INT4.
 - fp16-precision: LayerNormalization/Softmax computed in FP16 (warning; TensorRT warns that LayerNorm after
   self-attention may overflow in FP16).
 
@@ -62,6 +69,8 @@ OPSET_RANGE = (9, 20)                     # [OPS] header: "... inclusive range o
 TENSORRT_VERSION = "10.3"
 _TYPE_ALIASES = {"INF64": "INT64"}        # [OPS] ConstantOfShape lists 'INF64', a typo kept verbatim in the data
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
+_PASS_THROUGH = ("Identity", "Cast")
+_DEQUANTIZABLE = ("INT8", "FP8", "INT4")    # [OPS] DequantizeLinear's types
 _CONSTANT_RESTRICTION = re.compile(r"`(\w+)`(?: input)? must be (?:an initializer|a constant tensor|"
                                    r"a build-time constant)")
 _ONLY_FIRST_OUTPUT = ("Only the first output", "`Indices` output tensor unsupported")
@@ -187,11 +196,13 @@ class _Graph:
         return None if tensor is None else self._to_array(tensor)
 
     def is_constant(self, name: str) -> bool:
-        """An initializer, a Constant output, or a Q/DQ of one (quantized weights)."""
+        """An initializer, a Constant output, or a Q/DQ, Identity or Cast of one (quantized weights; the parser
+        looks through Identity and Cast to find constants)."""
         if name in self.constants:
             return True
         producer = self.producers.get(name)
-        return producer is not None and producer.op_type in _QDQ and self.is_constant(producer.input[0])
+        return producer is not None and producer.op_type in _QDQ + _PASS_THROUGH and \
+            self.is_constant(producer.input[0])
 
 
 def _type_name(elem_type: int) -> str:
@@ -274,8 +285,10 @@ def check_artifact(artifact_dir, target: str) -> Report:
 def _check_opset(g: _Graph, add) -> None:
     low, high = OPSET_RANGE
     if g.opset is not None and not low <= g.opset <= high:
-        add("error", "opset", None, f"opset {g.opset} is outside opset {low}..{high}, the range the TensorRT 10.3 "
-                                    f"ONNX parser supports; re-export at an opset in that range (17 is used here)")
+        add("warning", "opset", None, f"opset {g.opset} is outside opset {low}..{high}, the range the TensorRT 10.3 "
+                                      f"operator table documents: the parser takes it, but an op whose meaning "
+                                      f"changed outside that range may fail to parse; the toolkit exports 17 (19 "
+                                      f"for FP16 Q/DQ scales)")
 
 
 def _check_operators(g: _Graph, table: dict, add) -> None:
@@ -289,7 +302,7 @@ def _check_operators(g: _Graph, table: dict, add) -> None:
         if entry is None or not entry["supported"]:
             status = "not in" if entry is None else "marked unsupported in"
             add("error", "operator", name, f"{node.op_type} is {status} the TensorRT 10.3 ONNX parser's operator "
-                                           f"table (onnx-tensorrt docs/operators.md, release/10.3)")
+                                           f"table (onnx-tensorrt docs/operators.md, release/10.3-GA)")
             continue
         restriction = entry.get("restrictions", "")
         for input_name in _CONSTANT_RESTRICTION.findall(restriction):
@@ -432,6 +445,10 @@ def _check_qdq_node(g: _Graph, node, name: str, add) -> None:
     if node.op_type == "DequantizeLinear" and data_type == "UINT8":
         add("error", "qdq-dtype", name, "DequantizeLinear of UINT8 data: the TensorRT 10.3 parser rejects UINT8 "
                                         "Q/DQ inputs; quantize to signed INT8")
+    elif node.op_type == "DequantizeLinear" and data_type not in (None,) + _DEQUANTIZABLE:
+        add("error", "qdq-dtype", name, f"DequantizeLinear of {data_type} data: TensorRT 10.3 dequantizes only "
+                                        f"{', '.join(_DEQUANTIZABLE)} (an INT32 bias is quantized for ONNX Runtime, "
+                                        f"not TensorRT); keep that tensor float")
     if node.op_type == "QuantizeLinear" and data_type not in (None, "FP32", "FP16", "BF16"):
         add("error", "qdq-dtype", name, f"QuantizeLinear of {data_type} data: TensorRT 10.3 quantizes only FP32, "
                                         f"FP16 or BF16")
@@ -458,10 +475,8 @@ def _check_qdq_node(g: _Graph, node, name: str, add) -> None:
                                                  f"TensorRT supports only symmetric quantization, zero point 0")
     scale = g.value(scale_name)
     if scale is None:
-        shape = g.shapes.get(scale_name)
-        if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape):
-            add("error", "qdq-scale", name, f"{node.op_type} scale {scale_name} has no static shape: the TensorRT "
-                                            f"10.3 parser does not support dynamic scale shapes")
+        add("error", "qdq-scale", name, f"{node.op_type} scale {scale_name} is computed at run time: TensorRT "
+                                        f"needs Q/DQ scales that are build-time constants; make it an initializer")
         return
     if scale.size == 0 or not np.all(scale > 0):
         add("error", "qdq-scale", name, f"{node.op_type} scale has non-positive values: TensorRT requires every "
@@ -483,7 +498,12 @@ def _check_axis(g: _Graph, node, name: str, data: str, scale: np.ndarray, add) -
                                        f"(per-channel) or input-rank (blocked) scale")
         return
     if scale.ndim > 1:
-        return   # blocked quantization (INT4 weights): the parser infers the block size itself
+        quantized = _quantized_type(g, node, data)
+        if quantized != "INT4":
+            add("error", "qdq-axis", name, f"{node.op_type} has blocked scales (rank {scale.ndim}) on "
+                                           f"{quantized or 'an unknown type'}: TensorRT 10.3 block-quantizes INT4 "
+                                           f"weights only; use per-channel (1-D) scales for INT8")
+        return   # blocked INT4 weights: the parser infers the block size itself
     if axis is None:
         add("error", "qdq-axis", name, f"per-channel {node.op_type} without an axis attribute: ONNX then means "
                                        f"axis 1 but the TensorRT parser uses axis 0; set axis explicitly")
@@ -498,9 +518,20 @@ def _check_axis(g: _Graph, node, name: str, data: str, scale: np.ndarray, add) -
             add("error", "qdq-axis", name, f"{node.op_type} axis {axis} of {data} {shape} has {channels} channels "
                                            f"but {scale.size} scales: TensorRT requires one scale per channel")
     if not g.is_constant(data):
-        add("warning", "qdq-axis", name, f"per-channel {node.op_type} of activation {data}: the TensorRT parser "
-                                         f"assumes per-channel scales belong to weights (KCRS); quantize "
-                                         f"activations per tensor")
+        add("error", "qdq-axis", name, f"per-channel {node.op_type} of activation {data}: TensorRT quantizes "
+                                       f"activations per tensor only (the parser assumes per-channel scales "
+                                       f"belong to weights); give it one scale")
+
+
+def _quantized_type(g: _Graph, node, data: str) -> str | None:
+    """The integer/FP8 type a Q/DQ works in: a DQ's input, or a Q's zero point (its output type)."""
+    if node.op_type == "DequantizeLinear":
+        return _type_name(g.types[data]) if data in g.types else None
+    zero_point = node.input[2] if len(node.input) > 2 else ""
+    output_dtype = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
+    if zero_point and zero_point in g.types:
+        return _type_name(g.types[zero_point])
+    return _type_name(output_dtype) if output_dtype else "INT8"    # ONNX's default is UINT8, the parser's INT8
 
 
 def _check_qdq_pair(g: _Graph, node, name: str, add) -> None:

@@ -2,40 +2,56 @@
 
 Which path runs depends on the TensorRT actually installed (`plan_build`, a pure function):
 
-| target   | TensorRT            | network                         | from ONNX                | builder flags            |
-|----------|---------------------|---------------------------------|--------------------------|--------------------------|
-| trt-fp16 | 10.3 … 10.11 (auto) | weakly typed                    | fp32 (image.onnx)        | FP16 + OBEY_PRECISION_CONSTRAINTS, policy layers pinned to FP32 |
-| trt-fp16 | ≥ 10.12 (auto), 11  | STRONGLY_TYPED                  | FP16 (precision.to_fp16) | none                     |
-| trt-int8 | ≥ 10.3 (default)    | STRONGLY_TYPED (explicit Q/DQ)  | QDQ (precision.to_int8)  | none                     |
-| trt-int8 | 10.x, implicit      | weakly typed + entropy calib.   | fp32                     | INT8 + FP16 + OBEY_PRECISION_CONSTRAINTS, policy layers pinned |
+| target   | TensorRT                  | network                  | from ONNX                            | builder flags |
+|----------|---------------------------|--------------------------|--------------------------------------|---------------|
+| trt-fp16 | 10.3 … 10.11 (auto)       | weakly typed             | fp32 (image.onnx)                    | FP16 + OBEY_PRECISION_CONSTRAINTS, policy layers pinned to FP32 |
+| trt-fp16 | ≥ 10.12 (auto), 11        | STRONGLY_TYPED           | FP16 (precision.to_fp16)             | none |
+| trt-int8 | every version (auto)      | STRONGLY_TYPED           | QDQ whose float part is FP16         | none |
+| trt-int8 | 10.x, `tensorrt_typing weak` | weakly typed, Q/DQ    | QDQ (precision.to_int8)              | INT8 + FP16 + OBEY_PRECISION_CONSTRAINTS, policy layers pinned |
+| trt-int8 | 10.x, `int8_route implicit`  | weakly typed + entropy calibrator | fp32                     | INT8 + FP16 + OBEY_PRECISION_CONSTRAINTS, policy layers pinned |
+
+Strongly typed INT8 parses a QDQ graph whose float part is FP16 because the 10.3 parser gives a strongly typed
+DequantizeLinear the output type of its scale (`addDequantize(data, scale, scaleType)`, onnx-tensorrt
+onnxOpImporters.cpp, tag release/10.3-GA): with FP32 scales every DQ output, and so LayerNorm's neighbours,
+GELU, the activation×activation products and the grouping, would compute in FP32 and trt-int8 would be slower
+than trt-fp16. The FP16 keep-list of the precision policy stays FP32 in both, so the two agree on what is float32.
 
 The text graph stays fp32 (it runs once per vocabulary) and is always built strongly typed from text.onnx.
 `tensorrt_typing="weak"|"strong"` and `int8_route="explicit"|"implicit"` override the automatic choice where
 the installed TensorRT allows it. Every engine gets an optimization profile over its batch axis
-(`batch_min/opt/max` for windows, `classes_min/opt/max` for prompts), a workspace limit and a timing cache
-keyed by TensorRT version and GPU. The engines go into the artifact; the manifest records the TensorRT version,
-GPU, compute capability and the exact plan (flags, pinned layers, profile).
+(`batch_min/opt/max` for windows, `classes_min/opt/max` for prompts), a workspace limit, a timing cache keyed by
+TensorRT version and GPU, and DETAILED profiling verbosity so the engine inspector can say which precision each
+layer runs in. The engines go into the artifact; the manifest records the TensorRT version, GPU, compute
+capability and the exact plan (flags, pinned layers, profile).
 
 Version facts used below, with their sources:
 - weak typing deprecated in 10.12: "Weak typing APIs deprecated ... TensorRT will be using strong-typing
   exclusively in the future" (https://docs.nvidia.com/deeplearning/tensorrt/latest/getting-started/release-notes-10/10.12.0.html)
 - 11 removes it: "TensorRT 11.x removes all weak typing APIs" and "all precision-enabling builder flags such as
   BuilderFlag.FP16 and BuilderFlag.INT8", OBEY_PRECISION_CONSTRAINTS, `int8_calibrator`, `set_calibration_profile`
-  (https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html)
+  (https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html);
+  the 11.4 bindings confirm it (tests/test_tensorrt_conformance.py reads them).
 - IInt8EntropyCalibrator2 "Deprecated in TensorRT 10.1. Superseded by explicit quantization."
   (https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/c-api/deprecated.html)
-- STRONGLY_TYPED is `1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)`; EXPLICIT_BATCH is "Ignored because
-  networks are always explicit batch in TensorRT 10.0" and absent from the 11.0 enum
-  (https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/Builder.html,
-  https://docs.nvidia.com/deeplearning/tensorrt/11.0.0/_static/python-api/infer/Core/Builder.html)
+- STRONGLY_TYPED is bit 1 of `create_network`'s flags on 10.x (after EXPLICIT_BATCH, "ignored because networks
+  are always explicit batch in TensorRT 10.0") and bit 0 on 11.x, where EXPLICIT_BATCH is gone: always read from
+  the enum.
 - "Precision-control build flags are not required and should not be specified" with explicit quantization and
   strong typing (https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html)
-- JetPack is not supported by TensorRT 11.3/11.4 (migration guide), so Jetson stays on the 10.x paths.
-TensorRT cannot be installed where this module was written: the pure functions are unit-tested, the build calls
-follow the documented Python API and have not been executed.
+- The parser names a node's extra layers `<node>_<N>` with one counter for the whole network, so a layer name
+  does not tell its node; it writes "[ONNX Layer: <node name>]" into `ILayer.metadata` (importerUtils.cpp
+  processMetadata, release/10.3-GA), which is what pinning reads.
+- JetPack 6.1/6.2 ship TensorRT 10.3 (JetPack 6.0 shipped 8.6, which no path here supports); JetPack is not
+  supported by TensorRT 11.3/11.4 (migration guide), so Jetson stays on the 10.x paths.
+TensorRT cannot run where this module was written: its TensorRT calls are checked against the real Python
+bindings of 10.3, the newest 10.x and the newest 11.x (signatures, enums, and recording fakes generated from
+them); building and running engines on a GPU is what `benchmarks/tensorrt_device_check.py` verifies.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
 import json
 import re
 import time
@@ -47,9 +63,9 @@ from ..calibration.cache import cache_root, calibration_key, changed_fields
 from ..errors import UserError, ValidationFailed
 from .options import option
 from .plan import Step, Target
-from .records import ArtifactParts, DriftCheck, PrecisionRecord
+from .records import ArtifactParts, DriftCheck, PrecisionRecord, ReducedImageGraph
 
-MIN_VERSION = (10, 3)                # JetPack 6 (6.1/6.2); the parser table of checks.tensorrt is 10.3's
+MIN_VERSION = (10, 3)                # JetPack 6.1/6.2; the parser table of checks.tensorrt is 10.3's
 STRONG_BY_DEFAULT_FROM = (10, 12)    # weak typing deprecated in 10.12 (release notes)
 WEAK_TYPING_REMOVED_IN = 11
 TYPINGS = ("auto", "weak", "strong")
@@ -58,20 +74,51 @@ DEFAULT_WORKSPACE_MB = 2048
 IMAGE_PROFILE = (1, 1, 8)            # windows per image-graph call: min, opt, max
 TEXT_PROFILE = (1, 64, 256)          # prompts per call: vocabulary.TEXT_BATCH is 256
 CALIBRATION_BATCH = 8
-# Layer types the FP16/INT8 weak paths keep in FP32 whatever their names: LayerNormalization and Softmax.
+# Layer types the FP16/INT8 weak paths keep in FP32 whatever node they came from: LayerNormalization, Softmax.
 FLOAT32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX")
+# Never pinned: constants compute nothing, and the parser fixes Q/DQ layers' precision and output types itself.
+UNPINNED_LAYER_TYPES = ("CONSTANT", "QUANTIZE", "DEQUANTIZE")
 FLOAT_TYPES = ("FLOAT", "HALF", "BF16")
 ENGINE_FILES = {"image": "image.engine", "text": "text.engine"}
+INT8_FP16_FILE = "image.int8-fp16.onnx"
+# DequantizeLinear/QuantizeLinear take FP16 scales from opset 19 (ONNX operator changelog); 10.3 parses ≤ 20.
+QDQ_FP16_OPSET = 19
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+_LAYER_METADATA = re.compile(r"^\[ONNX Layer: (.*?)(?: \| [^|]*)*\]?$")
 
 
-# ------------------------------------------------------------------------------------------- version, plan
+# ------------------------------------------------------------------------------ the TensorRT API a build uses
+# Every member of the `tensorrt` module a build touches, in three forms: "Class.member" is read (a property, an
+# enum member, a class attribute), "Class.member()" is called, "Class.member=" is assigned; "Class()" constructs.
+# `missing_api` checks the installed TensorRT against it before anything is traced; the tests check it against
+# the real bindings of 10.3, the newest 10.x and the newest 11.x, and record that a build touches nothing else.
+
+BUILD_API = (
+    "Logger()", "Logger.WARNING", "Builder()", "Builder.create_network()", "OnnxParser()",
+    "OnnxParser.parse_from_file()", "OnnxParser.num_errors", "OnnxParser.get_error()",
+    "Builder.create_builder_config()", "IBuilderConfig.set_memory_pool_limit()", "MemoryPoolType.WORKSPACE",
+    "IBuilderConfig.profiling_verbosity=", "ProfilingVerbosity.DETAILED", "Builder.create_optimization_profile()",
+    "IOptimizationProfile.set_shape()", "IBuilderConfig.add_optimization_profile()",
+    "IBuilderConfig.create_timing_cache()", "IBuilderConfig.set_timing_cache()", "ITimingCache.serialize()",
+    "Builder.build_serialized_network()",
+)
+FLAGS_API = ("IBuilderConfig.set_flag()",)
+PIN_API = (
+    "INetworkDefinition.num_layers", "INetworkDefinition.get_layer()", "ILayer.metadata", "ILayer.type",
+    "ILayer.num_inputs", "ILayer.get_input()", "ILayer.num_outputs", "ILayer.get_output()", "ITensor.dtype",
+    "ILayer.precision=", "ILayer.set_output_type()", "float32",
+)
+CALIBRATOR_API = (
+    "IInt8EntropyCalibrator2()", "IBuilderConfig.int8_calibrator=", "IBuilderConfig.set_calibration_profile()",
+)
+
 
 def parse_version(version: str) -> tuple[int, ...]:
     """"10.3.0" / "10.12.0.36" / "11.0.0.1" → (10, 3, 0) …; a UserError for anything else."""
     match = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", str(version))
     if not match:
         raise UserError(f"cannot read the TensorRT version {version!r}: reinstall TensorRT "
-                        f"(pip install groupvit-edge[tensorrt])")
+                        f"(`groupvit-edge doctor` says how on this machine)")
     return tuple(int(part) for part in match.groups(default="0"))
 
 
@@ -81,7 +128,7 @@ class BuildPlan:
     target: str
     tensorrt: str
     typing: str                     # "strong" | "weak"
-    source: str                     # "fp32" | "fp16" | "qdq": the ONNX the network is parsed from
+    source: str                     # "fp32" | "fp16" | "qdq" | "qdq-fp16": the ONNX the network is parsed from
     network_flags: tuple[str, ...]  # NetworkDefinitionCreationFlag names
     builder_flags: tuple[str, ...]  # BuilderFlag names
     pin_float32: bool = False       # weak typing: policy layers get precision/output type FLOAT
@@ -102,7 +149,7 @@ def plan_build(target: str, version: str, typing: str = "auto", int8_route: str 
     parsed = parse_version(version)
     if parsed[:2] < MIN_VERSION:
         raise UserError(f"TensorRT {version} is older than {MIN_VERSION[0]}.{MIN_VERSION[1]}, the oldest this "
-                        f"toolkit builds for (JetPack 6.1+): upgrade TensorRT")
+                        f"toolkit builds for (JetPack 6.1+; JetPack 6.0 has TensorRT 8.6): upgrade TensorRT")
     if typing not in TYPINGS:
         raise UserError(f"tensorrt_typing={typing!r} is unknown: use one of {', '.join(TYPINGS)}")
     if int8_route not in INT8_ROUTES:
@@ -112,11 +159,11 @@ def plan_build(target: str, version: str, typing: str = "auto", int8_route: str 
         raise UserError(f"TensorRT {version} removed weak typing (the FP16/INT8 builder flags): use "
                         f"tensorrt_typing strong (or auto)")
     strong = ("STRONGLY_TYPED",)
+    weak_flags = ("FP16", "OBEY_PRECISION_CONSTRAINTS")
     if target == "trt-fp16":
         if typing == "strong" or (typing == "auto" and parsed[:2] >= STRONG_BY_DEFAULT_FROM):
             return BuildPlan(target, version, "strong", "fp16", strong, ())
-        return BuildPlan(target, version, "weak", "fp32", (), ("FP16", "OBEY_PRECISION_CONSTRAINTS"),
-                         pin_float32=True)
+        return BuildPlan(target, version, "weak", "fp32", (), weak_flags, pin_float32=True)
     if target == "trt-int8":
         if int8_route == "implicit":
             if modern:
@@ -125,12 +172,12 @@ def plan_build(target: str, version: str, typing: str = "auto", int8_route: str 
             if typing == "strong":
                 raise UserError("implicit INT8 calibration needs a weakly typed network: use tensorrt_typing weak "
                                 "or auto, or int8_route explicit")
-            return BuildPlan(target, version, "weak", "fp32", (),
-                             ("INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"), pin_float32=True, calibrator=True)
+            return BuildPlan(target, version, "weak", "fp32", (), ("INT8",) + weak_flags, pin_float32=True,
+                             calibrator=True)
         if typing == "weak":
-            raise UserError("explicit INT8 (the QDQ graph) is built strongly typed on TensorRT ≥ 10: use "
-                            "tensorrt_typing strong or auto, or int8_route implicit for a weakly typed build")
-        return BuildPlan(target, version, "strong", "qdq", strong, ())
+            # A weakly typed network takes Q/DQ layers too; FP16 lets the float part leave FP32.
+            return BuildPlan(target, version, "weak", "qdq", (), ("INT8",) + weak_flags, pin_float32=True)
+        return BuildPlan(target, version, "strong", "qdq-fp16", strong, ())
     raise UserError(f"target {target!r} is not a TensorRT target: use trt-fp16 or trt-int8")
 
 
@@ -139,22 +186,38 @@ def text_plan(image_plan: BuildPlan) -> BuildPlan:
     return BuildPlan(image_plan.target, image_plan.tensorrt, "strong", "fp32", ("STRONGLY_TYPED",), ())
 
 
-def missing_api(plan: BuildPlan, trt) -> list[str]:
-    """Names the plan needs that the installed bindings lack (e.g. BuilderFlag.FP16 on 11.x)."""
-    needed = [("NetworkDefinitionCreationFlag", flag) for flag in plan.network_flags]
-    needed += [("BuilderFlag", flag) for flag in plan.builder_flags]
+def required_api(plan: BuildPlan) -> tuple[str, ...]:
+    """The members of `tensorrt` building this plan's engine touches (notation: see BUILD_API)."""
+    needed = list(BUILD_API)
+    needed += [f"NetworkDefinitionCreationFlag.{flag}" for flag in plan.network_flags]
+    if plan.builder_flags:
+        needed += list(FLAGS_API) + [f"BuilderFlag.{flag}" for flag in plan.builder_flags]
+    if plan.pin_float32:
+        needed += list(PIN_API)
     if plan.calibrator:
-        needed.append((None, "IInt8EntropyCalibrator2"))
+        needed += list(CALIBRATOR_API)
+    return tuple(needed)
+
+
+def missing_api(names, trt) -> list[str]:
+    """The names (notation of BUILD_API) the installed bindings lack, or hold read-only where they are assigned."""
     missing = []
-    for owner, name in needed:
-        holder = trt if owner is None else getattr(trt, owner, None)
-        if holder is None or not hasattr(holder, name):
-            missing.append(name if owner is None else f"{owner}.{name}")
+    for name in names:
+        path = name.rstrip("()=").split(".")
+        holder = trt
+        for part in path[:-1]:
+            holder = getattr(holder, part, None)
+        found = holder is not None and hasattr(holder, path[-1])
+        if found and name.endswith("="):
+            static = inspect.getattr_static(holder, path[-1], None)
+            found = not isinstance(static, property) or static.fset is not None
+        if not found:
+            missing.append(name.rstrip("()="))
     return missing
 
 
 def network_flag_bits(plan: BuildPlan, trt) -> int:
-    # EXPLICIT_BATCH is never passed: ignored on 10.x, gone on 11 (Builder API pages cited above).
+    # EXPLICIT_BATCH is never passed: ignored on 10.x, gone on 11.
     bits = 0
     for flag in plan.network_flags:
         bits |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, flag))
@@ -197,32 +260,27 @@ def batch_profiles(options: "TensorRTOptions") -> dict[str, BatchProfile]:
 class LayerInfo:
     """What pinning needs to know of a network layer (names of trt.LayerType / trt.DataType members)."""
     index: int
-    name: str
+    node: str | None               # the ONNX node the parser made it for; None for its own helper layers
     type: str
     input_types: tuple[str, ...]
     output_types: tuple[str, ...]
 
 
-def node_of_layer(layer_name: str, node_names) -> str | None:
-    """The ONNX node a parsed layer came from: its name, or its name plus the parser's uniqueness suffixes."""
-    candidate = layer_name
-    while candidate:
-        if candidate in node_names:
-            return candidate
-        if "_" not in candidate:
-            return None
-        candidate = candidate.rsplit("_", 1)[0]
-    return None
+def node_of_layer(metadata: str) -> str | None:
+    """The ONNX node named by a layer's metadata, "[ONNX Layer: <node> | Local Function: …]"; None without one."""
+    match = _LAYER_METADATA.match(metadata or "")
+    return match.group(1) if match and match.group(1) else None
 
 
-def float32_pins(layers: list[LayerInfo], node_names, kept_nodes) -> list[tuple[int, tuple[int, ...]]]:
+def float32_pins(layers: list[LayerInfo], kept_nodes) -> list[tuple[int, tuple[int, ...]]]:
     """(layer index, float output indices) to pin to FP32: normalization and softmax layers, and every layer of
-    a node the precision policy keeps in float32. Layers that touch no float tensor (shape arithmetic) are left
-    alone, and only float outputs get an output type."""
+    a node the precision policy keeps in float32. Layers that touch no float tensor (shape arithmetic),
+    constants and Q/DQ layers are left alone, and only float outputs get an output type."""
     pins = []
     for layer in layers:
-        node = node_of_layer(layer.name, node_names)
-        if layer.type not in FLOAT32_LAYER_TYPES and node not in kept_nodes:
+        if layer.type in UNPINNED_LAYER_TYPES:
+            continue
+        if layer.type not in FLOAT32_LAYER_TYPES and layer.node not in kept_nodes:
             continue
         if not any(t in FLOAT_TYPES for t in layer.input_types + layer.output_types):
             continue
@@ -230,15 +288,19 @@ def float32_pins(layers: list[LayerInfo], node_names, kept_nodes) -> list[tuple[
     return pins
 
 
-def kept_float_nodes(onnx_path: Path) -> tuple[set[str], set[str]]:
-    """(all node names, nodes the precision policy keeps float32) of an image graph: the FP16 keep-list ops and
-    the grouping assignment — the same set precision.to_fp16 blocks, so weak and strong builds agree."""
+def kept_float_nodes(onnx_path: Path) -> set[str]:
+    """Nodes of an image graph the precision policy keeps float32: the FP16 keep-list ops and the grouping
+    assignment — the set precision.to_fp16 blocks, so weak and strong builds agree. Q/DQ nodes are not compute."""
     import onnx
-    from ..calibration.policy import FP16_KEEP_FLOAT_OPS, image_graph_policy
     model = onnx.load(str(onnx_path), load_external_data=False)
-    names = {node.name for node in model.graph.node}
-    kept = {node.name for node in model.graph.node if node.op_type in FP16_KEEP_FLOAT_OPS}
-    return names, kept | set(image_graph_policy(model).assignment)
+    return _fp16_blocked_nodes(model)
+
+
+def _fp16_blocked_nodes(model) -> set[str]:
+    from ..calibration.policy import FP16_KEEP_FLOAT_OPS, image_graph_policy
+    op_types = {node.name: node.op_type for node in model.graph.node}
+    kept = {name for name, op in op_types.items() if op in FP16_KEEP_FLOAT_OPS}
+    return (kept | set(image_graph_policy(model).assignment)) - {n for n, op in op_types.items() if op in _QDQ_OPS}
 
 
 def _layer_infos(network) -> list[LayerInfo]:
@@ -247,21 +309,69 @@ def _layer_infos(network) -> list[LayerInfo]:
         layer = network.get_layer(index)
         inputs = [layer.get_input(i) for i in range(layer.num_inputs)]
         outputs = [layer.get_output(i) for i in range(layer.num_outputs)]
-        infos.append(LayerInfo(index, layer.name, layer.type.name, tuple(t.dtype.name for t in inputs if t is not None),
+        infos.append(LayerInfo(index, node_of_layer(layer.metadata), layer.type.name,
+                               tuple(t.dtype.name for t in inputs if t is not None),
                                tuple(t.dtype.name for t in outputs)))
     return infos
 
 
-def _pin_float32(trt, network, node_names, kept) -> int:
+def _pin_float32(trt, network, kept) -> int:
     # Layer precision and output types are weak-typing hints unless OBEY_PRECISION_CONSTRAINTS is set (the plan
     # sets it); "Setting layer precision and layer output types is not allowed" in strongly typed networks.
-    pins = float32_pins(_layer_infos(network), node_names, kept)
+    pins = float32_pins(_layer_infos(network), kept)
     for index, outputs in pins:
         layer = network.get_layer(index)
         layer.precision = trt.float32
         for output in outputs:
             layer.set_output_type(output, trt.float32)
     return len(pins)
+
+
+# ---------------------------------------------------------------------------- INT8 with an FP16 float part
+
+def qdq_with_fp16_float(model):
+    """A QDQ image graph with its float part in FP16: the FP16 keep-list and the grouping assignment stay FP32,
+    every Q/DQ scale becomes FP16 (so a strongly typed DequantizeLinear outputs FP16), graph I/O stays float32.
+
+    onnxconverter-common's float16 converter treats Q/DQ like any op: their float scales become FP16 unless a
+    node is blocked, which is why Q/DQ nodes are never on the block list (the assignment's regex also matches
+    the Q/DQ pair ONNX Runtime puts after its MatMul)."""
+    import warnings
+    from onnx import version_converter
+    from onnxconverter_common import float16
+    from ..calibration.policy import FP16_KEEP_FLOAT_OPS
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    blocked = _fp16_blocked_nodes(model)
+    if opset is not None and opset < QDQ_FP16_OPSET:
+        model = version_converter.convert_version(model, QDQ_FP16_OPSET)
+    blocked_by_op = {node.name for node in model.graph.node if node.op_type in FP16_KEEP_FLOAT_OPS}
+    with warnings.catch_warnings():
+        # It warns for every weight below fp16's range, which it flushes as intended.
+        warnings.simplefilter("ignore", UserWarning)
+        return float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FLOAT_OPS,
+                                                node_block_list=sorted(blocked - blocked_by_op),
+                                                disable_shape_infer=True)
+
+
+def to_int8_fp16(job, floats, int8: ReducedImageGraph) -> ReducedImageGraph:
+    """The calibrated QDQ graph of `precision.to_int8` with an FP16 float part, measured in ONNX Runtime."""
+    import onnx
+    from ..calibration.policy import FP16_KEEP_FLOAT_OPS
+    from . import precision
+    from .onnx import onnx_record
+    job.log(f"converting the float part of {int8.graph.file} to FP16 (float32 kept for "
+            f"{', '.join(FP16_KEEP_FLOAT_OPS)} and the grouping assignment; Q/DQ scales FP16, opset "
+            f"{QDQ_FP16_OPSET})")
+    half = qdq_with_fp16_float(onnx.load(str(job.staging / int8.graph.file)))
+    onnx.save(half, str(job.staging / INT8_FP16_FILE))
+    check = precision.measure_graph_drift(job, floats, INT8_FP16_FILE, job.drift_photos(), int8.check.budget)
+    job.log(f"  {check.line()}")
+    details = {**int8.precision.details, "float_part": "fp16",
+               "float32_kept": FP16_KEEP_FLOAT_OPS + ["grouping assignment"]}
+    record = dataclasses.replace(int8.precision, details=details)
+    graph = onnx_record(job.staging, INT8_FP16_FILE, "int8")
+    graph = dataclasses.replace(graph, extra={**graph.extra, "opset": QDQ_FP16_OPSET})
+    return ReducedImageGraph(graph, record, check, int8.calibration, int8.search)
 
 
 # ------------------------------------------------------------------------------------------------- caches
@@ -299,7 +409,8 @@ class CalibrationCacheFile:
 
     def write(self, data: bytes) -> None:
         from ..files import all_ours, replace_directory
-        with replace_directory(self.directory, ours=all_ours, what="calibration cache", log=self.log) as staging:
+        with replace_directory(self.directory, ours=all_ours, what="calibration cache", announce=False,
+                               log=self.log) as staging:
             (staging / "calibration.cache").write_bytes(bytes(data))
             (staging / "key.json").write_text(json.dumps(self.key, indent=2, sort_keys=True))
 
@@ -342,19 +453,19 @@ def _entropy_calibrator(trt, batches, batch: int, cache: CalibrationCacheFile, m
         def write_calibration_cache(self, data):
             cache.write(bytes(data))
 
+        def close(self):
+            self.device_batch.free()
+
     return EntropyCalibrator()
 
-
-# -------------------------------------------------------------------------------------------------- build
 
 # ------------------------------------------------------------------------------------- options, family
 
 TRT_TARGETS = ("trt-fp16", "trt-int8")
 TARGETS = (
-    Target("trt-fp16", "tensorrt", "tensorrt", "TensorRT engines, FP16, built on the target GPU",
-           ),
-    Target("trt-int8", "tensorrt", "tensorrt", "TensorRT engines, INT8 (QDQ graph, or TensorRT 10's entropy "
-           "calibrator), built on the target GPU", calibrated=True),
+    Target("trt-fp16", "tensorrt", "tensorrt", "TensorRT engines, FP16, built on the target GPU"),
+    Target("trt-int8", "tensorrt", "tensorrt", "TensorRT engines, INT8 (QDQ graph with an FP16 float part, or "
+           "TensorRT 10's entropy calibrator), built on the target GPU", calibrated=True),
 )
 
 
@@ -376,8 +487,10 @@ class TensorRTOptions:
                                minimum=1)
     timing_cache: str | None = option(None, "trt-*: timing cache file (default: one per TensorRT version and GPU "
                                             "in the cache directory).", targets=TRT_TARGETS, metavar="FILE")
-    tensorrt_typing: str = option("auto", "trt-*: auto = weak typing with the FP16 flag before TensorRT 10.12, "
-                                          "strong from 10.12.", targets=TRT_TARGETS, choices=TYPINGS)
+    tensorrt_typing: str = option("auto", "trt-*: auto = weakly typed trt-fp16 with the FP16 flag before "
+                                          "TensorRT 10.12, strongly typed otherwise; weak trt-int8 (TensorRT 10) "
+                                          "builds the QDQ graph with the INT8 and FP16 flags.",
+                                  targets=TRT_TARGETS, choices=TYPINGS)
     int8_route: str = option("explicit", "trt-int8: explicit = the QDQ graph; implicit = IInt8EntropyCalibrator2 "
                                          "(TensorRT 10 only).", targets=("trt-int8",), choices=INT8_ROUTES)
 
@@ -407,29 +520,26 @@ def problems(export_plan) -> list[str]:
     except UserError as error:
         return [str(error)]
     found = []
-    missing = missing_api(build_plan, trt)
+    missing = missing_api(required_api(build_plan) + required_api(text_plan(build_plan)), trt)
     if missing:
-        found.append(f"the installed TensorRT {trt.__version__} lacks {', '.join(missing)} that this build needs: "
-                     f"choose another --tensorrt-typing/--int8-route or reinstall TensorRT")
+        found.append(f"the installed TensorRT {trt.__version__} lacks {', '.join(dict.fromkeys(missing))} that "
+                     f"this build needs: choose another --tensorrt-typing/--int8-route or reinstall TensorRT")
     if build_plan.calibrator and budget_from(export_plan.options) is not None:
         found.append("a drift budget searches the QDQ graph: use --int8-route explicit with it")
     return found
 
 
+# -------------------------------------------------------------------------------------------------- build
+
 def build(job, floats) -> ArtifactParts:
     from ..runtimes.tensorrt import device_properties, import_tensorrt
-    from . import precision
     trt = import_tensorrt()
     options = job.backend_options("tensorrt")
     target = job.plan.target.name
     plan = plan_build(target, trt.__version__, options.tensorrt_typing, options.int8_route)
     device = device_properties()
     job.log(f"building {target} engines on {device['gpu']} (sm {device['compute_capability']}): {plan.describe()}")
-    reduced = None
-    if plan.source == "fp16":
-        reduced = precision.to_fp16(job, floats)
-    elif plan.source == "qdq":
-        reduced = precision.to_int8(job, floats)
+    reduced = _reduced_image_graph(job, floats, plan)
     graphs = {"image": reduced.graph if reduced else floats.image, "text": floats.text}
     _readiness(job.working_manifest(graphs), target, job.log)
     root = Path(job.options.common.cache_dir) if job.options.common.cache_dir else cache_root()
@@ -439,13 +549,14 @@ def build(job, floats) -> ArtifactParts:
     engines, calibration = {}, None
     for graph, graph_plan in (("image", plan), ("text", text_plan(plan))):
         source = job.staging / graphs[graph].file
-        pin = kept_float_nodes(source) if graph_plan.pin_float32 else None
-        calibrator = None
-        if graph_plan.calibrator:
-            calibrator, calibration = _implicit_calibration(job, trt, source, root)
-        engines[graph] = build_engine(trt, source, job.staging / ENGINE_FILES[graph], graph_plan, graphs[graph],
-                                      profiles[graph], workspace_mb=options.workspace_mb, timing_cache=timing,
-                                      pin=pin, calibrator=calibrator, log=job.log)
+        settings = dict(workspace_mb=options.workspace_mb, timing_cache=timing, log=job.log,
+                        pin=kept_float_nodes(source) if graph_plan.pin_float32 else None)
+        with contextlib.ExitStack() as resources:
+            if graph_plan.calibrator:
+                settings["calibrator"], calibration = resources.enter_context(
+                    _implicit_calibration(job, trt, source, root))
+            engines[graph] = build_engine(trt, source, job.staging / ENGINE_FILES[graph], graph_plan, graphs[graph],
+                                          profiles[graph], **settings)
     section = {"version": trt.__version__, "target": target, **device, "plan": plan.to_manifest(),
                "text_plan": text_plan(plan).to_manifest(), "workspace_mb": options.workspace_mb,
                "timing_cache": str(timing)}
@@ -457,6 +568,18 @@ def build(job, floats) -> ArtifactParts:
         checks["drift_vs_fp32_onnxruntime"] = reduced.check
     return ArtifactParts(graphs, precision_record, checks, calibration_record, reduced.search if reduced else None,
                          engines=engines, sections={"tensorrt": section})
+
+
+def _reduced_image_graph(job, floats, plan: BuildPlan) -> ReducedImageGraph | None:
+    """The image graph the engine parses when it is not the fp32 one."""
+    from . import precision
+    if plan.source == "fp16":
+        return precision.to_fp16(job, floats)
+    if plan.source == "qdq":
+        return precision.to_int8(job, floats)
+    if plan.source == "qdq-fp16":
+        return to_int8_fp16(job, floats, precision.to_int8(job, floats))
+    return None
 
 
 def _readiness(manifest, target: str, log) -> None:
@@ -472,12 +595,12 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, plan: BuildPlan, graph
                  calibrator=None, log=print) -> GraphRecord:
     """Parse `onnx_path`, build one serialized engine per `plan` and write it to `engine_path`; its manifest record.
 
-    API per the TensorRT 10 Python docs: Builder/create_network/OnnxParser.parse_from_file, set_memory_pool_limit
-    (WORKSPACE), create_optimization_profile/set_shape, create_timing_cache/set_timing_cache/get_timing_cache,
-    build_serialized_network (None on failure).
+    Every call is one the real bindings of 10.3, the newest 10.x and 11.x have with this signature
+    (tests/test_tensorrt_conformance.py); every bool and index TensorRT returns is checked.
     """
+    from ..runtimes.tensorrt import tensorrt_logger
     started = time.perf_counter()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = tensorrt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flag_bits(plan, trt))
     parser = trt.OnnxParser(network, logger)
@@ -487,35 +610,21 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, plan: BuildPlan, graph
                                f"{errors[0] if errors else 'no parser error given'}; the artifact was not written")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     for flag in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
-    shapes = {}
-    optimization_profile = builder.create_optimization_profile()
-    for spec in graph_record.inputs:
-        shapes[spec["name"]] = profile.shapes(spec["shape"])
-        optimization_profile.set_shape(spec["name"], *shapes[spec["name"]])
-    config.add_optimization_profile(optimization_profile)
-    pinned = 0
-    if pin is not None:
-        pinned = _pin_float32(trt, network, *pin)
+    shapes = _add_profile(builder, config, graph_record, profile)
+    pinned = _pin_float32(trt, network, pin) if pin is not None else 0
     if calibrator is not None:
-        # Calibration of a dynamic-shape network runs at one shape: a calibration profile whose min = opt = max is
-        # the calibration batch (TensorRT developer guide, "INT8 Calibration with Dynamic Shapes"; recalled, not
-        # found verbatim in the stored docs — hence min = opt = max, which satisfies either reading).
-        calibration_profile = builder.create_optimization_profile()
-        for spec in graph_record.inputs:
-            fixed = (calibrator.get_batch_size(), *shapes[spec["name"]][0][1:])
-            calibration_profile.set_shape(spec["name"], fixed, fixed, fixed)
-        config.int8_calibrator = calibrator
-        config.set_calibration_profile(calibration_profile)
-    cache = _load_timing_cache(config, timing_cache, log)
+        _attach_calibrator(builder, config, calibrator, shapes)
+    cache = _attach_timing_cache(trt, config, timing_cache, log) if timing_cache is not None else None
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ValidationFailed(f"TensorRT {trt.__version__} could not build {onnx_path.name} ({plan.describe()}); "
                                f"its log above says why; the artifact was not written")
+    if cache is not None:
+        _save_timing_cache(cache, timing_cache)
     engine_path.write_bytes(bytes(serialized))
-    if timing_cache is not None and cache is not None:
-        _save_timing_cache(config, timing_cache)
     seconds = time.perf_counter() - started
     log(f"  {engine_path.name}: {engine_path.stat().st_size / 2**20:.1f} MB in {seconds:.0f} s from "
         f"{onnx_path.name}" + (f", {pinned} layers pinned to FP32" if pin is not None else ""))
@@ -525,26 +634,54 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, plan: BuildPlan, graph
                         "profile": profile_shapes, "build_seconds": round(seconds, 1)})
 
 
-def _load_timing_cache(config, path: Path | None, log):
-    if path is None:
-        return None
+def _add_profile(builder, config, graph_record: GraphRecord, profile: BatchProfile) -> dict:
+    """Optimization profile 0 over every input's batch axis; {input: (min, opt, max) shapes}."""
+    shapes = {spec["name"]: profile.shapes(spec["shape"]) for spec in graph_record.inputs}
+    optimization_profile = builder.create_optimization_profile()
+    for name, (minimum, optimum, maximum) in shapes.items():
+        optimization_profile.set_shape(name, minimum, optimum, maximum)
+    if config.add_optimization_profile(optimization_profile) < 0:
+        raise RuntimeError(f"TensorRT rejected the optimization profile {shapes}")
+    return shapes
+
+
+def _attach_calibrator(builder, config, calibrator, shapes: dict) -> None:
+    # Calibration of a dynamic-shape network runs at one shape: a calibration profile whose min = opt = max is
+    # the calibration batch (TensorRT developer guide, "INT8 Calibration with Dynamic Shapes").
+    fixed = {name: (calibrator.get_batch_size(), *minimum[1:]) for name, (minimum, _, _) in shapes.items()}
+    calibration_profile = builder.create_optimization_profile()
+    for name, shape in fixed.items():
+        calibration_profile.set_shape(name, shape, shape, shape)
+    config.int8_calibrator = calibrator
+    if not config.set_calibration_profile(calibration_profile):
+        raise RuntimeError(f"TensorRT rejected the calibration profile {fixed}")
+
+
+def _attach_timing_cache(trt, config, path: Path, log):
+    """The timing cache stored at `path`, or a new one when there is none or this TensorRT/GPU cannot use it."""
     data = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(data)   # b"" creates a new cache ([PyDoc] IBuilderConfig)
-    if cache is None and data:
-        log(f"  timing cache {path} is unreadable; starting a new one")
-        cache = config.create_timing_cache(b"")
-    if cache is not None:
-        config.set_timing_cache(cache, False)   # ignore_mismatch=False: the file is keyed by version and GPU
-    return cache
+    if data:
+        stored = config.create_timing_cache(data)
+        # ignore_mismatch=False: a cache from another GPU or TensorRT is refused (False), never half-used.
+        if stored is not None and config.set_timing_cache(stored, False):
+            return stored
+        log(f"  timing cache {path} is unreadable or from another GPU/TensorRT; starting a new one")
+    fresh = config.create_timing_cache(b"")   # b"" creates an empty cache ([PyDoc] IBuilderConfig)
+    if fresh is None or not config.set_timing_cache(fresh, False):
+        raise RuntimeError(f"TensorRT {trt.__version__} refused a new, empty timing cache")
+    return fresh
 
 
-def _save_timing_cache(config, path: Path) -> None:
+def _save_timing_cache(cache, path: Path) -> None:
+    # The cache attached to the config is the one the build filled in (IBuilderConfig.get_timing_cache returns it).
     from ..files import write_bytes_atomic
-    write_bytes_atomic(path, bytes(config.get_timing_cache().serialize()))
+    write_bytes_atomic(path, bytes(cache.serialize()))
 
 
+@contextlib.contextmanager
 def _implicit_calibration(job, trt, source: Path, root: Path):
-    """The entropy calibrator over the export's calibration photos, its cache keyed like the INT8 step's."""
+    """The entropy calibrator over the export's calibration photos, its cache keyed like the INT8 step's; its
+    device buffer and stream are released when the build is done, whether it succeeded or not."""
     from ..artifact import sha256_file
     from ..runtimes.tensorrt import open_device_memory
     calibration = job.calibration
@@ -556,16 +693,22 @@ def _implicit_calibration(job, trt, source: Path, root: Path):
     cache = CalibrationCacheFile(root, key, log=job.log)
     memory = open_device_memory()
     stream = memory.stream()
-    nbytes = CALIBRATION_BATCH * 3 * preprocess.height * preprocess.width * 4
-    batches = calibration_batches(calibration.iter_windows(), CALIBRATION_BATCH)
-    return (_entropy_calibrator(trt, batches, CALIBRATION_BATCH, cache, memory, stream, nbytes),
-            (calibration, cache))
+    try:
+        nbytes = CALIBRATION_BATCH * 3 * preprocess.height * preprocess.width * 4
+        batches = calibration_batches(calibration.iter_windows(), CALIBRATION_BATCH)
+        calibrator = _entropy_calibrator(trt, batches, CALIBRATION_BATCH, cache, memory, stream, nbytes)
+        try:
+            yield calibrator, (calibration, cache)
+        finally:
+            calibrator.close()
+    finally:
+        stream.close()
 
 
 def _precision(job, plan: BuildPlan, reduced, graphs: dict, calibration):
     """The precision record and calibration record of the engines' build."""
     engines_typing = {"image": plan.typing, "text": text_plan(plan).typing}
-    if reduced is not None:      # strongly typed from the FP16 or QDQ graph: that step's own record
+    if reduced is not None:      # built from the FP16 or QDQ graph: that step's own record
         reduced.precision.details["engines"] = engines_typing
         return reduced.precision, reduced.calibration
     if plan.calibrator:
@@ -576,13 +719,14 @@ def _precision(job, plan: BuildPlan, reduced, graphs: dict, calibration):
         return record, {**calibration_set.summary(), "method": "tensorrt-entropy2", "batch": CALIBRATION_BATCH,
                         "cache": str(cache.directory), "reused_cache": cache.reused}
     from ..calibration.policy import FP16_KEEP_FLOAT_OPS
-    _, kept = kept_float_nodes(job.staging / graphs["image"].file)
+    kept = kept_float_nodes(job.staging / graphs["image"].file)
     return PrecisionRecord("fp16", FP16_KEEP_FLOAT_OPS + ["grouping assignment"], sorted(kept),
                            details={"engines": engines_typing}), None
 
 
 def _check_engines(job, floats, graphs, engines, section, photos, budget):
-    """The image engine against the fp32 ONNX image graph in ONNX Runtime, on the drift photos (always)."""
+    """The image engine against the fp32 ONNX image graph in ONNX Runtime, on the drift photos — one rule for
+    every plan and TensorRT version (the shipped sample photos make it measurable without --validation-images)."""
     from ..metrics.drift import validate_candidate
     from ..runtimes.onnxruntime import OnnxRuntime
     from ..runtimes.tensorrt import TensorRTRuntime

@@ -2,16 +2,23 @@
 
 Device memory comes from cuda-python (no torch needed on a Jetson) or, as an alternative, torch CUDA tensors.
 Each runtime owns one CUDA stream and allocates its buffers once, for the largest shapes of the engines'
-optimization profiles; calls with more windows than the profile allows run in chunks.
+optimization profiles; calls with more windows than the profile allows run in chunks, calls with fewer than its
+minimum are padded to it and sliced back.
 
-Written against the documented TensorRT ≥ 10 Python API (name-based I/O: `set_input_shape`,
-`set_tensor_address`, `execute_async_v3`; NVIDIA/TensorRT samples/python/common_runtime.py) — TensorRT cannot be
-installed where this toolkit is developed, so only the pure functions below are tested there.
+Written against the TensorRT ≥ 10 Python API (name-based I/O: `set_input_shape`, `set_tensor_address`,
+`execute_async_v3`), and checked against the real bindings of 10.3, the newest 10.x and the newest 11.x: every
+member used is listed in RUNTIME_API, and tests run this module against recording fakes generated from each
+version's bindings. TensorRT cannot run where this toolkit is developed; `benchmarks/tensorrt_device_check.py`
+is the check on a GPU.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
+import json
 import math
+import platform
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -25,9 +32,37 @@ from .base import ImageEncoding, Runtime, importable
 NAME = "tensorrt"
 EXTRA = "tensorrt"
 ENGINE_FORMAT = "tensorrt-engine"
-NOT_INSTALLED = ("TensorRT is not installed: engines are built and run on the machine that uses them, so pip "
-                 "install groupvit-edge[tensorrt] on a machine with an NVIDIA GPU; `groupvit-edge doctor` shows "
-                 "what is here")
+# cuda-python 13 links the CUDA 13 runtime statically and needs an R580 driver; JetPack 6 has CUDA 12.6.
+CUDA_PYTHON_PIN = "cuda-python>=12.6,<13"
+JETSON_CUDA_PYTHON_PIN = "cuda-python>=12.6,<12.7"
+
+# The members of `tensorrt` the runtime touches (notation of exporters.tensorrt.BUILD_API: "X.y" read, "X.y()"
+# called, "X.y=" assigned, "X()" constructed); tests check them against the real bindings of every version.
+LOGGER_API = ("Logger()", "Logger.WARNING")
+RUNTIME_API = LOGGER_API + (
+    "Runtime()", "Runtime.deserialize_cuda_engine()", "ICudaEngine.create_execution_context()",
+    "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name()", "ICudaEngine.get_tensor_mode()",
+    "TensorIOMode.INPUT", "ICudaEngine.get_tensor_dtype()", "nptype()", "ICudaEngine.get_tensor_profile_shape()",
+    "IExecutionContext.set_input_shape()", "IExecutionContext.get_tensor_shape()",
+    "IExecutionContext.set_tensor_address()", "IExecutionContext.execute_async_v3()",
+)
+INSPECTOR_API = ("ICudaEngine.create_engine_inspector()", "EngineInspector.execution_context=",
+                 "ICudaEngine.num_layers", "LayerInformationFormat.JSON", "EngineInspector.get_layer_information()")
+
+
+def install_hint(machine: str | None = None) -> str:
+    """How TensorRT gets onto a machine: pip on x86-64; on a Jetson (aarch64) JetPack's apt packages, which pip
+    cannot replace (PyPI's aarch64 TensorRT wheels are for Arm servers, not Jetson)."""
+    if (machine or platform.machine()).lower() in ("aarch64", "arm64"):
+        return (f"on a Jetson TensorRT comes with JetPack 6.1+ (sudo apt install python3-libnvinfer), so create the "
+                f"venv with `python3 -m venv --system-site-packages` and pip install groupvit-edge[tensorrt] "
+                f"'{JETSON_CUDA_PYTHON_PIN}' in it")
+    return "pip install groupvit-edge[tensorrt] on a machine with an NVIDIA GPU"
+
+
+def not_installed_message(machine: str | None = None) -> str:
+    return (f"TensorRT is not installed: engines are built and run on the machine that uses them; "
+            f"{install_hint(machine)}; `groupvit-edge doctor` shows what is here")
 
 
 # ----------------------------------------------------------------------------------------- imports and device
@@ -37,11 +72,18 @@ def import_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise UserError(NOT_INSTALLED) from None
+        raise UserError(not_installed_message()) from None
     except Exception as error:   # a wheel whose CUDA libraries are missing fails with OSError and friends
         raise UserError(f"TensorRT is installed but cannot be loaded ({error}): reinstall it for this machine's "
-                        f"CUDA; `groupvit-edge doctor` shows what is here") from None
+                        f"CUDA ({install_hint()})") from None
     return tensorrt
+
+
+@functools.lru_cache(maxsize=None)
+def tensorrt_logger(trt):
+    """The one logger of this process for `trt`: TensorRT keeps the logger of the first Builder or Runtime and
+    ignores later ones, so builds and runtimes share it."""
+    return trt.Logger(trt.Logger.WARNING)
 
 
 def cuda_runtime_module():
@@ -75,9 +117,13 @@ def is_installed() -> bool:
 def device_properties(device: int = 0) -> dict:
     """Name and compute capability of a CUDA device, from cuda-python or torch; a UserError when there is none."""
     cudart = cuda_runtime_module()
+    failure = None
     if cudart is not None:
-        error, properties = cudart.cudaGetDeviceProperties(device)
-        if error == cudart.cudaError_t.cudaSuccess:
+        try:
+            properties = _call(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+        except CudaError as error:
+            failure = error
+        else:
             name = properties.name
             name = name.decode(errors="replace").rstrip("\0") if isinstance(name, bytes) else str(name)
             return {"gpu": name, "compute_capability": f"{properties.major}.{properties.minor}"}
@@ -85,9 +131,47 @@ def device_properties(device: int = 0) -> dict:
     if torch is not None:
         properties = torch.cuda.get_device_properties(device)
         return {"gpu": properties.name, "compute_capability": f"{properties.major}.{properties.minor}"}
-    raise UserError(f"no CUDA device {device} is visible (cuda-python "
-                    f"{'found' if cudart else 'missing'}, torch CUDA missing): TensorRT needs an NVIDIA GPU; "
-                    f"pip install groupvit-edge[tensorrt] on that machine")
+    if failure is not None:
+        raise UserError(cuda_python_failure(failure, device))
+    raise UserError(f"no CUDA device {device} is visible (cuda-python {'found' if cudart else 'missing'}, torch "
+                    f"CUDA missing): TensorRT needs an NVIDIA GPU; {install_hint()}")
+
+
+class CudaError(RuntimeError):
+    """A CUDA runtime call through cuda-python returned an error; `name` is the cudaError_t member's name."""
+
+    def __init__(self, call: str, error):
+        self.call, self.name = call, getattr(error, "name", str(error))
+        super().__init__(f"{call} failed: {self.name}")
+
+
+def _call(cudart, result, call: str):
+    # cuda-python returns (error, *values) from every call (NVIDIA/cuda-python discussion #1035).
+    error, values = result[0], result[1:]
+    if error != cudart.cudaError_t.cudaSuccess:
+        raise CudaError(call, error)
+    return values[0] if len(values) == 1 else (values or None)
+
+
+def cuda_python_version() -> str:
+    from importlib import metadata
+    for distribution in ("cuda-bindings", "cuda-python"):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return "(version unknown)"
+
+
+def cuda_python_failure(error: CudaError, device: int = 0) -> str:
+    """One sentence for a cuda-python that cannot use this machine's CUDA."""
+    if error.name == "cudaErrorInsufficientDriver":
+        # cuda-python 13 links the CUDA 13 runtime statically: a CUDA 12 driver (JetPack 6: 12.6) is too old.
+        return (f"cuda-python {cuda_python_version()} needs a newer CUDA driver than this machine has ({error}): "
+                f"pip install '{JETSON_CUDA_PYTHON_PIN if platform.machine().lower() == 'aarch64' else CUDA_PYTHON_PIN}'"
+                f", the cuda-python of this driver's CUDA 12, or use torch CUDA buffers (--device-memory torch)")
+    return (f"cuda-python {cuda_python_version()} cannot use CUDA device {device} ({error}): check the driver "
+            f"(nvidia-smi, or tegrastats on a Jetson) and --gpu")
 
 
 # --------------------------------------------------------------------------------------------- pure checks
@@ -172,14 +256,10 @@ class _CudaPythonMemory:
 
     def __init__(self, cudart, device: int = 0):
         self.cudart = cudart
-        self.call(cudart.cudaSetDevice(device))
+        self.call(cudart.cudaSetDevice(device), "cudaSetDevice")
 
-    def call(self, result):
-        # cuda-python returns (error, *values) from every call (NVIDIA/cuda-python discussion #1035).
-        error, values = result[0], result[1:]
-        if error != self.cudart.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"CUDA runtime error {error}")
-        return values[0] if len(values) == 1 else (values or None)
+    def call(self, result, call: str = "a CUDA runtime call"):
+        return _call(self.cudart, result, call)
 
     def stream(self):
         return _CudaPythonStream(self)
@@ -191,14 +271,14 @@ class _CudaPythonMemory:
 class _CudaPythonStream:
     def __init__(self, memory: _CudaPythonMemory):
         self.memory = memory
-        self.handle = memory.call(memory.cudart.cudaStreamCreate())
+        self.handle = memory.call(memory.cudart.cudaStreamCreate(), "cudaStreamCreate")
 
     def synchronize(self) -> None:
-        self.memory.call(self.memory.cudart.cudaStreamSynchronize(self.handle))
+        self.memory.call(self.memory.cudart.cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
 
     def close(self) -> None:
         if self.handle is not None:
-            self.memory.call(self.memory.cudart.cudaStreamDestroy(self.handle))
+            self.memory.call(self.memory.cudart.cudaStreamDestroy(self.handle), "cudaStreamDestroy")
             self.handle = None
 
 
@@ -206,8 +286,8 @@ class _CudaPythonBuffer:
     def __init__(self, memory: _CudaPythonMemory, nbytes: int):
         cudart = memory.cudart
         self.memory, self.nbytes = memory, max(int(nbytes), 1)
-        self.ptr = int(memory.call(cudart.cudaMalloc(self.nbytes)))
-        host = memory.call(cudart.cudaMallocHost(self.nbytes))
+        self.ptr = int(memory.call(cudart.cudaMalloc(self.nbytes), "cudaMalloc"))
+        host = memory.call(cudart.cudaMallocHost(self.nbytes), "cudaMallocHost")
         self._host_ptr = int(host)
         self.host = np.ctypeslib.as_array(ctypes.cast(self._host_ptr, ctypes.POINTER(ctypes.c_uint8)), (self.nbytes,))
 
@@ -215,20 +295,22 @@ class _CudaPythonBuffer:
         raw = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
         self.host[:raw.size] = raw
         cudart = self.memory.cudart
-        self.memory.call(cudart.cudaMemcpyAsync(self.ptr, self.host[:raw.size], raw.size,
-                                                cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream.handle))
+        self.memory.call(cudart.cudaMemcpyAsync(self.ptr, self._host_ptr, raw.size,
+                                                cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream.handle),
+                         "cudaMemcpyAsync")
 
     def download(self, nbytes: int, stream: _CudaPythonStream) -> np.ndarray:
         """Enqueue a device→host copy; the returned bytes are valid after `stream.synchronize()`."""
         cudart = self.memory.cudart
-        self.memory.call(cudart.cudaMemcpyAsync(self.host[:nbytes], self.ptr, nbytes,
-                                                cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.handle))
+        self.memory.call(cudart.cudaMemcpyAsync(self._host_ptr, self.ptr, nbytes,
+                                                cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.handle),
+                         "cudaMemcpyAsync")
         return self.host[:nbytes]
 
     def free(self) -> None:
         if self.ptr:
-            self.memory.call(self.memory.cudart.cudaFree(self.ptr))
-            self.memory.call(self.memory.cudart.cudaFreeHost(self._host_ptr))
+            self.memory.call(self.memory.cudart.cudaFree(self.ptr), "cudaFree")
+            self.memory.call(self.memory.cudart.cudaFreeHost(self._host_ptr), "cudaFreeHost")
             self.ptr = 0
 
 
@@ -283,27 +365,102 @@ class _TorchBuffer:
 
 
 def open_device_memory(kind: str = "auto", device: int = 0):
-    """Buffers and streams from cuda-python ("cuda-python"), torch ("torch"), or whichever is here ("auto")."""
+    """Buffers and streams from cuda-python ("cuda-python"), torch ("torch"), or whichever works here ("auto":
+    cuda-python first, torch when cuda-python is missing or cannot use this driver)."""
     if kind not in ("auto", "cuda-python", "torch"):
         raise UserError(f"device_memory={kind!r} is unknown: use auto, cuda-python or torch")
+    failure = None
     cudart = cuda_runtime_module() if kind in ("auto", "cuda-python") else None
     if cudart is not None:
-        return _CudaPythonMemory(cudart, device)
+        try:
+            return _CudaPythonMemory(cudart, device)
+        except CudaError as error:
+            failure = error
     torch = _torch_cuda() if kind in ("auto", "torch") else None
     if torch is not None:
+        if failure is not None:
+            warnings.warn(f"{cuda_python_failure(failure, device)}; using torch CUDA buffers", stacklevel=2)
         return _TorchMemory(torch, device)
+    if failure is not None:
+        raise UserError(cuda_python_failure(failure, device))
     wanted = "cuda-python" if kind == "auto" else kind
-    raise UserError(f"TensorRT needs device memory from {wanted}, which is not available here: pip install "
-                    f"groupvit-edge[tensorrt] (brings cuda-python) on a machine with an NVIDIA GPU")
+    raise UserError(f"TensorRT needs device memory from {wanted}, which is not available here: {install_hint()} "
+                    f"(it brings cuda-python)")
 
 
 # ------------------------------------------------------------------------------------------------ engines
 
+def numpy_dtype(trt, dtype) -> np.dtype | None:
+    """The numpy type of a TensorRT DataType; None for BF16/FP8/INT4/FP4/E8M0, for which `trt.nptype` raises
+    TypeError ("Could not resolve TensorRT datatype to an equivalent numpy datatype") in every version."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError:
+        return None
+
+
+def padded_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """`array` with its last row repeated up to `rows` rows: a call below the profile's minimum batch runs at the
+    minimum and the extra rows are dropped again (a real row keeps every layer's numbers in range)."""
+    if len(array) >= rows:
+        return array
+    return np.concatenate([array, np.repeat(array[-1:], rows - len(array), axis=0)])
+
+
+@dataclass(frozen=True)
+class LayerPrecision:
+    """One engine layer as the engine inspector reports it."""
+    name: str
+    layer_type: str
+    precision: str          # the narrowest type among its inputs and outputs: INT8, FP8, FP16, BF16, FP32, …
+    formats: tuple[str, ...]
+
+
+# Engine-inspector "Format/Datatype" texts ("Row major linear FP16 format", "Thirty-two wide channel vectorized
+# row major Int8 format.", "Float", "Half") → type names, narrowest first; bf16 before "float" (bfloat16).
+_FORMAT_TYPES = (("INT4", r"int4"), ("FP4", r"fp4"), ("INT8", r"int8"), ("FP8", r"fp8"), ("BF16", r"bf16|bfloat"),
+                 ("FP16", r"fp16|half"), ("FP32", r"fp32|float"), ("INT32", r"int32"), ("INT64", r"int64"),
+                 ("BOOL", r"bool"))
+NOT_COMPUTING_LAYERS = ("Reformat", "NoOp", "Constant", "Shuffle")
+
+
+def format_type(text: str) -> str | None:
+    for name, pattern in _FORMAT_TYPES:
+        if re.search(pattern, text, re.IGNORECASE):
+            return name
+    return None
+
+
+def parse_layer_information(text: str) -> LayerPrecision:
+    """One layer's `get_layer_information(i, LayerInformationFormat.JSON)` (DETAILED profiling verbosity)."""
+    info = json.loads(text)
+    if not isinstance(info, dict):    # an engine built without DETAILED verbosity names its layers only
+        return LayerPrecision(str(info), "?", "unknown", ())
+    formats = tuple(str(tensor.get("Format/Datatype", tensor.get("DataType", "")))
+                    for key in ("Inputs", "Outputs") for tensor in info.get(key, []) if isinstance(tensor, dict))
+    found = [format_type(text) for text in formats]
+    order = [name for name, _ in _FORMAT_TYPES]
+    precision = min((t for t in found if t), key=order.index, default="unknown")
+    return LayerPrecision(str(info.get("Name", "?")), str(info.get("LayerType", "?")), precision, formats)
+
+
+def precision_counts(layers: list[LayerPrecision]) -> dict[str, int]:
+    """How many computing layers run in each precision (reformats, no-ops, constants, shuffles left out)."""
+    counts: dict[str, int] = {}
+    for layer in layers:
+        if layer.layer_type not in NOT_COMPUTING_LAYERS:
+            counts[layer.precision] = counts.get(layer.precision, 0) + 1
+    return counts
+
+
 class EngineSession:
-    """One deserialized engine with its execution context and I/O buffers sized for the profile's maxima."""
+    """One deserialized engine with its execution context and I/O buffers sized for the profile's maxima.
+
+    Every bool TensorRT returns (set_input_shape, set_tensor_address, execute_async_v3) is checked: a False is a
+    bug here, never something to run past."""
 
     def __init__(self, trt, runtime, path, memory, stream):
-        self.trt, self.memory, self.stream = trt, memory, stream
+        self.trt, self.memory, self.stream, self.path = trt, memory, stream, path
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             # deserialize_cuda_engine "Returns: The ICudaEngine, or None if it could not be deserialized."
@@ -315,24 +472,33 @@ class EngineSession:
         self.outputs = [n for n in names if n not in self.inputs]
         self.dtypes = {}
         for name in names:
-            numpy_type = trt.nptype(self.engine.get_tensor_dtype(name))   # None for BF16/FP8/INT4 (common_runtime)
-            if numpy_type is None:
-                raise UserError(f"{path} has I/O tensor {name} of type {self.engine.get_tensor_dtype(name)}, which "
-                                f"numpy cannot hold: re-export; the toolkit's graphs keep float32/int32 I/O")
-            self.dtypes[name] = np.dtype(numpy_type)
+            dtype = self.engine.get_tensor_dtype(name)
+            self.dtypes[name] = numpy_dtype(trt, dtype)
+            if self.dtypes[name] is None:
+                raise UserError(f"{path} has I/O tensor {name} of type {dtype.name}, which numpy cannot hold: "
+                                f"re-export the artifact; the toolkit's graphs keep float32/int32 I/O")
         # Profile 0: (min, opt, max) per input; buffers are sized once for max and reused by every call.
-        self.max_shapes = {n: tuple(self.engine.get_tensor_profile_shape(n, 0)[2]) for n in self.inputs}
-        self.max_batch = min(shape[0] for shape in self.max_shapes.values())
-        for name, shape in self.max_shapes.items():
-            self.context.set_input_shape(name, shape)
-        shapes = {**self.max_shapes, **{n: tuple(self.context.get_tensor_shape(n)) for n in self.outputs}}
+        self.profile = {n: [tuple(shape) for shape in self.engine.get_tensor_profile_shape(n, 0)] for n in self.inputs}
+        self.min_batch = max(shapes[0][0] for shapes in self.profile.values())
+        self.max_batch = min(shapes[2][0] for shapes in self.profile.values())
+        for name, shapes in self.profile.items():
+            self._set_shape(name, shapes[2])
+        shapes = {**{n: s[2] for n, s in self.profile.items()},
+                  **{n: tuple(self.context.get_tensor_shape(n)) for n in self.outputs}}
         self.buffers = {}
         for name in names:
             self.buffers[name] = memory.buffer(math.prod(shapes[name]) * self.dtypes[name].itemsize)
-            self.context.set_tensor_address(name, self.buffers[name].ptr)
+            if not self.context.set_tensor_address(name, self.buffers[name].ptr):
+                raise RuntimeError(f"TensorRT refused the device address of {name} in {path}")
+
+    def _set_shape(self, name: str, shape: tuple) -> None:
+        if not self.context.set_input_shape(name, shape):
+            low, _, high = self.profile[name]
+            raise RuntimeError(f"TensorRT refused input shape {list(shape)} for {name} of {self.path} "
+                               f"(profile {list(low)} … {list(high)})")
 
     def _check(self, name: str, array: np.ndarray) -> None:
-        expected = self.max_shapes[name][1:]
+        expected = self.profile[name][2][1:]
         if tuple(array.shape[1:]) != tuple(expected):
             raise UserError(f"{name} has shape {list(array.shape)} but this engine takes [N, "
                             f"{', '.join(map(str, expected))}]: prepare inputs at the artifact's export size")
@@ -343,10 +509,12 @@ class EngineSession:
             raise UserError(f"no {', '.join(self.inputs)} to encode: pass at least one")
         parts = []
         for piece in batch_chunks(count, self.max_batch):
+            rows = piece.stop - piece.start
             for name in self.inputs:
                 array = np.ascontiguousarray(feeds[name][piece], dtype=self.dtypes[name])
                 self._check(name, array)
-                self.context.set_input_shape(name, array.shape)
+                array = padded_rows(array, self.min_batch)
+                self._set_shape(name, array.shape)
                 self.buffers[name].upload(array, self.stream)
             if not self.context.execute_async_v3(self.stream.handle):
                 raise RuntimeError(f"TensorRT execution failed for inputs {[feeds[n].shape for n in self.inputs]}")
@@ -356,11 +524,21 @@ class EngineSession:
                 nbytes = math.prod(shape) * self.dtypes[name].itemsize
                 pending[name] = (shape, self.buffers[name].download(nbytes, self.stream))
             self.stream.synchronize()
-            # Copy out of the reused pinned buffers; float outputs as float32 whatever the engine's I/O type.
-            parts.append({name: raw.view(self.dtypes[name]).reshape(shape).astype(
+            # Copy out of the reused pinned buffers (dropping padded rows); float outputs as float32 whatever the
+            # engine's I/O type.
+            parts.append({name: raw.view(self.dtypes[name]).reshape(shape)[:rows].astype(
                 np.float32 if self.dtypes[name].kind == "f" else self.dtypes[name]) for name, (shape, raw) in
                 pending.items()})
         return {name: np.concatenate([part[name] for part in parts]) for name in self.outputs}
+
+    def layer_precisions(self) -> list[LayerPrecision]:
+        """What the engine inspector says about every layer (precisions need DETAILED profiling verbosity, which
+        exporters.tensorrt sets); the context, whose input shapes are set, resolves the dynamic shapes."""
+        inspector = self.engine.create_engine_inspector()
+        inspector.execution_context = self.context
+        layout = self.trt.LayerInformationFormat.JSON
+        return [parse_layer_information(inspector.get_layer_information(index, layout))
+                for index in range(self.engine.num_layers)]
 
     def close(self) -> None:
         for buffer in self.buffers.values():
@@ -399,7 +577,7 @@ class TensorRTRuntime(Runtime):
                           f"capability); rebuild on this GPU if the timings matter", stacklevel=2)
         self._memory = open_device_memory(device_memory, device)
         self._stream = self._memory.stream()
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._runtime = trt.Runtime(tensorrt_logger(trt))
         self._image = self._session("image")
         self._text = None    # built on first use: a precomputed vocabulary never needs it
 
@@ -416,6 +594,12 @@ class TensorRTRuntime(Runtime):
             self._text = self._session("text")
         return self._text.run({"token_ids": token_ids})["text_embeds"]
 
+    def layer_precisions(self, graph: str = "image") -> list[LayerPrecision]:
+        """Per layer of the image (or text) engine, the precision TensorRT chose (engine inspector)."""
+        if graph == "text" and self._text is None:
+            self._text = self._session("text")
+        return (self._image if graph == "image" else self._text).layer_precisions()
+
     @property
     def description(self) -> str:
         compute = self.manifest.data["precision"].get("compute", "?")
@@ -429,4 +613,3 @@ class TensorRTRuntime(Runtime):
         if self._stream is not None:
             self._stream.close()
             self._stream = None
-
