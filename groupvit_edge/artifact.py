@@ -9,9 +9,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .errors import UserError
 
@@ -175,16 +178,113 @@ def read_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     if not isinstance(data, dict) or any(key not in data for key in REQUIRED_KEYS):
         missing = [key for key in REQUIRED_KEYS if not isinstance(data, dict) or key not in data]
         raise UserError(f"{path} lacks {', '.join(missing)}; re-run `groupvit-edge export`")
+    version = data["schema_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"{path}: schema_version is {version!r}, not a whole number; re-run `groupvit-edge export`")
     if int(data["schema_version"]) > SCHEMA_VERSION:
         raise UserError(f"{path} has schema {data['schema_version']}, newer than this groupvit-edge understands "
                         f"({SCHEMA_VERSION}): upgrade groupvit-edge")
     if int(data["schema_version"]) < SCHEMA_VERSION:
         raise UserError(f"{path} has schema {data['schema_version']}, written before artifacts recorded the "
                         f"sha256 of every file, so it cannot be verified: re-run `groupvit-edge export`")
+    _check_fields(data, path)
     manifest = Manifest(data, directory)
     if verify:
         manifest.verify()
     return manifest
+
+
+def _check_fields(data: dict, path: Path) -> None:
+    """Every field a runtime reads, with the type and range it relies on: a damaged or hand-edited manifest is a
+    one-sentence error naming the field, not a traceback (or a silent division by a zero std) later."""
+    def bad(field: str, why: str):
+        raise UserError(f"{path}: {field} {why}; re-run `groupvit-edge export`")
+
+    def number(field: str, value, *, whole=False, positive=False, nonzero=False):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (whole and not float(value).is_integer()):
+            bad(field, f"is {value!r}, not a {'whole ' if whole else ''}number")
+        if positive and value <= 0:
+            bad(field, f"is {value}, not positive")
+        if nonzero and value == 0:
+            bad(field, "is 0")
+
+    def mapping(field: str, value) -> dict:
+        if not isinstance(value, dict):
+            bad(field, f"is {type(value).__name__}, not an object")
+        return value
+
+    def text(field: str, value):
+        if not isinstance(value, str) or not value:
+            bad(field, f"is {value!r}, not a file name")
+
+    preprocess = mapping("preprocess", data["preprocess"])
+    for key in ("height", "width"):
+        number(f"preprocess.{key}", preprocess.get(key), whole=True, positive=True)
+    number("patch_size", data["patch_size"], whole=True, positive=True)
+    if preprocess["height"] % data["patch_size"] or preprocess["width"] % data["patch_size"]:
+        bad("preprocess.height/width", f"({preprocess['height']}x{preprocess['width']}) are not multiples of the "
+                                       f"patch size {data['patch_size']}")
+    for key, nonzero in (("mean", False), ("std", True)):
+        values = preprocess.get(key)
+        if not isinstance(values, list) or len(values) != 3:
+            bad(f"preprocess.{key}", f"is {values!r}, not three numbers")
+        for value in values:
+            number(f"preprocess.{key}", value, nonzero=nonzero)
+    stride = preprocess.get("stride")
+    if not isinstance(stride, list) or len(stride) != 2:
+        bad("preprocess.stride", f"is {stride!r}, not two numbers")
+    for value in stride:
+        number("preprocess.stride", value, whole=True, positive=True)
+    if preprocess.get("resize") not in ("slide", "letterbox"):
+        bad("preprocess.resize", f"is {preprocess.get('resize')!r}, not slide or letterbox")
+    number("logit_scale", data["logit_scale"], positive=True)
+    mapping("precision", data["precision"])
+    graphs = mapping("graphs", data["graphs"])
+    if "image" not in graphs:
+        bad("graphs", "has no image graph")
+    engines = mapping("engines", data.get("engines") or {})
+    for name, record in [*((f"graphs.{role}", r) for role, r in graphs.items()),
+                         *((f"engines.{role}", r) for role, r in engines.items())]:
+        record = mapping(name, record)
+        text(f"{name}.file", record.get("file"))
+        for side in ("inputs", "outputs"):
+            specs = record.get(side)
+            if not isinstance(specs, list) or not specs:
+                bad(f"{name}.{side}", f"is {specs!r}, not a list of tensors")
+            for spec in specs:
+                _check_tensor(f"{name}.{side}", mapping(f"{name}.{side}", spec), bad)
+    shape = graphs["image"]["inputs"][0]["shape"]
+    if len(shape) != 4 or shape[2:] != [preprocess["height"], preprocess["width"]]:
+        bad("graphs.image.inputs", f"take {shape}, not the preprocess size {preprocess['height']}x"
+                                   f"{preprocess['width']}")
+    tokenizer = data.get("tokenizer")
+    if tokenizer is not None:
+        tokenizer = mapping("tokenizer", tokenizer)
+        text("tokenizer.dir", tokenizer.get("dir"))
+        files = tokenizer.get("files", [])
+        if not isinstance(files, list):
+            bad("tokenizer.files", f"is {files!r}, not a list")
+        for name in files:
+            text("tokenizer.files", name)
+    vocabulary = data.get("vocabulary")
+    if vocabulary is not None:
+        text("vocabulary.file", mapping("vocabulary", vocabulary).get("file"))
+
+
+def _check_tensor(field: str, spec: dict, bad) -> None:
+    if not isinstance(spec.get("name"), str):
+        bad(field, f"has a tensor without a name ({spec!r})")
+    try:
+        if not isinstance(spec.get("dtype"), str):
+            raise TypeError
+        np.dtype(spec["dtype"])
+    except TypeError:
+        bad(field, f"give {spec['name']} the type {spec.get('dtype')!r}, which is not a numpy dtype")
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool)
+                                                                     and d > 0) for d in shape):
+        bad(field, f"give {spec['name']} the shape {shape!r}, not positive sizes and axis names")
 
 
 def owned_entries(directory: Path) -> set[Path] | None:

@@ -6,6 +6,7 @@ Export options and runtime options are generated from their declarations (`expor
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import signal
 import sys
@@ -16,14 +17,22 @@ from .errors import UserError, ValidationFailed
 from .metrics.drift import CONFIDENT_MARGIN
 from .options import check_number, spec_of
 
+# Conditions of the machine rather than bugs: a full disk or a directory we may not write.
+ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "free some space or choose another output directory",
+    errno.EDQUOT: "free some space or choose another output directory",
+    errno.EACCES: "choose a directory you can write to, or fix its permissions",
+    errno.EPERM: "choose a directory you can write to, or fix its permissions",
+    errno.EROFS: "the file system is read-only: choose another output directory",
+}
 IMAGES_HELP = ("Photos: files or directories, searched recursively (repeatable). Default: the sample photos "
                "shipped with groupvit-edge.")
 
 
 def main(argv=None) -> int:
     """Console entry point: user errors are one sentence and exit 2, failed checks exit 1, bugs stay tracebacks."""
-    # SIGTERM unwinds like Ctrl-C, so staging directories and locks are cleaned up on the way out.
-    signal.signal(signal.SIGTERM, _interrupt)
+    from .files import exit_on_signal
+    signal.signal(signal.SIGTERM, exit_on_signal)      # staging directories and locks go with the process
     try:
         cli.main(args=argv, standalone_mode=False, prog_name="groupvit-edge")
     except UserError as error:
@@ -35,14 +44,16 @@ def main(argv=None) -> int:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)
+    except OSError as error:
+        hint = ENVIRONMENT_ERRORS.get(error.errno)
+        if hint is None:
+            raise
+        click.echo(f"error: {error.filename or 'a file'}: {error.strerror}: {hint}", err=True)
+        sys.exit(2)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
     return 0
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------------------------------- generated options
@@ -175,20 +186,30 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, re
     """Segment photos with an artifact or checkpoint SOURCE; writes overlay and label PNGs per photo."""
     from .segmentation import Segmenter
     from .segmentation.postprocess import BACKGROUND_THRESHOLD
-    from .segmentation.preprocess import list_images
-    paths = list_images(list(images) + list(more_images))
+    from .segmentation.preprocess import find_images, output_names
+    found = find_images(list(images) + list(more_images))
     if not images and not more_images:
-        click.echo(f"no photos given: segmenting the {len(paths)} sample photos shipped with groupvit-edge")
+        click.echo(f"no photos given: segmenting the {len(found)} sample photos shipped with groupvit-edge")
+    unreadable = []
     with Segmenter.open(source, labels, backend=backend, tokenizer=tokenizer, resize=resize,
                         background_threshold=None if no_background else BACKGROUND_THRESHOLD,
                         **_runtime_values(values)) as segmenter:
+        segmenter.check_label_image()
         click.echo(f"{segmenter.runtime.description}; classes: {', '.join(segmenter.class_names)}")
-        for path in paths:
-            result = segmenter.segment(path)
-            overlay, _ = result.save(out_dir, path.stem)
-            shares = ", ".join(f"{name} {share:.0%}" for name, share in
+        for image, name in zip(found, output_names(found)):
+            try:
+                result = segmenter.segment(image.path)
+            except UserError as error:      # one bad photo does not stop the others
+                unreadable.append(str(error))
+                click.echo(f"skipped: {error}")
+                continue
+            overlay, _ = result.save(out_dir, name)
+            shares = ", ".join(f"{label} {share:.0%}" for label, share in
                                sorted(result.class_fractions().items(), key=lambda item: -item[1]))
-            click.echo(f"{path.name}: {shares} → {overlay}")
+            click.echo(f"{image.path}: {shares} → {overlay}")
+    if unreadable:
+        raise UserError(f"{len(unreadable)} of {len(found)} photos could not be segmented (first: {unreadable[0]}); "
+                        f"the other {len(found) - len(unreadable)} were written to {out_dir}")
 
 
 @cli.command(epilog="Example:\n\n  groupvit-edge drift --ref random:0 --candidate artifacts/int8 "

@@ -14,13 +14,19 @@ import json
 import os
 import re
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import UserError
 
-_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<kind>partial|old)$")
+_STAGING_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<kind>partial|old)$")
+# What this process is writing right now, for `exit_on_signal` to remove.
+_STAGING: set[Path] = set()
+_LOCKS: set[Path] = set()
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -82,12 +88,16 @@ def replace_directory(destination: str | Path, *, ours: Callable[[Path], set[Pat
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         _give_default_permissions(staging, 0o777)
+        _STAGING.add(staging)
         try:
             yield staging
-            _swap_in(staging, destination, foreign, log)
+            with _termination_deferred():
+                _swap_in(staging, destination, foreign, log)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            _STAGING.discard(staging)
 
 
 def check_destination(destination: Path, ours, what: str, force: bool, replacing=None) -> list[str]:
@@ -143,7 +153,7 @@ def remove_stale_staging(destination: Path, ours, log=print) -> None:
     """Remove `.NAME.PID.partial|old` siblings of `destination` left by processes that no longer run. A retired
     copy that still holds entries that are not ours (a --force swap that was killed) is kept and named."""
     for sibling in destination.parent.glob(f".{destination.name}.*"):
-        match = _STAGING.match(sibling.name)
+        match = _STAGING_NAME.match(sibling.name)
         if not match or match["name"] != destination.name or not sibling.is_dir() or _alive(int(match["pid"])):
             continue
         if match["kind"] == "old":
@@ -176,11 +186,39 @@ def _lock(destination: Path, what: str) -> Iterator[None]:
                 raise
             raise UserError(f"another groupvit-edge process is writing {destination} right now: wait for it to "
                             f"finish or choose another output directory") from None
+        _LOCKS.add(path)
         try:
             yield
         finally:
             path.unlink(missing_ok=True)
+            _LOCKS.discard(path)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def exit_on_signal(signum, frame) -> None:
+    """SIGTERM handler: remove what this process was staging, release its locks, exit 128 + signum.
+
+    Exiting here, rather than raising into whatever runs (a C++ exporter or calibrator may not unwind through a
+    Python exception), always cleans up. The swap into place defers the signal, so it never sees half a swap."""
+    for staging in list(_STAGING):
+        shutil.rmtree(staging, ignore_errors=True)
+    for lock in list(_LOCKS):
+        lock.unlink(missing_ok=True)
+    sys.stderr.write("aborted\n")
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def _termination_deferred() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def tree_size(paths: Iterable[Path]) -> int:

@@ -14,6 +14,7 @@ import html
 import json
 import os
 import re
+import string
 import unicodedata
 import zlib
 from pathlib import Path
@@ -255,7 +256,23 @@ def tokenize_labels(
                 f"--labels has an empty class name at position {position}: remove the stray comma, e.g. --labels cat,dog."
             )
     templates = list(templates)
-    if not templates or not all("{}" in t for t in templates):
-        raise UserError("The prompt templates are empty or lack a {} placeholder: pass templates like 'a photo of a {}.'.")
+    if not templates or not all(_one_placeholder(t) for t in templates):
+        raise UserError("Each prompt template needs exactly one {} placeholder: pass templates like 'a photo of a {}.'.")
     prompts = [prompt for label in labels for prompt in prompts_for(label.strip(), templates)]
+    for prompt in prompts:
+        length = len(tokenizer.encode(prompt))
+        if length > tokenizer.context_length:
+            raise UserError(f"the prompt {prompt[:60]!r}… is {length} tokens, more than the text encoder's "
+                            f"{tokenizer.context_length}: shorten the class name")
     return tokenizer(prompts), len(templates)
+
+
+def _one_placeholder(template) -> bool:
+    """True when `template` is text with exactly one empty `{}` field and no other braces."""
+    if not isinstance(template, str):
+        return False
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError:
+        return False
+    return fields == [""]

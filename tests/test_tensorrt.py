@@ -2,10 +2,13 @@
 export for a trt-* target does on a machine without TensorRT.
 
 TensorRT cannot be installed here (DEVELOPERS.md): tests that need it are marked `tensorrt` and skip with the
-reason; everything else runs on the real artifacts the toolkit makes and on graphs made to break each rule.
+reason; everything else runs on the real artifacts the toolkit makes, on graphs made to break each rule, and
+(exports through the engine step) on recording fakes generated from the real TensorRT bindings
+(tests/tensorrt_harness; tests/test_tensorrt_conformance.py checks the TensorRT calls version by version).
 """
 from __future__ import annotations
 
+import enum
 import json
 import shutil
 from pathlib import Path
@@ -27,6 +30,8 @@ from groupvit_edge.exporters import tensorrt as engines
 from groupvit_edge.runtimes import tensorrt as trt_runtime
 
 from conftest import CALIB_IMAGES, EVAL_IMAGES, record_file
+import tensorrt_harness as harness
+from tensorrt_harness.fake import TensorRTWorld, fake_tensorrt, install
 
 TENSORRT_HERE = trt_runtime.is_installed()
 requires_tensorrt = pytest.mark.skipif(
@@ -76,7 +81,7 @@ def test_trt_export_without_tensorrt_is_one_sentence_and_leaves_nothing(trt_fp16
     error = trt_fp16_attempt.error
     assert isinstance(error, UserError), error        # the CLI prints it and exits 2
     message = str(error)
-    assert message == trt_runtime.NOT_INSTALLED and "\n" not in message
+    assert message == trt_runtime.not_installed_message() and "\n" not in message
     assert "pip install groupvit-edge[tensorrt]" in message and "`groupvit-edge doctor`" in message
     assert list(trt_fp16_attempt.root.iterdir()) == []   # neither the artifact nor a staging directory
     assert trt_fp16_attempt.logs == []                   # refused by the plan check, before any tracing
@@ -131,7 +136,9 @@ def test_dynamic_int8_artifact_is_refused_with_its_cause_first(tmp_path, random_
 
 def test_operator_table_is_data_with_its_source():
     table = operator_table()
-    assert table["source"]["repo"] == "onnx/onnx-tensorrt" and table["source"]["branch"] == "release/10.3"
+    source = table["source"]
+    assert source["repo"] == "onnx/onnx-tensorrt" and source["commit"].startswith("62bdde2a")
+    assert (source["branch"], source["tag"]) == ("10.3-GA", "release/10.3-GA")   # the refs upstream names
     operators = table["operators"]
     assert operators["OneHot"]["supported"] and not operators["Unique"]["supported"]
     assert "INT64" not in operators["MatMul"]["types"] and "INT64" in operators["Gather"]["types"]
@@ -201,7 +208,11 @@ def test_nonzero_zero_point_fails():
 def test_uint8_qdq_fails():
     report = check_graph(_qdq_activation(np.array(0, np.uint8)), "trt-int8")
     assert not report.ok and report.rules("error") == {"qdq-dtype"}
-    assert {f.node for f in report.errors} == {"q", "dq"}   # the Q zero point and the DQ's UINT8 input
+    # The Q's UINT8 zero point is refused; its DQ reads the parser's INT8 Q layer, whatever ONNX infers, and the
+    # parser only warns about a DQ's UINT8 zero point.
+    assert {f.node for f in report.errors} == {"q"} and {f.node for f in report.warnings} == {"dq"}
+    uint8_weights = check_graph(_dequantized_matmul(np.ones((4, 8), np.uint8), np.array(0.01, np.float32)), "trt-int8")
+    assert {(f.rule, f.node) for f in uint8_weights.errors} == {("qdq-dtype", "dq_weight")}
 
 
 def test_bad_per_channel_axis_fails():
@@ -252,9 +263,6 @@ def test_other_rules_fire_on_their_cases():
                         [_value("y", TensorProto.FLOAT, ["batch", 4]), _value("mean", TensorProto.FLOAT, ["batch", 1])],
                         [scale])
     assert _errors(layer_norm, "trt-fp16") == {"extra-output"}
-    relu = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")],
-                  [_value("x", TensorProto.FLOAT, ["batch"])], [_value("y", TensorProto.FLOAT, ["batch"])], opset=21)
-    assert _errors(relu, "trt-fp16") == {"opset"}
     # LayerNorm computed in FP16 builds, with the overflow warning.
     half = numpy_helper.from_array(np.ones(4, np.float16), "gamma")
     fp16 = _model([helper.make_node("LayerNormalization", ["x", "gamma"], ["y"], name="ln")],
@@ -262,6 +270,91 @@ def test_other_rules_fire_on_their_cases():
                   [half])
     report = check_graph(fp16, "trt-fp16")
     assert report.ok and report.rules("warning") == {"fp16-precision"}
+
+
+def _dequantized_matmul(data: np.ndarray, scale: np.ndarray, axis: int | None = None) -> onnx.ModelProto:
+    """x[batch, 4] @ DequantizeLinear(weight) for a given weight data type and scale shape."""
+    attributes = {} if axis is None else {"axis": axis}
+    return _model([helper.make_node("DequantizeLinear", ["weight", "weight_scale"], ["w"], name="dq_weight",
+                                    **attributes),
+                   helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")],
+                  [_value("x", TensorProto.FLOAT, ["batch", 4])], [_value("y", TensorProto.FLOAT, ["batch", 8])],
+                  [numpy_helper.from_array(data, "weight"), numpy_helper.from_array(scale, "weight_scale")],
+                  opset=21)
+
+
+def test_qdq_rules_match_the_10_3_parser():
+    """Defect 8: what the 10.3 parser and builder refuse is an error here, what they take is not."""
+    # Per-channel Q/DQ of an activation: "Activations-quantization does not support per-axis quantization".
+    scale = numpy_helper.from_array(np.full(4, 0.02, np.float32), "scale")
+    zero = numpy_helper.from_array(np.zeros(4, np.int8), "zero")
+    per_channel_activation = _model(
+        [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"], name="q", axis=1),
+         helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"], name="dq", axis=1)],
+        [_value("x", TensorProto.FLOAT, ["batch", 4])], [_value("y", TensorProto.FLOAT, ["batch", 4])], [scale, zero])
+    report = check_graph(per_channel_activation, "trt-int8")
+    assert report.rules("error") == {"qdq-axis"} and {f.node for f in report.errors} == {"q", "dq"}
+    assert "activations per tensor only" in report.errors[0].message
+    # DequantizeLinear of INT32 data (ONNX Runtime's quantized biases): 10.3 dequantizes INT8, FP8, INT4.
+    int32 = check_graph(_dequantized_matmul(np.ones((4, 8), np.int32), np.array(0.01, np.float32)), "trt-int8")
+    assert int32.rules("error") == {"qdq-dtype"} and "DequantizeLinear of INT32" in str(int32.errors[0])
+    # Blocked scales are INT4 weight-only quantization; on INT8 they are refused, on INT4 taken.
+    blocked_int8 = check_graph(_dequantized_matmul(np.ones((4, 8), np.int8), np.full((2, 8), 0.01, np.float32)),
+                               "trt-int8")
+    assert blocked_int8.rules("error") == {"qdq-axis"} and "block-quantizes INT4" in str(blocked_int8.errors[0])
+    int4 = onnx.helper.make_tensor("weight", TensorProto.INT4, [4, 8], np.ones(32, np.int8).tolist())
+    blocked_int4 = _dequantized_matmul(np.ones((4, 8), np.int8), np.full((2, 8), 0.01, np.float32))
+    blocked_int4.graph.initializer[0].CopyFrom(int4)
+    assert _errors(blocked_int4) == set()
+    # A scale computed at run time: TensorRT needs build-time constant scales.
+    run_time_scale = _model(
+        [helper.make_node("ReduceMax", ["x"], ["amax"], name="amax", keepdims=0),
+         helper.make_node("QuantizeLinear", ["x", "amax"], ["q"], name="q"),
+         helper.make_node("DequantizeLinear", ["q", "amax"], ["y"], name="dq")],
+        [_value("x", TensorProto.FLOAT, ["batch", 4])], [_value("y", TensorProto.FLOAT, ["batch", 4])])
+    report = check_graph(run_time_scale, "trt-int8")
+    assert report.rules("error") == {"qdq-scale"} and "computed at run time" in str(report.errors[0])
+    # Float weights behind an Identity, quantized per channel, are still weights (the parser looks through
+    # Identity and Cast for constants), so this Q/DQ pair is not an activation's.
+    weights = _model(
+        [helper.make_node("Identity", ["weight_raw"], ["weight"], name="identity"),
+         helper.make_node("QuantizeLinear", ["weight", "scale8", "zero8"], ["q"], name="q", axis=1),
+         helper.make_node("DequantizeLinear", ["q", "scale8", "zero8"], ["w"], name="dq", axis=1),
+         helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")],
+        [_value("x", TensorProto.FLOAT, ["batch", 4])], [_value("y", TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(np.ones((4, 8), np.float32), "weight_raw"),
+         numpy_helper.from_array(np.full(8, 0.01, np.float32), "scale8"),
+         numpy_helper.from_array(np.zeros(8, np.int8), "zero8")])
+    assert _errors(weights) == set()
+
+
+def test_opset_outside_the_table_is_a_warning_because_the_parser_takes_it():
+    """Defect 8: ModelImporter only warns about opsets; the table's 9..20 is documentation, not a refusal."""
+    for opset in (21, 8):
+        relu = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")],
+                      [_value("x", TensorProto.FLOAT, ["batch"])], [_value("y", TensorProto.FLOAT, ["batch"])],
+                      opset=opset)
+        report = check_graph(relu, "trt-fp16")
+        assert report.ok and report.rules("warning") == {"opset"}, report.format()
+
+
+def test_doctor_artifact_rejects_what_the_parser_rejects(tmp_path, fp32_artifact):
+    """`doctor --artifact` (check_artifact) on an artifact whose image graph has an INT32 DequantizeLinear."""
+    artifact = tmp_path / "bad"
+    shutil.copytree(fp32_artifact, artifact)
+    model = onnx.load(str(artifact / "image.onnx"))
+    bias = next(init for init in model.graph.initializer if init.data_type == TensorProto.FLOAT and len(init.dims) == 1)
+    values = numpy_helper.to_array(bias)
+    quantized_name = bias.name + "_int32"
+    model.graph.initializer.append(numpy_helper.from_array(np.round(values / 1e-4).astype(np.int32), quantized_name))
+    model.graph.initializer.append(numpy_helper.from_array(np.array(1e-4, np.float32), bias.name + "_scale"))
+    model.graph.initializer.remove(bias)
+    model.graph.node.insert(0, helper.make_node("DequantizeLinear", [quantized_name, bias.name + "_scale"],
+                                                [bias.name], name="bias_dq"))
+    onnx.save(model, str(artifact / "image.onnx"))
+    record_file(artifact, "image.onnx", ("graphs", "image", "sha256"))
+    report = check_artifact(artifact, "trt-int8")
+    assert not report.ok and {(f.rule, f.node) for f in report.errors} == {("qdq-dtype", "bias_dq")}
 
 
 def test_check_refuses_a_non_tensorrt_target(tmp_path):
@@ -289,9 +382,15 @@ def test_fp16_plan_per_version(version, typing, source, builder_flags, pinned):
 
 
 def test_int8_plans_and_refusals():
-    explicit = engines.plan_build("trt-int8", "10.3.0")
-    assert (explicit.typing, explicit.source, explicit.builder_flags) == ("strong", "qdq", ())
-    assert engines.plan_build("trt-int8", "11.0.0.1") == engines.plan_build("trt-int8", "11.0.0.1", "strong")
+    """Defect 4: strongly typed INT8 parses the QDQ graph whose float part is FP16, on every version; a weakly typed
+    QDQ build (INT8 + FP16 flags) is a choice on 10.x, not a refusal."""
+    for version in ("10.3.0", "10.11.0.33", "10.16.1.11", "11.4.0.106"):
+        explicit = engines.plan_build("trt-int8", version)
+        assert (explicit.typing, explicit.source, explicit.builder_flags) == ("strong", "qdq-fp16", ())
+        assert explicit.network_flags == ("STRONGLY_TYPED",) and not explicit.pin_float32
+    weak = engines.plan_build("trt-int8", "10.3.0", "weak")
+    assert (weak.typing, weak.source, weak.network_flags) == ("weak", "qdq", ())
+    assert weak.builder_flags == ("INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS") and weak.pin_float32
     implicit = engines.plan_build("trt-int8", "10.3.0", int8_route="implicit")
     assert (implicit.typing, implicit.source, implicit.calibrator, implicit.pin_float32) == ("weak", "fp32", True, True)
     assert implicit.builder_flags == ("INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS")
@@ -299,7 +398,7 @@ def test_int8_plans_and_refusals():
     for kwargs, message in [
         (dict(target="trt-int8", version="11.0.0.1", int8_route="implicit"), "removed implicit INT8 calibration"),
         (dict(target="trt-fp16", version="11.0.0.1", typing="weak"), "removed weak typing"),
-        (dict(target="trt-int8", version="10.3.0", typing="weak"), "built strongly typed"),
+        (dict(target="trt-int8", version="11.4.0.106", typing="weak"), "removed weak typing"),
         (dict(target="trt-int8", version="10.3.0", typing="strong", int8_route="implicit"), "weakly typed network"),
         (dict(target="trt-fp16", version="8.6.2"), "older than 10.3"),
         (dict(target="trt-fp16", version="10.2.0"), "older than 10.3"),
@@ -312,33 +411,20 @@ def test_int8_plans_and_refusals():
     assert engines.text_plan(implicit).builder_flags == () and engines.text_plan(implicit).typing == "strong"
 
 
-def _bindings(builder_flags, network_flags: dict, calibrator: bool):
-    """The enum members a plan reads from `tensorrt`, as the 10.x and 11.0 Python API pages list them."""
-    namespace = SimpleNamespace(BuilderFlag=SimpleNamespace(**{name: i for i, name in enumerate(builder_flags)}),
-                                NetworkDefinitionCreationFlag=SimpleNamespace(**network_flags))
-    if calibrator:
-        namespace.IInt8EntropyCalibrator2 = object
-    return namespace
-
-
-TRT_10_API = _bindings(["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS", "TF32"],
-                       {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}, calibrator=True)
-TRT_11_API = _bindings(["TF32"], {"STRONGLY_TYPED": 0}, calibrator=False)
-
-
-def test_api_check_and_network_flags_per_version():
-    weak = engines.plan_build("trt-fp16", "10.3.0")
-    assert engines.missing_api(weak, TRT_10_API) == []
-    # A weak plan against 11's bindings names exactly what 11 removed.
-    assert engines.missing_api(weak, TRT_11_API) == ["BuilderFlag.FP16", "BuilderFlag.OBEY_PRECISION_CONSTRAINTS"]
-    implicit = engines.plan_build("trt-int8", "10.3.0", int8_route="implicit")
-    assert "IInt8EntropyCalibrator2" in engines.missing_api(implicit, TRT_11_API)
-    strong = engines.plan_build("trt-fp16", "11.0.0.1")
-    assert engines.missing_api(strong, TRT_11_API) == []
-    # STRONGLY_TYPED is bit 1 on 10.x (after EXPLICIT_BATCH) and bit 0 on 11: read from the enum, never hardcoded.
-    assert engines.network_flag_bits(strong, TRT_10_API) == 2
-    assert engines.network_flag_bits(strong, TRT_11_API) == 1
-    assert engines.network_flag_bits(weak, TRT_10_API) == 0
+def test_required_api_follows_the_plan():
+    """What `missing_api` checks before tracing: the members each plan's build touches (the conformance tests
+    check these names against the real bindings and record that a build touches nothing else)."""
+    strong = engines.required_api(engines.plan_build("trt-int8", "11.4.0.106"))
+    assert "NetworkDefinitionCreationFlag.STRONGLY_TYPED" in strong
+    assert not any(name.startswith(("BuilderFlag.", "ILayer.precision", "IInt8")) for name in strong)
+    weak = engines.required_api(engines.plan_build("trt-fp16", "10.3.0"))
+    assert {"BuilderFlag.FP16", "ILayer.metadata", "ILayer.precision=", "ILayer.set_output_type()"} <= set(weak)
+    implicit = engines.required_api(engines.plan_build("trt-int8", "10.3.0", int8_route="implicit"))
+    assert {"IInt8EntropyCalibrator2()", "IBuilderConfig.set_calibration_profile()"} <= set(implicit)
+    # A read-only property where the code assigns is as missing as an absent one.
+    holder = SimpleNamespace(ITensor=type("ITensor", (), {"dtype": property(lambda self: 0)}))
+    assert engines.missing_api(["ITensor.dtype", "ITensor.dtype=", "ITensor.name"], holder) == ["ITensor.dtype",
+                                                                                               "ITensor.name"]
 
 
 # ----------------------------------------------------------------------------------------------- profiles
@@ -367,13 +453,13 @@ def test_runtime_chunks_calls_beyond_the_profile():
 
 # -------------------------------------------------------------------------------- FP32 layers (weak typing)
 
-def test_layers_map_back_to_onnx_nodes():
-    nodes = {"/a/MatMul", "/a/MatMul_1", "/ln/LayerNormalization"}
-    assert engines.node_of_layer("/a/MatMul", nodes) == "/a/MatMul"
-    assert engines.node_of_layer("/a/MatMul_1", nodes) == "/a/MatMul_1"         # its own node, not /a/MatMul
-    assert engines.node_of_layer("/a/MatMul_1_2", nodes) == "/a/MatMul_1"       # parser's uniqueness suffix
-    assert engines.node_of_layer("/a/MatMul_7", nodes) == "/a/MatMul"
-    assert engines.node_of_layer("ONNXTRT_Broadcast", nodes) is None
+def test_layers_map_back_to_onnx_nodes_through_their_metadata():
+    """Defect 5: onnx-tensorrt writes "[ONNX Layer: <node>]" into every layer it makes for a node; names are not
+    evidence (its `_N` counter is global)."""
+    assert engines.node_of_layer("[ONNX Layer: /a/MatMul]") == "/a/MatMul"
+    assert engines.node_of_layer("[ONNX Layer: /a/MatMul_1]") == "/a/MatMul_1"
+    assert engines.node_of_layer("[ONNX Layer: /f/Add | Local Function: gelu]") == "/f/Add"
+    assert engines.node_of_layer("") is None and engines.node_of_layer("ONNXTRT_Broadcast") is None
 
 
 def test_float32_pins_follow_the_policy():
@@ -381,24 +467,75 @@ def test_float32_pins_follow_the_policy():
         engines.LayerInfo(0, "/ln/LayerNormalization", "NORMALIZATION", ("FLOAT", "FLOAT"), ("FLOAT",)),
         engines.LayerInfo(1, "/attn/Softmax", "SOFTMAX", ("FLOAT",), ("FLOAT",)),
         engines.LayerInfo(2, "/assign/Equal", "ELEMENTWISE", ("FLOAT", "FLOAT"), ("BOOL",)),
-        engines.LayerInfo(3, "/assign/Equal_1", "SHAPE", ("INT64",), ("INT64",)),
+        engines.LayerInfo(3, "/assign/Equal", "SHAPE", ("INT64",), ("INT64",)),
         engines.LayerInfo(4, "/mlp/fc1/MatMul", "MATRIX_MULTIPLY", ("FLOAT", "FLOAT"), ("FLOAT",)),
+        engines.LayerInfo(5, "/assign/MatMul", "MATRIX_MULTIPLY", ("FLOAT", "FLOAT"), ("FLOAT",)),
+        engines.LayerInfo(6, "/assign/MatMul", "CONSTANT", (), ("FLOAT",)),
+        engines.LayerInfo(7, None, "SHUFFLE", ("FLOAT",), ("FLOAT",)),
     ]
-    nodes = {"/ln/LayerNormalization", "/attn/Softmax", "/assign/Equal", "/mlp/fc1/MatMul"}
-    pins = engines.float32_pins(layers, nodes, kept_nodes={"/assign/Equal"})
+    pins = engines.float32_pins(layers, kept_nodes={"/assign/Equal", "/assign/MatMul"})
     # LayerNorm and Softmax by type; the assignment's Equal computes in FP32 with its BOOL output left alone; its
-    # shape-arithmetic helper touches no float; the MLP is free to run in FP16.
-    assert pins == [(0, (0,)), (1, (0,)), (2, ())]
+    # shape-arithmetic helper touches no float; the MLP is free to run in FP16; the assignment MatMul is pinned, its
+    # weight constant is not; the parser's own helper layers (no metadata) are not a node's.
+    assert pins == [(0, (0,)), (1, (0,)), (2, ()), (5, (0,))]
 
 
 def test_kept_float_nodes_of_the_exported_image_graph(fp32_artifact):
-    names, kept = engines.kept_float_nodes(fp32_artifact / "image.onnx")
+    kept = engines.kept_float_nodes(fp32_artifact / "image.onnx")
     ops = {node.name: node.op_type for node in onnx.load(str(fp32_artifact / "image.onnx")).graph.node}
-    assert kept <= names
+    assert kept <= set(ops)
     assert sum(ops[n] == "LayerNormalization" for n in kept) == 39          # every LayerNorm of the image tower
     assert any(n.endswith("/downsample/assign/q_proj/MatMul") for n in kept)  # the grouping assignment
     assert any("/mlp/" in n and ops[n] == "Erf" for n in kept)                # GELU's Erf stays float32…
     assert not any(ops[n] in ("MatMul", "Gemm") and "/assign/" not in n for n in kept)  # …its MatMuls do not
+
+
+def test_int8_qdq_graph_with_an_fp16_float_part(int8_artifact, fp32_artifact):
+    """Defect 4: the graph strongly typed trt-int8 parses. Every Q/DQ scale is FP16 (a strongly typed DQ outputs
+    its scale's type), the FP16 keep-list and the grouping assignment still compute in FP32, and in ONNX Runtime it
+    stays as close to fp32 as the QDQ graph with an fp32 float part."""
+    import onnxruntime
+    from onnx import shape_inference
+    from groupvit_edge.calibration.policy import FP16_KEEP_FLOAT_OPS
+    from groupvit_edge.segmentation.preprocess import load_image, prepare
+    qdq = onnx.load(str(int8_artifact / "image.int8.onnx"))
+    half = engines.qdq_with_fp16_float(qdq)
+    assert {(o.domain, o.version) for o in half.opset_import} == {("", engines.QDQ_FP16_OPSET)}
+    inferred = shape_inference.infer_shapes(half)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    types.update({init.name: init.data_type for init in half.graph.initializer})
+    qdq_nodes = [node for node in half.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq_nodes) == sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in qdq.graph.node)
+    assert {types[node.input[1]] for node in qdq_nodes} == {TensorProto.FLOAT16}
+    kept = [node for node in half.graph.node if node.op_type in FP16_KEEP_FLOAT_OPS or
+            node.name.endswith(("/downsample/assign/MatMul", "/downsample/assign/Softmax"))]
+    assert sum(node.op_type == "LayerNormalization" for node in kept) == 39
+    float_inputs = {types[name] for node in kept for name in node.input
+                    if types.get(name) in (TensorProto.FLOAT, TensorProto.FLOAT16)}
+    assert float_inputs == {TensorProto.FLOAT}
+    weight_products = [node for node in half.graph.node if node.op_type == "MatMul" and "/mlp/" in node.name]
+    assert {types[node.input[0]] for node in weight_products} == {TensorProto.FLOAT16}
+    assert [o.type.tensor_type.elem_type for o in half.graph.output] == [TensorProto.FLOAT] * 3
+    path = int8_artifact.parent / "image.int8-fp16.onnx"
+    onnx.save(half, str(path))
+    report = check_graph(path, "trt-int8")
+    assert report.ok and report.rules("warning") <= {"qdq-pair"}, report.format()
+    windows = np.concatenate([prepare(load_image(photo), read_manifest(int8_artifact).preprocess).windows
+                              for photo in sorted(EVAL_IMAGES.glob("*.jpg"))[:6]])
+
+    def group_embeds(file):
+        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        return session.run(["group_embeds"], {"pixels": windows})[0]
+
+    fp32_float, fp16_float = group_embeds(int8_artifact / "image.int8.onnx"), group_embeds(path)
+    reference = group_embeds(fp32_artifact / "image.onnx")     # same checkpoint and size: the fp32 graph
+    between = np.sum(fp32_float * fp16_float, axis=-1)
+    # FP16 rounding moves activations across INT8 rounding steps, so the two differ by about as much as INT8
+    # differs from fp32 (mean cosine ≈ 0.994 on random:0): mean ≥ 0.99 and min ≥ 0.97 separate that from a
+    # broken conversion (a wrong scale type or a lost keep-list gives cosines far below 0.9).
+    assert between.mean() >= 0.99 and between.min() >= 0.97, (between.mean(), between.min())
+    # Against fp32 it is as good as the fp32-float QDQ graph (0.002: about a third of INT8's own 1 − cosine).
+    assert np.sum(reference * fp16_float, -1).mean() >= np.sum(reference * fp32_float, -1).mean() - 0.002
 
 
 # ------------------------------------------------------------------------------------------------- caches
@@ -462,7 +599,8 @@ def test_trt_artifact_needs_engines_and_falls_back_to_onnx_runtime_here(fp32_art
     artifact = tmp_path / "trt"
     shutil.copytree(fp32_artifact, artifact)
     data = json.loads((artifact / MANIFEST_NAME).read_text())
-    data["engines"] = {graph: {"file": f"{graph}.engine", "format": "tensorrt-engine"} for graph in ("image", "text")}
+    data["engines"] = {graph: {**data["graphs"][graph], "file": f"{graph}.engine", "format": "tensorrt-engine"}
+                       for graph in ("image", "text")}
     data["tensorrt"] = {"version": "10.3.0", "gpu": "Orin (nvgpu)", "compute_capability": "8.7"}
     (artifact / MANIFEST_NAME).write_text(json.dumps(data))
     assert "missing image.engine" in trt_runtime.unsupported_reason(read_manifest(artifact, verify=False))
@@ -481,6 +619,53 @@ def test_trt_artifact_needs_engines_and_falls_back_to_onnx_runtime_here(fp32_art
         trt_runtime.open_runtime(read_manifest(artifact), trt_runtime.Options())
 
 
+class _CudaError(enum.Enum):
+    cudaSuccess = 0
+    cudaErrorInsufficientDriver = 35
+
+
+class _CudaRuntimeOnOldDriver:
+    """cuda-python 13's runtime API on a CUDA 12.6 driver (JetPack 6): every call answers "driver version is
+    insufficient" (cuda-python returns (error, *values); NVIDIA/cutlass#2866: 13.x needs an R580 driver)."""
+    cudaError_t = _CudaError
+
+    def cudaSetDevice(self, device):
+        return (_CudaError.cudaErrorInsufficientDriver,)
+
+    def cudaGetDeviceProperties(self, device):
+        return (_CudaError.cudaErrorInsufficientDriver, None)
+
+
+def test_cuda_python_on_an_older_driver_is_one_sentence_or_falls_back_to_torch(monkeypatch):
+    """Defect 1: open_device_memory("auto") raised a bare RuntimeError from cudaSetDevice."""
+    monkeypatch.setattr(trt_runtime, "cuda_runtime_module", lambda: _CudaRuntimeOnOldDriver())
+    monkeypatch.setattr(trt_runtime, "_torch_cuda", lambda: None)
+    for machine, pin in (("x86_64", "cuda-python>=12.6,<13"), ("aarch64", "cuda-python>=12.6,<12.7")):
+        monkeypatch.setattr(trt_runtime.platform, "machine", lambda: machine)
+        for call in (trt_runtime.open_device_memory, trt_runtime.device_properties):
+            with pytest.raises(UserError) as raised:
+                call()
+            message = str(raised.value)
+            assert "cudaErrorInsufficientDriver" in message and f"pip install '{pin}'" in message
+            assert "\n" not in message
+    with pytest.raises(UserError, match="cudaErrorInsufficientDriver"):
+        trt_runtime.open_device_memory("cuda-python")
+    # With torch CUDA present, "auto" uses it and says why.
+    fake_torch = SimpleNamespace(device=lambda kind, index: (kind, index))
+    monkeypatch.setattr(trt_runtime, "_torch_cuda", lambda: fake_torch)
+    with pytest.warns(UserWarning, match="cudaErrorInsufficientDriver.*using torch CUDA buffers"):
+        assert trt_runtime.open_device_memory("auto").kind == "torch"
+
+
+def test_install_hint_names_jetpack_on_a_jetson():
+    """Defect 2: TensorRT cannot be pip-installed on a Jetson; it comes from JetPack's apt packages."""
+    jetson = trt_runtime.not_installed_message("aarch64")
+    assert "sudo apt install python3-libnvinfer" in jetson and "--system-site-packages" in jetson
+    assert "'cuda-python>=12.6,<12.7'" in jetson and "\n" not in jetson
+    desktop = trt_runtime.not_installed_message("x86_64")
+    assert "pip install groupvit-edge[tensorrt]" in desktop and "apt" not in desktop
+
+
 def test_tensorrt_modules_import_without_torch_or_tensorrt():
     import subprocess
     import sys
@@ -491,6 +676,89 @@ def test_tensorrt_modules_import_without_torch_or_tensorrt():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "weak"
+
+
+# ------------------------------------------------------------- export through the engine step, fake TensorRT
+
+def _export_on_fake_tensorrt(root: Path, label: str, target: str, checkpoint, bpe_path, **options):
+    """`export(..., target)` with the fake `tensorrt` of the real `label` bindings installed: everything but
+    TensorRT itself is real (tracing, precision steps, readiness, drift in ONNX Runtime against the engine, whose
+    fake runs the ONNX it was built from)."""
+    harness.fetch_or_skip(label)
+    world = TensorRTWorld(gpu="Orin (nvgpu)")
+    trt = fake_tensorrt(harness.api_snapshot(label), world)
+    logs = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        install(monkeypatch, trt, world)
+        export(str(checkpoint), root / "trt", target, image_size=224, tokenizer=bpe_path, cache_dir=root / "cache",
+               log=logs.append, **options)
+    return SimpleNamespace(artifact=root / "trt", trt=trt, world=world, logs=logs,
+                           manifest=read_manifest(root / "trt"))
+
+
+@pytest.fixture(scope="module")
+def fake_trt_fp16(tmp_path_factory, random_checkpoint, bpe_path):
+    return _export_on_fake_tensorrt(tmp_path_factory.mktemp("fake-trt-fp16"), "10.3", "trt-fp16",
+                                    random_checkpoint, bpe_path)
+
+
+def _declared(plan) -> tuple[str, ...]:
+    return engines.required_api(plan) + engines.required_api(engines.text_plan(plan)) + trt_runtime.RUNTIME_API
+
+
+def test_weak_fp16_export_on_tensorrt_10_3(fake_trt_fp16):
+    """JetPack 6's path end to end: weakly typed FP16 from the fp32 graph, policy layers pinned by metadata, every
+    bool checked, nothing touched beyond the declared API, and no error TensorRT would report."""
+    done = fake_trt_fp16
+    section = done.manifest.data["tensorrt"]
+    assert section["version"] == "10.3.0" and section["plan"]["typing"] == "weak"
+    plan = engines.plan_build("trt-fp16", "10.3.0")
+    assert done.world.violations == [] and done.trt.recorder.unchecked() == []
+    assert done.trt.recorder.uncovered(_declared(plan)) == []
+    image, text = (json.loads((done.artifact / f"{graph}.engine").read_bytes()) for graph in ("image", "text"))
+    assert (image["strongly_typed"], image["flags"]) == (False, ["FP16", "OBEY_PRECISION_CONSTRAINTS"])
+    assert (text["strongly_typed"], text["flags"]) == (True, [])
+    assert Path(image["onnx"]).name == "image.onnx" and image["verbosity"] == "DETAILED"
+    kept = engines.kept_float_nodes(done.artifact / "image.onnx")
+    pinned = [layer for layer in image["layers"] if layer["precision"]]
+    assert len(pinned) == done.manifest.data["engines"]["image"]["float32_pinned_layers"] > 100
+    assert all(engines.node_of_layer(layer["node"]) in kept or layer["type"] in ("NORMALIZATION", "SOFTMAX")
+               for layer in pinned)
+    assert image["profile"] == {"pixels": [[1, 3, 224, 224], [1, 3, 224, 224], [8, 3, 224, 224]]}
+    assert text["profile"] == {"token_ids": [[1, 77], [64, 77], [256, 77]]}
+
+
+def test_engine_drift_is_measured_against_fp32_onnx_on_every_plan(fake_trt_fp16):
+    """Defect 9, one rule: the image engine is measured against the fp32 ONNX in ONNX Runtime on the drift photos
+    — with no --validation-images, the shipped sample photos — whatever the plan (this one has no reduced graph,
+    so nothing else measures it)."""
+    validation = fake_trt_fp16.manifest.data["validation"]
+    check = validation["drift_vs_fp32"]
+    assert check["reference"].startswith("image.onnx in onnxruntime")
+    assert check["candidate"].startswith("tensorrt 10.3.0 (Orin (nvgpu), fp16")
+    assert "sample photos shipped with groupvit-edge" in check["photos"] and len(check["images"]) == 8
+    # The fake runs the fp32 graph the engine was built from: any difference would be the harness's, not FP16's.
+    assert check["model_level"]["group_embed_cosine"]["min"] > 0.99999
+    assert "drift_vs_fp32_onnxruntime" not in validation
+
+
+@pytest.mark.slow
+def test_strong_int8_export_on_tensorrt_11_parses_the_fp16_float_qdq_graph(tmp_path, random_checkpoint, bpe_path):
+    """Defect 4 end to end on 11.4 (no weak typing): the engine parses image.int8-fp16.onnx, strongly typed, no
+    precision flags; both the graph (ONNX Runtime) and the engine are measured against fp32."""
+    done = _export_on_fake_tensorrt(tmp_path, "11.4", "trt-int8", random_checkpoint, bpe_path,
+                                    calib_dir=CALIB_IMAGES, calib_count=4, calib_method="minmax")
+    plan = engines.plan_build("trt-int8", "11.4.0.106")
+    assert done.world.violations == [] and done.trt.recorder.unchecked() == []
+    assert done.trt.recorder.uncovered(_declared(plan)) == []
+    image = json.loads((done.artifact / "image.engine").read_bytes())
+    assert Path(image["onnx"]).name == "image.int8-fp16.onnx" and image["strongly_typed"] and image["flags"] == []
+    data = done.manifest.data
+    assert data["graphs"]["image"]["file"] == "image.int8-fp16.onnx" and data["graphs"]["image"]["opset"] == 19
+    assert data["precision"]["float_part"] == "fp16" and data["precision"]["engines"] == {"image": "strong",
+                                                                                          "text": "strong"}
+    assert data["validation"]["drift_vs_fp32_onnxruntime"]["candidate"] == "image.int8-fp16.onnx in ONNX Runtime"
+    assert data["validation"]["drift_vs_fp32"]["candidate"].startswith("tensorrt 11.4.0.106")
 
 
 # ------------------------------------------------------------------------------------- with TensorRT only
@@ -548,7 +816,7 @@ def test_int8_engine_from_the_qdq_graph(tmp_path, random_checkpoint, bpe_path, c
            calib_dir=CALIB_IMAGES, calib_count=4, calib_method="minmax",
            validation_images=EVAL_IMAGES / coco_images[0].name, cache_dir=tmp_path / "cache", log=print)
     manifest = read_manifest(tmp_path / "int8")
-    assert manifest.data["tensorrt"]["plan"]["source"] == "qdq"
+    assert manifest.data["tensorrt"]["plan"]["source"] == "qdq-fp16"
     drift = manifest.data["validation"]["drift_vs_fp32"]["model_level"]
     # Same bar as the QDQ graph in ONNX Runtime (test_calibration): a sane INT8 engine stays above 0.98.
     assert drift["group_embed_cosine"]["mean"] > 0.98

@@ -43,7 +43,9 @@ builds but is a trap):
 - qdq-dtype, qdq-zero-point, qdq-scale, qdq-axis, qdq-pair: the explicit-quantization form of [QDQ] and [OP-DOC].
   Errors: DequantizeLinear of INT32 (or any type but INT8/FP8/INT4) data, a scale computed at run time, a
   per-channel Q/DQ of an activation, a per-channel Q/DQ without an `axis` attribute (ONNX defaults the axis to 1,
-  the parser to 0), blocked scales on anything but INT4.
+  the parser to 0), blocked scales on anything but INT4, a UINT8 QuantizeLinear zero point. Warnings: a UINT8
+  DequantizeLinear zero point (the parser uses INT8 and warns), a zero point computed at run time, a Q whose DQ
+  has another scale.
 - fp16-precision: LayerNormalization/Softmax computed in FP16 (warning; TensorRT warns that LayerNorm after
   self-attention may overflow in FP16).
 
@@ -442,6 +444,9 @@ def _check_qdq_node(g: _Graph, node, name: str, add) -> None:
     data, scale_name = node.input[0], node.input[1] if len(node.input) > 1 else ""
     zero_point_name = node.input[2] if len(node.input) > 2 else ""
     data_type = _type_name(g.types[data]) if data in g.types else None
+    producer = g.producers.get(data)
+    if node.op_type == "DequantizeLinear" and producer is not None and producer.op_type == "QuantizeLinear":
+        data_type = None   # the parser's Q layer outputs INT8 (or FP8/INT4) whatever ONNX infers; the Q is checked
     if node.op_type == "DequantizeLinear" and data_type == "UINT8":
         add("error", "qdq-dtype", name, "DequantizeLinear of UINT8 data: the TensorRT 10.3 parser rejects UINT8 "
                                         "Q/DQ inputs; quantize to signed INT8")
@@ -459,10 +464,13 @@ def _check_qdq_node(g: _Graph, node, name: str, add) -> None:
     zero_point = None
     if zero_point_name:
         zero_type = _type_name(g.types[zero_point_name]) if zero_point_name in g.types else None
-        if zero_type == "UINT8":
-            add("error", "qdq-dtype", name, f"{node.op_type} zero point is UINT8: TensorRT's explicit quantization "
-                                            f"is signed INT8 (the parser rejects a UINT8 QuantizeLinear zero "
-                                            f"point); quantize with signed INT8 (QInt8)")
+        if zero_type == "UINT8" and node.op_type == "QuantizeLinear":
+            add("error", "qdq-dtype", name, "QuantizeLinear zero point is UINT8: TensorRT's explicit quantization "
+                                            "is signed INT8 (the parser rejects a UINT8 QuantizeLinear zero "
+                                            "point); quantize with signed INT8 (QInt8)")
+        elif zero_type == "UINT8":
+            add("warning", "qdq-dtype", name, "DequantizeLinear zero point is UINT8: the parser uses INT8 instead "
+                                              "(it warns); quantize with signed INT8 (QInt8)")
         elif zero_type not in (None, "INT8"):
             add("warning", "qdq-dtype", name, f"{node.op_type} zero point is {zero_type}, not INT8: this is not "
                                               f"the INT8 explicit quantization trt-int8 builds")

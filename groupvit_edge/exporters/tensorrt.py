@@ -2,13 +2,14 @@
 
 Which path runs depends on the TensorRT actually installed (`plan_build`, a pure function):
 
-| target   | TensorRT                  | network                  | from ONNX                            | builder flags |
-|----------|---------------------------|--------------------------|--------------------------------------|---------------|
-| trt-fp16 | 10.3 … 10.11 (auto)       | weakly typed             | fp32 (image.onnx)                    | FP16 + OBEY_PRECISION_CONSTRAINTS, policy layers pinned to FP32 |
-| trt-fp16 | ≥ 10.12 (auto), 11        | STRONGLY_TYPED           | FP16 (precision.to_fp16)             | none |
-| trt-int8 | every version (auto)      | STRONGLY_TYPED           | QDQ whose float part is FP16         | none |
-| trt-int8 | 10.x, `tensorrt_typing weak` | weakly typed, Q/DQ    | QDQ (precision.to_int8)              | INT8 + FP16 + OBEY_PRECISION_CONSTRAINTS, policy layers pinned |
-| trt-int8 | 10.x, `int8_route implicit`  | weakly typed + entropy calibrator | fp32                     | INT8 + FP16 + OBEY_PRECISION_CONSTRAINTS, policy layers pinned |
+| target   | TensorRT                     | network, ONNX parsed                   | builder flags                     |
+|----------|------------------------------|----------------------------------------|-----------------------------------|
+| trt-fp16 | 10.3 … 10.11 (auto)          | weak, fp32 (image.onnx)                | FP16, OBEY_PRECISION_CONSTRAINTS¹ |
+| trt-fp16 | ≥ 10.12 (auto), 11           | STRONGLY_TYPED, FP16 (to_fp16)         | none                              |
+| trt-int8 | every version (auto)         | STRONGLY_TYPED, QDQ with FP16 floats   | none                              |
+| trt-int8 | 10.x, `tensorrt_typing weak` | weak, QDQ (to_int8)                    | INT8, FP16, OBEY_PRECISION_…¹     |
+| trt-int8 | 10.x, `int8_route implicit`  | weak, fp32, IInt8EntropyCalibrator2    | INT8, FP16, OBEY_PRECISION_…¹     |
+¹ the policy layers pinned to FP32 (layer precision and output types).
 
 Strongly typed INT8 parses a QDQ graph whose float part is FP16 because the 10.3 parser gives a strongly typed
 DequantizeLinear the output type of its scale (`addDequantize(data, scale, scaleType)`, onnx-tensorrt
@@ -26,7 +27,8 @@ capability and the exact plan (flags, pinned layers, profile).
 
 Version facts used below, with their sources:
 - weak typing deprecated in 10.12: "Weak typing APIs deprecated ... TensorRT will be using strong-typing
-  exclusively in the future" (https://docs.nvidia.com/deeplearning/tensorrt/latest/getting-started/release-notes-10/10.12.0.html)
+  exclusively in the future" (TensorRT 10.12.0 release notes,
+  https://docs.nvidia.com/deeplearning/tensorrt/latest/getting-started/release-notes-10/10.12.0.html)
 - 11 removes it: "TensorRT 11.x removes all weak typing APIs" and "all precision-enabling builder flags such as
   BuilderFlag.FP16 and BuilderFlag.INT8", OBEY_PRECISION_CONSTRAINTS, `int8_calibrator`, `set_calibration_profile`
   (https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html);
@@ -37,7 +39,8 @@ Version facts used below, with their sources:
   are always explicit batch in TensorRT 10.0") and bit 0 on 11.x, where EXPLICIT_BATCH is gone: always read from
   the enum.
 - "Precision-control build flags are not required and should not be specified" with explicit quantization and
-  strong typing (https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html)
+  strong typing (https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/
+  quantized-types-explicit-quantization.html)
 - The parser names a node's extra layers `<node>_<N>` with one counter for the whole network, so a layer name
   does not tell its node; it writes "[ONNX Layer: <node name>]" into `ILayer.metadata` (importerUtils.cpp
   processMetadata, release/10.3-GA), which is what pinning reads.
@@ -561,7 +564,7 @@ def build(job, floats) -> ArtifactParts:
                "text_plan": text_plan(plan).to_manifest(), "workspace_mb": options.workspace_mb,
                "timing_cache": str(timing)}
     precision_record, calibration_record = _precision(job, plan, reduced, graphs, calibration)
-    check = _check_engines(job, floats, graphs, engines, section, job.drift_photos(),
+    check = _check_engines(job, floats, graphs, engines, section, precision_record.compute, job.drift_photos(),
                            reduced.check.budget if reduced else None)
     checks = {"drift_vs_fp32": check}
     if reduced is not None:
@@ -724,7 +727,7 @@ def _precision(job, plan: BuildPlan, reduced, graphs: dict, calibration):
                            details={"engines": engines_typing}), None
 
 
-def _check_engines(job, floats, graphs, engines, section, photos, budget):
+def _check_engines(job, floats, graphs, engines, section, compute: str, photos, budget):
     """The image engine against the fp32 ONNX image graph in ONNX Runtime, on the drift photos — one rule for
     every plan and TensorRT version (the shipped sample photos make it measurable without --validation-images)."""
     from ..metrics.drift import validate_candidate
@@ -733,7 +736,9 @@ def _check_engines(job, floats, graphs, engines, section, photos, budget):
     from . import precision
     reference = OnnxRuntime(job.working_manifest({"image": floats.image, "text": floats.text}))
     labels = precision.drift_labels(job.options)
-    with TensorRTRuntime(job.working_manifest(graphs, engines, tensorrt=section)) as runtime:
+    # The working manifest's precision is the engines' own, so the check names what actually ran.
+    precision = {"target": job.plan.target.name, "compute": compute}
+    with TensorRTRuntime(job.working_manifest(graphs, engines, tensorrt=section, precision=precision)) as runtime:
         drift = validate_candidate(reference, runtime, list(photos.paths), labels=labels)
         check = DriftCheck(f"{floats.image.file} in {reference.description}", runtime.description, photos, labels,
                            drift, budget)

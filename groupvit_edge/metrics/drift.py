@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..options import check_number
 from ..runtimes import Runtime
 from ..runtimes import open as open_runtime
 from ..runtimes.base import ImageEncoding
@@ -266,10 +267,12 @@ def kmeans_prototypes(vectors: np.ndarray, count: int, seed: int = 0, iterations
 def prototype_count(labels) -> int | None:
     if isinstance(labels, str) and labels.startswith(PROTOTYPE_PREFIX):
         try:
-            return int(labels[len(PROTOTYPE_PREFIX):])
+            count = int(labels[len(PROTOTYPE_PREFIX):])
         except ValueError:
-            raise UserError(f"--labels {labels!r}: write prototypes:K with an integer K, e.g. prototypes:16") \
-                from None
+            count = 0
+        if count < 1:
+            raise UserError(f"--labels {labels!r}: write prototypes:K with a whole K ≥ 1, e.g. prototypes:16")
+        return count
     return None
 
 
@@ -320,6 +323,9 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
     started = time.perf_counter()
     if not candidates:
         raise UserError("no --candidate given: pass at least one artifact to compare with the reference")
+    check_number("confident margin", confident_margin, minimum=0.0, maximum=0.999)
+    if prototype_count(labels) is None and labels is not None:
+        parse_labels(labels)                 # a bad vocabulary is refused before any photo is encoded
     paths = list_images(images)
     candidate_runtimes = [_open(source) for source in candidates]
     size = (candidate_runtimes[0].manifest.preprocess.height, candidate_runtimes[0].manifest.preprocess.width)
@@ -410,11 +416,11 @@ def _progress(items, enabled: bool, description: str):
 
 
 def _ground_truth(masks_dir, image_path: Path, class_map: ClassMap, size) -> np.ndarray:
-    from PIL import Image
     mask_path = Path(masks_dir) / f"{image_path.stem}.png"
     if not mask_path.is_file():
         raise UserError(f"no mask {mask_path} for image {image_path.name}: masks must be PNGs named like the images")
-    mask = class_map.convert(np.asarray(Image.open(mask_path)))
+    from .evaluate import read_mask
+    mask = class_map.convert(read_mask(mask_path))
     if mask.shape != tuple(size):
         raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
                         f"{size[1]}x{size[0]}: masks must have the image's size")

@@ -31,6 +31,19 @@ class EvalReport:
         return "\n".join(lines)
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """A single-channel mask PNG as an array; anything else is the user's to fix."""
+    try:
+        with Image.open(path) as mask:
+            if mask.format != "PNG" or mask.mode not in ("L", "P", "I", "I;16"):
+                raise UserError(f"mask {path} is a {mask.format} {mask.mode} image: masks must be single-channel "
+                                f"PNGs of class ids")
+            return np.asarray(mask)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"mask {path} is not a readable PNG ({type(error).__name__}): masks must be "
+                        f"single-channel PNGs of class ids") from None
+
+
 def labelled_pairs(images, masks_dir) -> list[tuple[Path, Path]]:
     """Each photo of `images` paired with `masks_dir/<stem>.png`."""
     masks_dir = Path(masks_dir)
@@ -62,7 +75,7 @@ def evaluate(source, images, masks, classes: str | ClassMap = "coco-object", *, 
             iterator = tqdm(pairs, desc="evaluating", unit="image", leave=False, disable=None)
         for image_path, mask_path in iterator:
             prediction = segmenter.segment(image_path).labels
-            truth = class_map.convert(np.asarray(Image.open(mask_path)))
+            truth = class_map.convert(read_mask(mask_path))
             if truth.shape != prediction.shape:
                 raise UserError(f"mask {mask_path} is {truth.shape[1]}x{truth.shape[0]} but its image is "
                                 f"{prediction.shape[1]}x{prediction.shape[0]}: masks must have the image's size")

@@ -19,8 +19,20 @@ def write_json(data: dict, path: str | Path) -> Path:
 
 
 def write_report(report, encoded, vocabularies, logit_scales, background, class_names, directory) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """The report folder, written like an artifact: built beside it and swapped in, so an interrupted run leaves
+    the previous report or the new one, never truncated PNGs or a mix."""
+    from ..files import replace_directory
+    with replace_directory(directory, ours=_report_entries, what="drift report", announce=False) as staging:
+        _write_report_files(report, encoded, vocabularies, logit_scales, background, class_names, staging)
+    return Path(directory)
+
+
+def _report_entries(directory: Path):
+    from ..files import all_ours
+    return all_ours(directory) if (Path(directory) / "drift.json").is_file() else None
+
+
+def _write_report_files(report, encoded, vocabularies, logit_scales, background, class_names, directory: Path):
     write_json(report.data, directory / "drift.json")
     (directory / "drift.md").write_text(report.to_markdown() + "\n")
     by_path = {str(item.path): item for item in encoded}
@@ -34,7 +46,6 @@ def write_report(report, encoded, vocabularies, logit_scales, background, class_
                 directory / f"{slug}-worst{rank}-{item.path.stem}.png")
         iou_chart(candidate["class_level"]["per_class_iou"], f"per-class IoU vs reference: {candidate['source']}"
                   ).save(directory / f"{slug}-per-class-iou.png")
-    return directory
 
 
 def _slug(text: str) -> str:

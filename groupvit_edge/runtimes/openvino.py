@@ -7,12 +7,15 @@ on devices that have it) is an explicit opt-in, and `description` reports what t
 
 The image graph is compiled with a static batch of one window (what the CPU plugin, NPU and GPU auto-batching
 like best); a batch of windows, or a stream of them, goes through an async request queue, which is what the
-THROUGHPUT hint's streams run in parallel.
+THROUGHPUT hint's streams run in parallel. The runtime may be called from several threads at once: every call
+borrows a request queue of its own.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -163,8 +166,11 @@ class OpenVinoRuntime(Runtime):
         self._image = self._compile("image_ir", config, static_batch=True)
         self.inference_precision = self._ran_precision(self._image)
         self._requests = max(1, int(self._image.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self._queue = ov.AsyncInferQueue(self._image, self._requests)
+        # Infer requests are not shareable between concurrent calls: each call borrows a queue of its own from
+        # this pool and returns it, so threads (and interleaved streams) never touch each other's requests.
+        self._idle_queues: queue.SimpleQueue = queue.SimpleQueue()
         self._text = None    # built on first use: a precomputed vocabulary never needs it
+        self._text_lock = threading.Lock()
         self._text_config = {k: v for k, v in config.items() if k != "NUM_STREAMS"}
 
     # ------------------------------------------------------------------------------------------- compiling
@@ -213,18 +219,31 @@ class OpenVinoRuntime(Runtime):
         def collect(request, index):
             finished[index] = tuple(request.get_tensor(name).data.copy() for name in IMAGE_OUTPUTS)
 
-        self._queue.set_callback(collect)
-        emitted = 0
-        for index, window in enumerate(windows):
-            pixels = np.ascontiguousarray(window, np.float32)
-            self._queue.start_async({"pixels": pixels if pixels.ndim == 4 else pixels[None]}, index)
+        requests = self._borrow_queue()
+        try:
+            requests.set_callback(collect)
+            emitted = 0
+            for index, window in enumerate(windows):
+                pixels = np.ascontiguousarray(window, np.float32)
+                requests.start_async({"pixels": pixels if pixels.ndim == 4 else pixels[None]}, index)
+                while emitted in finished:
+                    yield ImageEncoding(*finished.pop(emitted))
+                    emitted += 1
+            requests.wait_all()
             while emitted in finished:
                 yield ImageEncoding(*finished.pop(emitted))
                 emitted += 1
-        self._queue.wait_all()
-        while emitted in finished:
-            yield ImageEncoding(*finished.pop(emitted))
-            emitted += 1
+        finally:
+            requests.wait_all()
+            self._idle_queues.put(requests)
+
+    def _borrow_queue(self):
+        if self._image is None:
+            raise RuntimeError("the OpenVINO runtime was closed")
+        try:
+            return self._idle_queues.get_nowait()
+        except queue.Empty:
+            return self._ov.AsyncInferQueue(self._image, self._requests)
 
     def encode_image(self, pixels: np.ndarray) -> ImageEncoding:
         parts = list(self.encode_images_async(pixels))
@@ -232,10 +251,11 @@ class OpenVinoRuntime(Runtime):
             *((p.group_embeds, p.image_embed, p.grouping) for p in parts))))
 
     def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
-        if self._text is None:
-            # The text graph runs once per vocabulary: always f32, whatever the image graph runs in.
-            self._text = self._compile("text_ir", self._text_config, static_batch=False,
-                                       precisions={target: "f32" for target in self._physical})
+        with self._text_lock:
+            if self._text is None:
+                # The text graph runs once per vocabulary: always f32, whatever the image graph runs in.
+                self._text = self._compile("text_ir", self._text_config, static_batch=False,
+                                           precisions={target: "f32" for target in self._physical})
         dtype = np.dtype(self.manifest.graphs["text_ir"]["inputs"][0]["dtype"])
         request = self._text.create_infer_request()
         request.infer({"token_ids": np.ascontiguousarray(token_ids, dtype)})
@@ -257,4 +277,5 @@ class OpenVinoRuntime(Runtime):
                 f"{self.inference_precision}, {self.hint}{streams})")
 
     def close(self) -> None:
-        self._queue = self._image = self._text = None
+        self._idle_queues = queue.SimpleQueue()
+        self._image = self._text = None

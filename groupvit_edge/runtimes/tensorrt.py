@@ -167,9 +167,10 @@ def cuda_python_failure(error: CudaError, device: int = 0) -> str:
     """One sentence for a cuda-python that cannot use this machine's CUDA."""
     if error.name == "cudaErrorInsufficientDriver":
         # cuda-python 13 links the CUDA 13 runtime statically: a CUDA 12 driver (JetPack 6: 12.6) is too old.
+        pin = JETSON_CUDA_PYTHON_PIN if platform.machine().lower() == "aarch64" else CUDA_PYTHON_PIN
         return (f"cuda-python {cuda_python_version()} needs a newer CUDA driver than this machine has ({error}): "
-                f"pip install '{JETSON_CUDA_PYTHON_PIN if platform.machine().lower() == 'aarch64' else CUDA_PYTHON_PIN}'"
-                f", the cuda-python of this driver's CUDA 12, or use torch CUDA buffers (--device-memory torch)")
+                f"pip install '{pin}', the cuda-python of this driver's CUDA 12, or use torch CUDA buffers "
+                f"(--device-memory torch)")
     return (f"cuda-python {cuda_python_version()} cannot use CUDA device {device} ({error}): check the driver "
             f"(nvidia-smi, or tegrastats on a Jetson) and --gpu")
 
@@ -258,7 +259,7 @@ class _CudaPythonMemory:
         self.cudart = cudart
         self.call(cudart.cudaSetDevice(device), "cudaSetDevice")
 
-    def call(self, result, call: str = "a CUDA runtime call"):
+    def call(self, result, call: str):
         return _call(self.cudart, result, call)
 
     def stream(self):

@@ -137,14 +137,41 @@ def stitch(windows: list[WindowScores], boxes, canvas_size, original_size, with_
         canvas[rows, top:top + box_h, left:left + box_w] += window.scores[:, :box_h, :box_w]
         coverage[top:top + box_h, left:left + box_w] += 1
     canvas /= coverage
-    resized = resize_bilinear(canvas, *original_size)
-    if not with_margin:
-        best = resized.argmax(axis=0)
-        return classes[best].astype(np.int32), np.take_along_axis(resized, best[None], 0)[0]
-    best, score, runner_up = top_two(resized)
-    if len(classes) == 1:
-        runner_up = np.zeros_like(score)
-    return classes[best].astype(np.int32), score, (score - runner_up) / np.maximum(score, np.finfo(np.float32).tiny)
+    labels = np.empty(original_size, dtype=np.int32)
+    score = np.empty(original_size, dtype=np.float32)
+    margin = np.empty(original_size, dtype=np.float32) if with_margin else None
+    # Band by band: a 24-megapixel photo never holds every class's full-size score map at once.
+    for rows, resized in resize_bilinear_bands(canvas, *original_size):
+        if not with_margin:
+            best = resized.argmax(axis=0)
+            labels[rows], score[rows] = classes[best], np.take_along_axis(resized, best[None], 0)[0]
+            continue
+        best, winning, runner_up = top_two(resized)
+        if len(classes) == 1:
+            runner_up = np.zeros_like(winning)
+        labels[rows], score[rows] = classes[best], winning
+        margin[rows] = (winning - runner_up) / np.maximum(winning, np.finfo(np.float32).tiny)
+    return (labels, score) if not with_margin else (labels, score, margin)
+
+
+RESIZE_BAND_ROWS = 256
+
+
+def resize_bilinear_bands(maps: np.ndarray, height: int, width: int, band: int = RESIZE_BAND_ROWS):
+    """`resize_bilinear(maps, height, width)` as (row slice, [C, rows, width]) bands: the same numbers, without
+    the whole [C, height, width] array in memory at once."""
+    _, in_h, in_w = maps.shape
+    if max(in_h, in_w) <= DENSE_RESIZE_MAX_SOURCE or (in_h, in_w) == (height, width):
+        resized = resize_bilinear(maps, height, width)
+        for start in range(0, height, band):
+            yield slice(start, min(start + band, height)), resized[:, start:start + band]
+        return
+    columns = np.ascontiguousarray(_resize_rows(np.ascontiguousarray(maps.transpose(0, 2, 1)), width)
+                                   .transpose(0, 2, 1))
+    low, high, w_low, w_high = _interpolation_taps(in_h, height)
+    for start in range(0, height, band):
+        rows = slice(start, min(start + band, height))
+        yield rows, columns[:, low[rows], :] * w_low[rows, None] + columns[:, high[rows], :] * w_high[rows, None]
 
 
 def top_two(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

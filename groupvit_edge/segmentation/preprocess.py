@@ -8,6 +8,8 @@ Two ways to fit an arbitrary photo to the fixed export size H×W:
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +86,8 @@ def normalize(pixels: np.ndarray, preprocess: Preprocess) -> np.ndarray:
 
 def prepare(image: Image.Image, preprocess: Preprocess, resize: str | None = None) -> Prepared:
     resize = resize or preprocess.resize
+    if image.width < 1 or image.height < 1:
+        raise UserError(f"an image of {image.width}x{image.height} pixels has nothing to segment: pass a real photo")
     if resize not in RESIZE_MODES:
         raise UserError(f"resize mode {resize!r} is unknown: use one of {', '.join(RESIZE_MODES)}")
     width, height = image.size
@@ -116,22 +120,61 @@ def sliding_windows(height: int, width: int, crop_h: int, crop_w: int, stride_h:
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-def list_images(sources) -> list[Path]:
-    """Files and directories (searched recursively, sorted) → image paths by suffix; a missing path is an error.
-    None (or no sources) means the sample photos shipped with groupvit-edge."""
+@dataclass(frozen=True)
+class FoundImage:
+    path: Path
+    source: Path          # the file or directory the user named
+    relative: Path        # the path below that directory (or the file's name)
+
+
+def find_images(sources) -> list[FoundImage]:
+    """Files and directories (searched recursively, sorted) → images by suffix; a missing path, an unreadable
+    directory or a special file is an error. None (or no sources) means the sample photos shipped with
+    groupvit-edge."""
     if sources is None or (not isinstance(sources, (str, Path)) and len(sources) == 0):
-        from ..assets import sample_photos
-        return sample_photos()
+        from ..assets import SAMPLES, sample_photos
+        return [FoundImage(path, SAMPLES, Path(path.name)) for path in sample_photos()]
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
     found = []
-    for source in ([sources] if isinstance(sources, (str, Path)) else sources):
+    for source in sources:
         path = Path(source)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+            if not os.access(path, os.R_OK | os.X_OK):
+                raise UserError(f"{path} is a directory this user cannot read: fix its permissions or pass "
+                                f"another directory")
+            found.extend(FoundImage(p, path, p.relative_to(path)) for p in sorted(path.rglob("*"))
+                         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif path.is_file():
-            found.append(path)
+            found.append(FoundImage(path, path, Path(path.name)))
+        elif path.exists():
+            raise UserError(f"{path} is neither a file nor a directory (a pipe, socket or device): pass image "
+                            f"files or directories of images")
         else:
             raise UserError(f"{path} does not exist: pass image files or directories of images")
     if not found:
-        raise UserError(f"no images found in {', '.join(map(str, sources if not isinstance(sources, (str, Path)) else [sources]))}: "
-                        f"pass JPEG/PNG files or a directory holding them")
+        raise UserError(f"no images found in {', '.join(map(str, sources))}: pass JPEG/PNG files or a directory "
+                        f"holding them")
     return found
+
+
+def list_images(sources) -> list[Path]:
+    """The paths of `find_images(sources)`."""
+    return [image.path for image in find_images(sources)]
+
+
+def output_names(images: list[FoundImage]) -> list[Path]:
+    """A distinct output name per image, mirroring where it was found: `sub1/x` for DIR/sub1/x.jpg; the suffix is
+    kept where two images differ only by it (x.jpg, x.png), the source's name where two sources clash."""
+    stems = Counter(image.relative.with_suffix("") for image in images)
+    names, taken = [], set()
+    for image in images:
+        stem = image.relative.with_suffix("")
+        options = ([stem] if stems[stem] == 1 else []) + [image.relative, Path(image.source.name) / image.relative]
+        name = next((option for option in options if option not in taken), None)
+        copy = 2
+        while name is None or name in taken:
+            name = stem.with_name(f"{stem.name}-{copy}")
+            copy += 1
+        taken.add(name)
+        names.append(name)
+    return names

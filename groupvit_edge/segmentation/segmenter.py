@@ -38,19 +38,25 @@ class Segmentation:
 
     def label_image(self) -> Image.Image:
         """A paletted PNG whose pixel values are class indices: viewable and machine-readable."""
-        if len(self.class_names) > 256:
-            raise UserError(f"{len(self.class_names)} classes do not fit a paletted PNG: use at most 256 labels")
+        check_label_count(len(self.class_names))
         image = Image.fromarray(self.labels.astype(np.uint8), "P")
         image.putpalette(palette(256).ravel().tolist())
         return image
 
     def overlay(self, alpha: float = 0.55, legend: bool = True) -> Image.Image:
-        colors = palette(len(self.class_names))[self.labels]
-        base = np.asarray(self.image, dtype=np.float32)
-        # Background keeps the photo's own pixels, so the eye goes to what was recognised.
-        weight = np.where(self._is_background()[..., None], 0.0, alpha)
-        blended = Image.fromarray((base * (1 - weight) + colors * weight).round().astype(np.uint8), "RGB")
-        return _draw_legend(blended, self.class_fractions(), self.class_names) if legend else blended
+        colors = palette(len(self.class_names))
+        base = np.asarray(self.image)
+        background = self._is_background()
+        blended = np.empty_like(base)
+        # In bands of rows, in float32: a 24-megapixel photo never needs full-size float copies.
+        for start in range(0, base.shape[0], OVERLAY_BAND_ROWS):
+            rows = slice(start, start + OVERLAY_BAND_ROWS)
+            # Background keeps the photo's own pixels, so the eye goes to what was recognised.
+            weight = np.where(background[rows, :, None], np.float32(0), np.float32(alpha))
+            mixed = base[rows].astype(np.float32) * (1 - weight) + colors[self.labels[rows]] * weight
+            blended[rows] = mixed.round().astype(np.uint8)
+        image = Image.fromarray(blended, "RGB")
+        return _draw_legend(image, self.class_fractions(), self.class_names) if legend else image
 
     def save(self, directory: str | Path, stem: str) -> tuple[Path, Path]:
         from ..files import write_atomic
@@ -59,6 +65,16 @@ class Segmentation:
             path = Path(directory) / f"{stem}.{suffix}.png"
             written.append(write_atomic(path, lambda temporary: image.save(temporary, format="PNG")))
         return written[0], written[1]
+
+
+MAX_LABEL_IMAGE_CLASSES = 256
+OVERLAY_BAND_ROWS = 512
+
+
+def check_label_count(count: int) -> None:
+    if count > MAX_LABEL_IMAGE_CLASSES:
+        raise UserError(f"{count} classes (background included) do not fit a paletted label PNG: use at most "
+                        f"{MAX_LABEL_IMAGE_CLASSES - 1} labels")
 
 
 def palette(count: int) -> np.ndarray:
@@ -124,8 +140,11 @@ class Segmenter:
         self.resize = resize
         self.batch_size = max(1, batch_size)
         self.background_threshold = background_threshold
-        self.vocabulary = Vocabulary.build(runtime, parse_labels(labels) if labels is not None else None,
-                                           templates=templates, tokenizer=tokenizer)
+        names = parse_labels(labels) if labels is not None else None
+        if background_threshold is not None and names and any(n.casefold() == BACKGROUND for n in names):
+            raise UserError(f"--labels has {BACKGROUND!r}, the class pixels without a confident class get: drop it, "
+                            f"or pass --no-background to make it an ordinary class")
+        self.vocabulary = Vocabulary.build(runtime, names, templates=templates, tokenizer=tokenizer)
 
     @classmethod
     def open(cls, source, labels=None, *, backend: str | None = None, templates=None, tokenizer=None,
@@ -135,6 +154,10 @@ class Segmenter:
         runtime = open_runtime(source, backend=backend, **runtime_options)
         return cls(runtime, labels, templates=templates, tokenizer=tokenizer,
                    background_threshold=background_threshold, resize=resize, batch_size=batch_size)
+
+    def check_label_image(self) -> None:
+        """Refuse, before any photo is encoded, a vocabulary too large for the label PNG `save` writes."""
+        check_label_count(len(self.class_names))
 
     @property
     def class_names(self) -> list[str]:

@@ -18,15 +18,24 @@ TEXT_BATCH = 256   # prompts per text-graph call: bounds memory for large vocabu
 
 
 def parse_labels(labels: Sequence[str] | str) -> list[str]:
-    """"cat, dog" or ["cat", "dog"] → ["cat", "dog"]; empty or duplicate names are the user's to fix."""
-    names = [name.strip() for name in (labels.split(",") if isinstance(labels, str) else labels)]
+    """"cat, dog" or ["cat", "dog"] → ["cat", "dog"]; empty names, names that are not text, and names that differ
+    only in case or surrounding spaces (the same class to the text encoder) are the user's to fix."""
+    raw = labels.split(",") if isinstance(labels, str) else list(labels)
+    strange = next((name for name in raw if not isinstance(name, str)), None)
+    if strange is not None:
+        raise UserError(f"label {strange!r} is a {type(strange).__name__}, not text: pass class names as str")
+    names = [name.strip() for name in raw]
     if not names or not any(names):
         raise UserError("--labels is empty: pass at least one class name, e.g. --labels cat,dog")
     if not all(names):
         raise UserError(f"--labels {','.join(names)!r} has an empty class name: remove the stray comma")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise UserError(f"--labels names {duplicates[0]!r} twice: give each class once")
+    seen: dict[str, list[str]] = {}
+    for name in names:
+        seen.setdefault(name.casefold(), []).append(name)
+    repeated = next((spellings for spellings in seen.values() if len(spellings) > 1), None)
+    if repeated:
+        raise UserError(f"--labels names {repeated[0]!r} {len(repeated)} times ({', '.join(repeated)}): the text "
+                        f"encoder lowercases names, so give each class once")
     return names
 
 

@@ -492,6 +492,10 @@ _LAYER_TYPES = {"MatMul": "MATRIX_MULTIPLY", "Gemm": "MATRIX_MULTIPLY", "Conv": 
 # helper; Gemm: the product and the bias add), so the second one gets the `<node>_<N>` name.
 _TWO_LAYER_OPS = {"MatMul": "SHUFFLE", "Gemm": "ELEMENTWISE"}
 PRECISION_FLAGS = ("FP16", "INT8", "BF16", "FP8", "INT4", "FP4")
+# Members that only count or index a list the world keeps in the object's state.
+_COUNTS = {"INetworkDefinition.num_layers": "layers", "ILayer.num_inputs": "inputs", "ILayer.num_outputs": "outputs",
+           "OnnxParser.num_errors": "errors"}
+_ITEMS = {"INetworkDefinition.get_layer": "layers", "ILayer.get_input": "inputs", "ILayer.get_output": "outputs"}
 
 
 def _hooks(*keys):
@@ -506,8 +510,11 @@ class TensorRTWorld:
     """What the fake TensorRT does (see the module docstring). Options make it misbehave the ways TensorRT can."""
 
     def __init__(self, *, gpu: str = "Fake GPU", io_dtypes: dict | None = None, fail_build: bool = False,
-                 reject_calibration_profile: bool = False):
+                 reject_calibration_profile: bool = False, keep_models: bool = False):
         self.gpu, self.io_dtypes, self.fail_build = gpu, dict(io_dtypes or {}), fail_build
+        # Engines run the ONNX they were parsed from; keep_models holds its bytes, for engines that outlive the
+        # file (an export's staging directory is renamed into the artifact).
+        self.keep_models, self.models = keep_models, {}
         self.reject_calibration_profile = reject_calibration_profile
         self.memory: dict[int, np.ndarray] = {}
         self._addresses = itertools.count(0x10000, 0x10000)
@@ -525,6 +532,10 @@ class TensorRTWorld:
             function = getattr(type(self), attribute)
             for key in getattr(function, "_hooks", ()):
                 self._hooks[key] = getattr(self, attribute)
+        for key, state in _COUNTS.items():
+            self._hooks[key] = lambda obj, state=state: len(obj._fake_state[state])
+        for key, state in _ITEMS.items():
+            self._hooks[key] = lambda obj, index, state=state: obj._fake_state[state][index]
 
     def hook(self, key: str):
         return self._hooks.get(key)
@@ -562,14 +573,6 @@ class TensorRTWorld:
         return self.make("INetworkDefinition", flags=flags, strongly_typed=bool(flags & (1 << strong)), layers=[],
                          inputs={}, names=set(), counter=itertools.count())
 
-    @_hooks("INetworkDefinition.num_layers")
-    def network_num_layers(self, network):
-        return len(network._fake_state["layers"])
-
-    @_hooks("INetworkDefinition.get_layer")
-    def network_get_layer(self, network, index):
-        return network._fake_state["layers"][index]
-
     @_hooks("OnnxParser.__init__")
     def parser_init(self, parser, network, logger):
         parser._fake_state.update(network=network, errors=[])
@@ -580,6 +583,8 @@ class TensorRTWorld:
         network = parser._fake_state["network"]
         model = onnx.load(path)
         network._fake_state.update(onnx=str(Path(path).resolve()), model_io=self._model_io(model))
+        if self.keep_models:
+            self.models[network._fake_state["onnx"]] = Path(path).read_bytes()
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
         dtypes = {v.name: v.type.tensor_type.elem_type for v in
                   list(inferred.value_info) + list(inferred.input) + list(inferred.output)}
@@ -622,28 +627,7 @@ class TensorRTWorld:
                            "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]})
         return io
 
-    @_hooks("OnnxParser.num_errors")
-    def parser_num_errors(self, parser):
-        return len(parser._fake_state["errors"])
-
     # -- layers, tensors ---------------------------------------------------------------------------------
-
-    @_hooks("ILayer.num_inputs")
-    def layer_num_inputs(self, layer):
-        return len(layer._fake_state["inputs"])
-
-    @_hooks("ILayer.num_outputs")
-    def layer_num_outputs(self, layer):
-        return len(layer._fake_state["outputs"])
-
-    @_hooks("ILayer.get_input")
-    def layer_get_input(self, layer, index):
-        return layer._fake_state["inputs"][index]
-
-    @_hooks("ILayer.get_output")
-    def layer_get_output(self, layer, index):
-        return layer._fake_state["outputs"][index]
-
     def _weakly_typed_only(self, layer, what: str) -> None:
         if layer._fake_state["network"]._fake_state["strongly_typed"]:
             self.violations.append(f"{what} of {layer._fake_state['name']} set in a strongly typed network")
@@ -745,7 +729,8 @@ class TensorRTWorld:
             cfg["timing_cache"]._fake_state["entries"] += 1
         layers = [{"name": l._fake_state["name"], "type": l._fake_state["type"].name,
                    "node": l._fake_state["metadata"], "precision": getattr(l._fake_state.get("precision"), "name", None),
-                   "output_types": {str(i): t.name for i, t in l._fake_state["output_types"].items()}}
+                   "output_types": {str(i): t.name for i, t in l._fake_state["output_types"].items()},
+                   "output_dtypes": [t._fake_state["dtype"].name for t in l._fake_state["outputs"]]}
                   for l in net["layers"]]
         description = {"fake_tensorrt_engine": self.trt.__version__, "onnx": net["onnx"],
                        "strongly_typed": net["strongly_typed"], "flags": cfg["flags"],
@@ -881,7 +866,8 @@ class TensorRTWorld:
         import onnxruntime
         session = self._sessions.get(engine["onnx"])
         if session is None:
-            session = onnxruntime.InferenceSession(engine["onnx"], providers=["CPUExecutionProvider"])
+            source = self.models.get(engine["onnx"], engine["onnx"])
+            session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
             self._sessions[engine["onnx"]] = session
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds)))
@@ -898,8 +884,12 @@ class TensorRTWorld:
         layer = description["layers"][index]
         if description["verbosity"] != "DETAILED":
             return json.dumps(layer["name"])
-        precision = layer["precision"] or ("HALF" if "FP16" in description["flags"] or any(
-            spec["dtype"] == "HALF" for spec in description["io"]) else "FLOAT")
+        if layer["precision"]:
+            precision = layer["precision"]
+        elif description["strongly_typed"]:     # every tensor's type is the graph's
+            precision = "HALF" if "HALF" in layer["output_dtypes"] else "FLOAT"
+        else:
+            precision = "HALF" if "FP16" in description["flags"] else "FLOAT"
         text = {"FLOAT": "Row major linear FP32 format", "HALF": "Row major linear FP16 format"}[precision]
         if layer["type"] in ("MATRIX_MULTIPLY", "CONVOLUTION") and "int8" in description["onnx"]:
             text = "Thirty-two wide channel vectorized row major Int8 format."
@@ -954,3 +944,82 @@ class FakeBuffer:
         if self.ptr:
             self.world.free(self.ptr)
             self.ptr = 0
+
+
+# ------------------------------------------------------------------------------------------ test helpers
+
+def install(monkeypatch, trt, world: TensorRTWorld, device: dict | None = None) -> None:
+    """Make groupvit_edge see `trt` as the installed TensorRT, with the world's GPU and device memory."""
+    from groupvit_edge.runtimes import tensorrt as runtime
+    device = device or {"gpu": world.gpu, "compute_capability": "8.7"}
+    runtime.tensorrt_logger.cache_clear()
+    monkeypatch.setattr(runtime, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(runtime, "device_properties", lambda index=0: dict(device))
+    monkeypatch.setattr(runtime, "open_device_memory", lambda kind="auto", index=0: FakeDeviceMemory(world))
+
+
+def _save(model, path: Path) -> Path:
+    import onnx
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def probe_image_graph(path: Path, size: int = 8, opset: int = 17) -> Path:
+    """A tiny image graph with GroupViT's I/O (pixels[batch,3,S,S] → group_embeds[batch,2,4], image_embed[batch,4],
+    grouping[batch,2,2,2]) and the ops pinning cares about: LayerNormalization, Softmax, Erf, an assignment MatMul
+    (its name matches the precision policy) and weight MatMuls, each output row depending on its input row only."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    features = 3 * size * size
+
+    def weight(name, shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32), name)
+
+    assign = "/vision_model/encoder/stages.0/downsample/assign"
+    nodes = [
+        helper.make_node("Reshape", ["pixels", "flat_shape"], ["flat"], name="/vision_model/embeddings/Reshape"),
+        helper.make_node("MatMul", ["flat", "w_embed"], ["embedded"], name="/vision_model/embeddings/MatMul"),
+        helper.make_node("Erf", ["embedded"], ["activated"], name="/vision_model/encoder/mlp/activation_fn/Erf"),
+        helper.make_node("LayerNormalization", ["activated", "gamma", "beta"], ["normed"], axis=-1,
+                         name="/vision_model/encoder/layer_norm/LayerNormalization"),
+        helper.make_node("MatMul", ["normed", "w_assign"], ["logits"], name=f"{assign}/MatMul"),
+        helper.make_node("Softmax", ["logits"], ["soft"], axis=-1, name=f"{assign}/Softmax"),
+        helper.make_node("Reshape", ["soft", "grouping_shape"], ["grouping"], name=f"{assign}/Reshape"),
+        helper.make_node("MatMul", ["normed", "w_group"], ["groups"], name="/vision_model/group_projector/MatMul"),
+        helper.make_node("Reshape", ["groups", "group_shape"], ["group_embeds"],
+                         name="/vision_model/group_projector/Reshape"),
+        helper.make_node("MatMul", ["normed", "w_image"], ["image_embed"], name="/visual_projection/MatMul"),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([-1, features], np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([-1, 2, 2, 2], np.int64), "grouping_shape"),
+        numpy_helper.from_array(np.array([-1, 2, 4], np.int64), "group_shape"),
+        weight("w_embed", (features, 8)), weight("w_assign", (8, 8)), weight("w_group", (8, 8)),
+        weight("w_image", (8, 4)),
+        numpy_helper.from_array(np.ones(8, np.float32), "gamma"), numpy_helper.from_array(np.zeros(8, np.float32), "beta"),
+    ]
+    graph = helper.make_graph(
+        nodes, "probe", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("group_embeds", TensorProto.FLOAT, ["batch", 2, 4]),
+         helper.make_tensor_value_info("image_embed", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("grouping", TensorProto.FLOAT, ["batch", 2, 2, 2])], initializers)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+
+
+def name_collision_graph(path: Path) -> Path:
+    """x[batch,4] → /blk/fc/MatMul → /blk/MatMul → /blk/MatMul_1 → y. torch names a scope's second MatMul
+    `MatMul_1`; the parser names the helper layer of /blk/MatMul `/blk/MatMul_1` too (its counter is at 1 by
+    then), and /blk/MatMul_1's own layer becomes `/blk/MatMul_1_2`: only the metadata tells them apart."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(1)
+    names = ["/blk/fc/MatMul", "/blk/MatMul", "/blk/MatMul_1"]
+    nodes, initializers, previous = [], [], "x"
+    for index, name in enumerate(names):
+        out = "y" if index == len(names) - 1 else f"h{index}"
+        nodes.append(helper.make_node("MatMul", [previous, f"w{index}"], [out], name=name))
+        initializers.append(numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), f"w{index}"))
+        previous = out
+    graph = helper.make_graph(nodes, "collision", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], initializers)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
