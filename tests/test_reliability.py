@@ -308,3 +308,37 @@ def test_a_drift_report_replaces_the_previous_one_whole(onnx_artifact, tmp_path)
         measure_drift(onnx_artifact, [onnx_artifact], [photo], labels="prototypes:4", report_dir=foreign,
                       progress=False)
     assert (foreign / "holiday.jpg").exists()
+
+
+# ------------------------------------------------------------------------------------------------ fidelity
+
+def test_the_opencv_resample_is_mmsegs_resize_on_real_photos(onnx_artifact):
+    """mmcv.imresize is cv2.resize(INTER_LINEAR); --resample opencv gives exactly its canvas. Pillow (the default)
+    anti-aliases when it shrinks: the difference is measured here and stated in docs/benchmarks.md."""
+    cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is in the dev extra")
+    from groupvit_edge.artifact import read_manifest
+    from groupvit_edge.segmentation.preprocess import load_image, normalize, prepare
+    preprocess = read_manifest(onnx_artifact).preprocess
+    differences = []
+    for photo in sorted(EVAL_IMAGES.glob("*.jpg"))[:10]:
+        image = load_image(photo)
+        ours = prepare(image, preprocess, resample="opencv")
+        height, width = ours.canvas_size
+        expected = normalize(cv2.resize(np.asarray(image), (width, height), interpolation=cv2.INTER_LINEAR),
+                             preprocess)
+        top, left, box_h, box_w = ours.boxes[0]
+        np.testing.assert_array_equal(ours.windows[0][:, :box_h, :box_w], expected[:, top:top + box_h, left:left + box_w])
+        pillow = prepare(image, preprocess)
+        differences.append(float(np.abs(pillow.windows - ours.windows).mean() * np.mean(preprocess.std)))
+    print(f"Pillow vs OpenCV canvas, mean abs difference in intensity levels: {np.mean(differences):.2f}")
+    with pytest.raises(UserError, match="--resample 'lanczos' is unknown"):
+        prepare(image, preprocess, resample="lanczos")
+
+
+def test_eval_with_the_paper_resize(onnx_artifact, tmp_path):
+    pytest.importorskip("cv2", reason="opencv-python-headless is in the dev extra")
+    from conftest import EVAL_MASKS
+    done = cli("eval", onnx_artifact, "--images", sorted(EVAL_IMAGES.glob("*.jpg"))[0], "--masks", EVAL_MASKS,
+               "--resample", "opencv", "--json", tmp_path / "eval.json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["resample"] == "opencv"

@@ -60,14 +60,14 @@ def labelled_pairs(images, masks_dir) -> list[tuple[Path, Path]]:
 
 
 def evaluate(source, images, masks, classes: str | ClassMap = "coco-object", *, backend: str | None = None,
-             limit: int | None = None, resize: str | None = None, progress: bool = True,
-             **runtime_options) -> EvalReport:
+             limit: int | None = None, resize: str | None = None, resample: str = "pillow",
+             progress: bool = True, **runtime_options) -> EvalReport:
     """The paper's protocol on `images` (files or directories) with ground truth in `masks` (a directory)."""
     class_map = classes if isinstance(classes, ClassMap) else resolve(classes)
     pairs = labelled_pairs(images, masks)[:limit]
     confusion = ConfusionMatrix(len(class_map.class_names))
     started = time.perf_counter()
-    with Segmenter.open(source, class_map.foreground, backend=backend, resize=resize,
+    with Segmenter.open(source, class_map.foreground, backend=backend, resize=resize, resample=resample,
                         background_threshold=BACKGROUND_THRESHOLD, **runtime_options) as segmenter:
         iterator = pairs
         if progress:
@@ -84,7 +84,7 @@ def evaluate(source, images, masks, classes: str | ClassMap = "coco-object", *, 
     iou = confusion.iou
     return EvalReport({
         "schema": SCHEMA, "source": str(source), "backend": backend_description, "masks": str(masks),
-        "classes": class_map.name, "images": len(pairs), "miou": 100.0 * confusion.mean_iou,
+        "classes": class_map.name, "resample": resample, "images": len(pairs), "miou": 100.0 * confusion.mean_iou,
         "pixel_accuracy": 100.0 * confusion.pixel_accuracy,
         "per_class_iou": {name: (None if np.isnan(v) else 100.0 * v) for name, v in zip(class_map.class_names, iou)},
         "seconds": time.perf_counter() - started,

@@ -84,7 +84,30 @@ def normalize(pixels: np.ndarray, preprocess: Preprocess) -> np.ndarray:
     return ((pixels.astype(np.float32) - mean) * inv_std).transpose(2, 0, 1)
 
 
-def prepare(image: Image.Image, preprocess: Preprocess, resize: str | None = None) -> Prepared:
+def resize_image(image: Image.Image, size: tuple[int, int], resample: str = "pillow") -> np.ndarray:
+    """HxWx3 uint8 of `image` at (width, height) = `size`.
+
+    "pillow": Pillow's bilinear, which widens its filter when it shrinks (anti-aliased); the default.
+    "opencv": OpenCV's INTER_LINEAR, which does not — mmcv's `imresize`, so GroupViT's mmseg evaluation exactly
+    (needs opencv-python-headless: pip install groupvit-edge[opencv]). On the 50 COCO eval photos (640 px, shrunk
+    to a 448 px short side) the two differ by 0.43 intensity levels on average; docs/benchmarks.md has the figures.
+    """
+    if resample == "pillow":
+        return np.asarray(image.resize(size, Image.BILINEAR))
+    if resample == "opencv":
+        try:
+            import cv2
+        except ImportError:
+            raise UserError("--resample opencv needs OpenCV: pip install groupvit-edge[opencv]") from None
+        return cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_LINEAR)
+    raise UserError(f"--resample {resample!r} is unknown: use one of {', '.join(RESAMPLES)}")
+
+
+RESAMPLES = ("pillow", "opencv")
+
+
+def prepare(image: Image.Image, preprocess: Preprocess, resize: str | None = None,
+            resample: str = "pillow") -> Prepared:
     resize = resize or preprocess.resize
     if image.width < 1 or image.height < 1:
         raise UserError(f"an image of {image.width}x{image.height} pixels has nothing to segment: pass a real photo")
@@ -98,7 +121,7 @@ def prepare(image: Image.Image, preprocess: Preprocess, resize: str | None = Non
         scale = min(short / min(height, width), short * LONG_SIDE_RATIO / max(height, width))
     # mmcv's rescale_size rounds with int(x + 0.5)
     canvas_h, canvas_w = max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
-    canvas = normalize(np.asarray(image.resize((canvas_w, canvas_h), Image.BILINEAR)), preprocess)
+    canvas = normalize(resize_image(image, (canvas_w, canvas_h), resample), preprocess)
     boxes = sliding_windows(canvas_h, canvas_w, preprocess.height, preprocess.width, *preprocess.stride)
     windows = np.zeros((len(boxes), 3, preprocess.height, preprocess.width), dtype=np.float32)
     for window, (top, left, box_h, box_w) in zip(windows, boxes):

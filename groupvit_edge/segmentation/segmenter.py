@@ -133,11 +133,12 @@ class Segmenter:
 
     def __init__(self, runtime: Runtime, labels: Sequence[str] | str | None = None, *, templates=None,
                  tokenizer=None, background_threshold: float | None = BACKGROUND_THRESHOLD,
-                 resize: str | None = None, batch_size: int = 4):
+                 resize: str | None = None, resample: str = "pillow", batch_size: int = 4):
         self.runtime = runtime
         self.manifest = runtime.manifest
         self.preprocess = self.manifest.preprocess
         self.resize = resize
+        self.resample = resample
         self.batch_size = max(1, batch_size)
         self.background_threshold = background_threshold
         names = parse_labels(labels) if labels is not None else None
@@ -149,11 +150,13 @@ class Segmenter:
     @classmethod
     def open(cls, source, labels=None, *, backend: str | None = None, templates=None, tokenizer=None,
              background_threshold: float | None = BACKGROUND_THRESHOLD, resize: str | None = None,
+             resample: str = "pillow",
              batch_size: int = 4, **runtime_options) -> "Segmenter":
         """An artifact directory (best installed backend) or a checkpoint (PyTorch reference)."""
         runtime = open_runtime(source, backend=backend, **runtime_options)
         return cls(runtime, labels, templates=templates, tokenizer=tokenizer,
-                   background_threshold=background_threshold, resize=resize, batch_size=batch_size)
+                   background_threshold=background_threshold, resize=resize, resample=resample,
+                   batch_size=batch_size)
 
     def check_label_image(self) -> None:
         """Refuse, before any photo is encoded, a vocabulary too large for the label PNG `save` writes."""
@@ -166,7 +169,7 @@ class Segmenter:
 
     def prepare(self, image) -> tuple[Image.Image, Prepared]:
         picture = load_image(image)
-        return picture, prepare(picture, self.preprocess, self.resize)
+        return picture, prepare(picture, self.preprocess, self.resize, self.resample)
 
     def encode(self, prepared: Prepared) -> ImageEncoding:
         return encode_windows(self.runtime, prepared.windows, self.batch_size)
