@@ -118,7 +118,9 @@ def _runtime_options(function):
 
 
 def _given(values: dict) -> dict:
-    return {name: value for name, value in values.items() if value not in (None, (), False)}
+    """The options the user gave: not None, not an unset flag, not an empty repeatable (0 is a given number)."""
+    return {name: value for name, value in values.items()
+            if value is not None and value is not False and value != ()}
 
 
 def _runtime_values(values: dict) -> dict:

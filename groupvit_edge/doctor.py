@@ -7,19 +7,6 @@ import sys
 
 PACKAGES = ("numpy", "PIL", "torch", "onnx", "onnxsim", "onnxconverter_common", "onnxruntime", "openvino", "nncf",
             "tensorrt")
-# target → (packages needed to build it, backend that runs it)
-_BASE = ("torch", "onnx", "onnxsim")
-TARGETS = {"onnx": (_BASE, "onnxruntime"),
-           "onnx-fp16": (_BASE + ("onnxconverter_common",), "onnxruntime"),
-           "onnx-int8": (_BASE + ("nncf",), "onnxruntime"),
-           "onnx-int8-dynamic": (_BASE + ("onnxruntime",), "onnxruntime"),
-           "openvino-fp32": (_BASE + ("openvino",), "openvino"),
-           "openvino-fp16": (_BASE + ("openvino",), "openvino"),
-           "openvino-int8": (_BASE + ("openvino", "nncf"), "openvino"),
-           "trt-fp16": (_BASE + ("tensorrt",), "tensorrt"),
-           "trt-int8": (_BASE + ("tensorrt",), "tensorrt")}
-
-
 def _version(module_name: str) -> str | None:
     try:
         module = importlib.import_module(module_name)
@@ -61,11 +48,25 @@ def report() -> str:
     lines += ["", "devices:"]
     lines += [f"  {backend:<12} {', '.join(found)}" for backend, found in env["devices"].items()] or ["  none"]
     lines += ["", "targets:"]
-    for target, (needs, runner) in TARGETS.items():
-        missing = [name for name in needs if not env["packages"][name]]
-        build = "can build" if not missing else f"cannot build (missing {', '.join(missing)})"
-        run = "can run" if env["packages"][runner] else f"cannot run (pip install groupvit-edge[{runner}])"
-        lines.append(f"  {target:<14} {build}; {run}")
-    if not env["packages"]["tensorrt"]:
-        lines.append("  trt-*          TensorRT is not installed here (needs an NVIDIA GPU; see DEVELOPERS.md)")
+    lines += [f"  {name:<18} {build}; {run}" for name, build, run in target_readiness()]
     return "\n".join(lines)
+
+
+def target_readiness() -> list[tuple[str, str, str]]:
+    """(target, can it be built here, can it be run here): the export's own plan check, asked of each target."""
+    import tempfile
+    from .exporters.options import ExportOptions
+    from .exporters.plan import backend_option_groups, check, plan, targets
+    from .runtimes import backend_module
+    options = ExportOptions.from_values(backend_option_groups())
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, target in targets().items():
+            problems = check(plan("random:0", name, f"{scratch}/{name}", options))
+            build = "can build" if not problems else f"cannot build ({problems[0].split(';')[0]})"
+            module = backend_module(target.runs_on)
+            hint = module.install_hint() if hasattr(module, "install_hint") else \
+                f"pip install groupvit-edge[{module.EXTRA}]"
+            run = "can run" if module.is_installed() else f"cannot run ({hint})"
+            rows.append((name, build, run))
+    return rows

@@ -155,6 +155,9 @@ def test_a_bad_prototype_count_is_refused_before_any_photo_is_encoded(onnx_artif
     (["export", "--model", "random:0", "--max-drop", "nan", "--target", "onnx-int8", "--out", "{tmp}/a"],
      "--max-drop nan is out of range"),
     (["export", "--model", "random:0", "--image-size", "10000", "--out", "{tmp}/a"], "GB for one window"),
+    (["export", "--model", "random:0", "--target", "onnx-int8", "--calib-count", "0", "--out", "{tmp}/a"],
+     "--calib-count 0 is out of range"),
+    (["segment", "{art}", "--threads", "0", "--out", "{tmp}/a"], "--threads 0 is out of range"),
 ])
 def test_numbers_out_of_range_are_refused_at_parse_time(onnx_artifact, tmp_path, args, needle):
     values = {"art": onnx_artifact, "images": EVAL_IMAGES, "tmp": tmp_path}

@@ -73,7 +73,8 @@ def choose_backend(source, backend: str | None = None) -> tuple[str, object]:
     usable = [(name, module) for name, module, reason in reasons if reason is None]
     if usable:
         name, module = usable[0]
-        raise UserError(f"{source} needs {name}, which is not installed: pip install groupvit-edge[{module.EXTRA}]")
+        hint = module.install_hint() if hasattr(module, "install_hint") else f"pip install groupvit-edge[{module.EXTRA}]"
+        raise UserError(f"{source} needs {name}, which is not installed: {hint}")
     detail = "; ".join(f"{name}: {reason}" for name, _, reason in reasons) or "no backend module"
     raise UserError(f"no backend can run {source} ({detail}); re-export it for a backend installed here")
 

@@ -18,7 +18,9 @@ test process must never see these stubs in place of a real TensorRT):
     snapshot = api_snapshot("11.4")   # JSON-able; see describe_module for its layout
 
 Everything downloaded or built lives in `cache_root()`; a version that cannot be fetched raises
-`BindingsUnavailable`, which tests turn into a skip with its reason (`fetch_or_skip`).
+`BindingsUnavailable`, which tests turn into a skip with its reason (`fetch_or_skip`; a failure instead when
+GROUPVIT_EDGE_REQUIRE_TENSORRT_BINDINGS=1). `tensorrt_harness.fake` turns a snapshot into a recording stand-in for
+the `tensorrt` module with exactly that version's API, for the builder and runtime flows no stub can run.
 
 This package must not be called `tensorrt_bindings`: pytest puts tests/ first on sys.path, and the real
 `tensorrt` package does `from tensorrt_bindings import *`.
