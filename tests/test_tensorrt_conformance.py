@@ -393,6 +393,32 @@ def test_runtime_pads_below_the_profile_minimum_and_chunks_above_its_maximum(lab
     assert len(world.freed) == 4                   # pixels and the three outputs
 
 
+def test_concurrent_callers_of_one_session_get_their_own_answers(label, snapshot, tmp_path):
+    """One execution context and one set of buffers: 8 threads calling at once must not mix their outputs."""
+    import threading
+    world = TensorRTWorld()
+    _, session = _session(snapshot, tmp_path, world)
+    batches = [np.random.default_rng(seed).standard_normal((3, 3, 8, 8)).astype(np.float32) for seed in range(8)]
+    expected = [session.run({"pixels": batch})["group_embeds"] for batch in batches]
+    results, errors = {}, []
+
+    def call(index):
+        try:
+            for _ in range(5):
+                results.setdefault(index, []).append(session.run({"pixels": batches[index]})["group_embeds"])
+        except Exception as error:        # reported by the assertion below
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert all(np.array_equal(output, expected[index]) for index, outputs in results.items() for output in outputs)
+    session.close()
+
+
 def test_engine_with_io_numpy_cannot_hold_is_a_sentence(label, snapshot, tmp_path):
     """Defect 6: nptype raises TypeError for BF16 (the old `None` branch could never run)."""
     with pytest.raises(UserError, match="group_embeds of type BF16, which numpy cannot hold"):

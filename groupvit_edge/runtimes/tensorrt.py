@@ -19,6 +19,7 @@ import json
 import math
 import platform
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -462,6 +463,7 @@ class EngineSession:
 
     def __init__(self, trt, runtime, path, memory, stream):
         self.trt, self.memory, self.stream, self.path = trt, memory, stream, path
+        self._lock = threading.Lock()
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             # deserialize_cuda_engine "Returns: The ICudaEngine, or None if it could not be deserialized."
@@ -505,6 +507,11 @@ class EngineSession:
                             f"{', '.join(map(str, expected))}]: prepare inputs at the artifact's export size")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # One execution context and one set of buffers: concurrent callers take turns.
+        with self._lock:
+            return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(next(iter(feeds.values())))
         if count == 0:
             raise UserError(f"no {', '.join(self.inputs)} to encode: pass at least one")
@@ -581,6 +588,7 @@ class TensorRTRuntime(Runtime):
         self._runtime = trt.Runtime(tensorrt_logger(trt))
         self._image = self._session("image")
         self._text = None    # built on first use: a precomputed vocabulary never needs it
+        self._text_lock = threading.Lock()
 
     def _session(self, graph: str) -> EngineSession:
         path = self.manifest.engine_path(graph)
@@ -591,8 +599,9 @@ class TensorRTRuntime(Runtime):
         return ImageEncoding(outputs["group_embeds"], outputs["image_embed"], outputs["grouping"])
 
     def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
-        if self._text is None:
-            self._text = self._session("text")
+        with self._text_lock:
+            if self._text is None:
+                self._text = self._session("text")
         return self._text.run({"token_ids": token_ids})["text_embeds"]
 
     def layer_precisions(self, graph: str = "image") -> list[LayerPrecision]:
