@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from groupvit_edge import runtimes
+from groupvit_edge.artifact import read_manifest
 from groupvit_edge.errors import UserError
 from groupvit_edge.exporters import export
 from groupvit_edge.segmentation import Segmenter
@@ -244,9 +245,16 @@ def test_a_damaged_manifest_field_is_one_sentence(onnx_artifact, tmp_path, field
 
 # ---------------------------------------------------------------------------------- writers and leftovers
 
-def test_export_over_user_files_is_refused_and_force_keeps_them(tmp_path):
+def test_replacing_an_artifact_says_so_refuses_user_files_and_force_keeps_them(tmp_path):
+    """Export issue failure 5 (a re-export silently replaced the directory and its vocab.npz) and reliability
+    item 5 (a re-export deleted NOTES.txt and results/)."""
     out = tmp_path / "art"
-    export("random:0", out, image_size=SIZE, log=quiet)
+    export("random:0", out, image_size=SIZE, labels="cat,dog", log=quiet)
+    logs = []
+    export("random:0", out, image_size=SIZE, log=logs.append)
+    assert any(line.startswith(f"replacing the artifact in {out}") for line in logs)
+    assert not (out / "vocab.npz").exists() and "vocabulary" not in read_manifest(out).data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]      # no staging or retired copy left
     (out / "NOTES.txt").write_text("mine")
     (out / "results").mkdir()
     (out / "results" / "table.csv").write_text("1,2")

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from ..segmentation.preprocess import load_image
 from ..segmentation.segmenter import Segmentation, label_map, palette
+from .html_report import worst_photo_panels, write_html
 
 DISAGREE = (255, 40, 40)
 
@@ -46,6 +47,7 @@ def _write_report_files(report, encoded, vocabularies, logit_scales, background,
                 directory / f"{slug}-worst{rank}-{item.path.stem}.png")
         iou_chart(candidate["class_level"]["per_class_iou"], f"per-class IoU vs reference: {candidate['source']}"
                   ).save(directory / f"{slug}-per-class-iou.png")
+    write_html(report.data, worst_photo_panels(report.data, directory), directory / "report.html")
 
 
 def _slug(text: str) -> str:
