@@ -20,6 +20,7 @@ from .errors import UserError
 
 SCHEMA_VERSION = 2           # 2: every file the manifest names carries its sha256
 MANIFEST_NAME = "manifest.json"
+TUNED_NAME = "tuned.json"        # written by `tune` on the device; ours, though not in the manifest
 # GroupViT's evaluation normalises with the ImageNet statistics (mmseg's Normalize, to_rgb=True).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -102,12 +103,13 @@ class Manifest:
         """(what, relative path, sha256) of every file the manifest names: graphs, IR weights, engines,
         tokenizer files and the precomputed vocabulary."""
         named = []
-        for graph, record in self.graphs.items():
-            named.append((f"{graph} graph", record["file"], record.get("sha256")))
+        for role, record in self.graphs.items():
+            what = f"{role.split('_')[0]} graph, {record.get('format', '?')}"
+            named.append((what, record["file"], record.get("sha256")))
             if "weights" in record:
-                named.append((f"{graph} graph weights", record["weights"], record.get("weights_sha256")))
-        for graph, record in (self.data.get("engines") or {}).items():
-            named.append((f"{graph} engine", record["file"], record.get("sha256")))
+                named.append((f"{what} weights", record["weights"], record.get("weights_sha256")))
+        for role, record in (self.data.get("engines") or {}).items():
+            named.append((f"{role} engine", record["file"], record.get("sha256")))
         tokenizer = self.data.get("tokenizer")
         if tokenizer:
             digests = tokenizer.get("sha256") or {}
@@ -295,7 +297,7 @@ def owned_entries(directory: Path) -> set[Path] | None:
         named = Manifest(data, Path(directory)).files()    # any schema: an older artifact is still ours to replace
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-    return {Path(MANIFEST_NAME), *(Path(relative) for _, relative, _ in named)}
+    return {Path(MANIFEST_NAME), Path(TUNED_NAME), *(Path(relative) for _, relative, _ in named)}
 
 
 def sha256_file(path: str | Path) -> str:

@@ -326,6 +326,43 @@ def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, ba
         click.echo(f"\nwrote {json_path}")
 
 
+@cli.command(epilog="Example:\n\n  groupvit-edge tune artifacts/ov-int8 --images photos/ --max-drop 1.0 "
+             "--labels cat,dog,grass")
+@click.argument("artifact")
+@click.option("--images", multiple=True, help=IMAGES_HELP)
+@click.option("--ref", "reference", help="fp32 reference: an artifact or the checkpoint (default: the artifact's own "
+              "fp32 ONNX, else the model it was exported from).")
+@click.option("--labels", help="Vocabulary for class-level drift (default prototypes:16, reported but not gated).")
+@click.option("--max-drop", type=float, help="Largest mIoU drop (points) vs the reference; gated only with --labels.")
+@click.option("--min-confident-agreement", type=float, help="Least confident-pixel group agreement, percent "
+              "[default: 99.9].")
+@click.option("--min-group-cosine", type=float, help="Least mean group-embedding cosine [default: 0.995].")
+@click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True, help="Timed calls per configuration.")
+@click.option("--threads", type=int, callback=_threads, help="CPU threads (at most the CPU count).")
+@click.option("--dry-run", is_flag=True, help="Measure and print, but record nothing in the artifact.")
+def tune(artifact, images, reference, labels, max_drop, min_confident_agreement, min_group_cosine, runs, threads,
+         dry_run):
+    """Measure every backend × precision this device offers for ARTIFACT and record the fastest within the drift
+    budget; `segment` and the Python API then use it on this device."""
+    from .metrics.drift import MODEL_LEVEL_BUDGET, DriftBudget
+    from .metrics.tune import tune as tune_artifact
+    for flag, value, low, high in (("--max-drop", max_drop, 0.0, 100.0),
+                                   ("--min-confident-agreement", min_confident_agreement, 0.0, 100.0),
+                                   ("--min-group-cosine", min_group_cosine, -1.0, 1.0)):
+        check_number(flag, value, low, high)
+    budget = DriftBudget(
+        max_drop=max_drop if labels else None,
+        min_confident_group_agreement=(MODEL_LEVEL_BUDGET.min_confident_group_agreement
+                                       if min_confident_agreement is None else min_confident_agreement),
+        min_group_cosine=MODEL_LEVEL_BUDGET.min_group_cosine if min_group_cosine is None else min_group_cosine)
+    report = tune_artifact(artifact, list(images) or None, reference=reference, budget=budget,
+                           labels=labels or "prototypes:16", threads=threads, runs=runs, record=not dry_run,
+                           log=click.echo)
+    click.echo(report.to_markdown())
+    if report.chosen is not None and not dry_run:
+        click.echo(f"recorded in {artifact}/tuned.json for this device")
+
+
 @cli.command(epilog="Examples:\n\n\b\n  groupvit-edge doctor\n"
              "  groupvit-edge doctor --artifact artifacts/int8 --target trt-int8")
 @click.option("--artifact", type=click.Path(), help="Also check this artifact's ONNX graphs for TensorRT 10.3 "

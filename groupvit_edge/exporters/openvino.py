@@ -33,6 +33,8 @@ from .records import ArtifactParts, DriftCheck, PrecisionRecord
 TARGETS = (
     Target("openvino-fp32", "openvino", "openvino", "OpenVINO IR, fp32", packages=("openvino",)),
     Target("openvino-fp16", "openvino", "openvino", "OpenVINO IR with FP16 weights", packages=("openvino",)),
+    Target("openvino-bf16", "openvino", "openvino", "OpenVINO IR computed in bf16 (CPUs with AVX-512 BF16 or AMX)",
+           packages=("openvino",)),
     Target("openvino-int8", "openvino", "openvino", "OpenVINO IR, INT8 (NNCF on the IR, or the QDQ graph)",
            packages=("openvino", "nncf"), calibrated=True),
 )
@@ -68,6 +70,10 @@ def steps(target: Target, options) -> list[Step]:
 def problems(export_plan) -> list[str]:
     options = export_plan.options
     found = []
+    if export_plan.target.name == "openvino-bf16" and openvino_installed() and not cpu_computes("bf16"):
+        found.append("--target openvino-bf16 is measured in bf16 at export, and this CPU has no bf16 arithmetic "
+                     "(AVX-512 BF16 or AMX): export it on the deployment CPU, or export openvino-fp32 and run "
+                     "`groupvit-edge tune` on that CPU")
     if export_plan.target.name == "openvino-int8":
         from .drift_budget import budget_from
         if _route(options) == "nncf-ir" and budget_from(options) is not None:
@@ -92,6 +98,8 @@ def build(job, floats) -> ArtifactParts:
         return _fp32(job, floats)
     if name == "openvino-fp16":
         return _fp16(job, floats)
+    if name == "openvino-bf16":
+        return _bf16(job, floats)
     return _int8_qdq(job, floats) if _route(job.options) == "qdq" else _int8_nncf_ir(job, floats)
 
 
@@ -120,6 +128,25 @@ def _fp16(job, floats) -> ArtifactParts:
     record = PrecisionRecord("fp16", ["text graph", "OpenVINO precision-sensitive subgraphs under f16"],
                              details={"inference_precision": "f16", "weights": "fp16"})
     return ArtifactParts(graphs, record, {"drift_vs_fp32": check}, figures={"text_ir_max_abs_diff": text_difference})
+
+
+def _bf16(job, floats) -> ArtifactParts:
+    """fp32 IR that runs in bf16: the weights stay fp32 (the runtime falls back to f32 on a device without bf16),
+    and the drift is what this CPU computes in bf16, measured like the other reduced precisions."""
+    ir = {"image_ir": write_ir(job, "image", job.staging / floats.image.file, "fp32", "bf16", floats.image),
+          "text_ir": write_ir(job, "text", job.staging / floats.text.file, "fp32", "f32", floats.text)}
+    graphs = {"image": floats.image, "text": floats.text, **ir}
+    check, text_difference = _check_ir(job, floats, graphs, job.drift_photos())
+    record = PrecisionRecord("bf16", ["text graph", "OpenVINO precision-sensitive subgraphs under bf16"],
+                             details={"inference_precision": "bf16", "weights": "fp32"})
+    return ArtifactParts(graphs, record, {"drift_vs_fp32": check}, figures={"text_ir_max_abs_diff": text_difference})
+
+
+def cpu_computes(precision: str) -> bool:
+    """Whether OpenVINO's CPU plugin offers `precision` (f32, bf16, f16) on this machine."""
+    from ..runtimes.openvino import PRECISION_CAPABILITY
+    capabilities = _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return PRECISION_CAPABILITY[precision] in capabilities
 
 
 def _int8_qdq(job, floats) -> ArtifactParts:

@@ -16,7 +16,7 @@ from ..options import OptionSpec, check_number, option, spec_of
 
 FP16_TARGETS = ("onnx-fp16", "openvino-fp16", "trt-fp16")
 CALIBRATED_TARGETS = ("onnx-int8", "openvino-int8", "trt-int8")
-REDUCED_TARGETS = FP16_TARGETS + CALIBRATED_TARGETS + ("onnx-int8-dynamic",)
+REDUCED_TARGETS = FP16_TARGETS + CALIBRATED_TARGETS + ("onnx-int8-dynamic", "openvino-bf16")
 
 
 def image_size(value) -> tuple[int, int]:

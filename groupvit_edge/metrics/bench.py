@@ -79,7 +79,7 @@ def measure_artifact(artifact: str, images: list[str], reference: str | None, se
             graph_ms.append((time.perf_counter() - started) * 1000 / len(batch))
     row["image_graph_ms"] = _percentiles(graph_ms)      # per export-size window
     if settings.streams:
-        row["stream_windows_per_s"] = _stream_throughput(runtime, windows, settings.warmup)
+        row["stream_windows_per_s"] = stream_throughput(runtime, windows, settings.warmup)
 
     labels = None if runtime.manifest.vocabulary_path() else list(settings.segment_labels)
     segmenter = Segmenter(runtime, labels)
@@ -102,7 +102,7 @@ def measure_artifact(artifact: str, images: list[str], reference: str | None, se
     return row
 
 
-def _stream_throughput(runtime, windows: np.ndarray, warmup: int) -> float:
+def stream_throughput(runtime, windows: np.ndarray, warmup: int) -> float:
     """Windows/s over the whole stream of windows: async requests where the backend has them (all streams
     busy), one call per window elsewhere, so every row answers the same question."""
     encode_stream = getattr(runtime, "encode_images_async", None)

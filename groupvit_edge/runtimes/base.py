@@ -19,6 +19,14 @@ def importable(module: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Configuration:
+    """One way to run an artifact on this machine: a backend and the runtime options that select a precision."""
+    backend: str
+    options: dict
+    label: str                 # e.g. "openvino, int8 IR, bf16"
+
+
 @dataclass
 class ImageEncoding:
     """Outputs of the image graph for a batch of windows (see DESIGN.md for the contract)."""

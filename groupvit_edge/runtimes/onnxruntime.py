@@ -8,7 +8,7 @@ import numpy as np
 from ..artifact import Manifest
 from ..errors import UserError
 from ..options import option
-from .base import ImageEncoding, Runtime, importable
+from .base import Configuration, ImageEncoding, Runtime, importable
 
 NAME = "onnxruntime"
 EXTRA = "onnxruntime"
@@ -38,6 +38,13 @@ class Options:
     providers: tuple[str, ...] | None = option(None, "onnxruntime: execution providers in order of preference "
                                                "(repeatable; default CPUExecutionProvider).", multiple=True)
     threads: int | None = option(None, "CPU threads (default: one per core).", minimum=1)
+
+
+def configurations(manifest: Manifest) -> list[Configuration]:
+    """ONNX Runtime runs the artifact's ONNX image graph in the precision the graph has."""
+    if unsupported_reason(manifest) is not None or not is_installed():
+        return []
+    return [Configuration(NAME, {}, f"onnxruntime, {manifest.graphs['image'].get('precision', 'fp32')} ONNX")]
 
 
 def open_runtime(manifest: Manifest, options: Options) -> "OnnxRuntime":
@@ -88,7 +95,7 @@ class OnnxRuntime(Runtime):
     @property
     def description(self) -> str:
         return f"onnxruntime {self._ort.__version__} ({', '.join(self.providers)}, " \
-               f"{self.manifest.data['precision'].get('compute', 'fp32')})"
+               f"{self.manifest.graphs['image'].get('precision', 'fp32')} ONNX)"
 
     def close(self) -> None:
         self._image = self._text = None

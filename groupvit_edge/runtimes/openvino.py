@@ -25,7 +25,7 @@ import numpy as np
 from ..artifact import Manifest
 from ..errors import UserError
 from ..options import option
-from .base import ImageEncoding, Runtime, importable
+from .base import Configuration, ImageEncoding, Runtime, importable
 
 NAME = "openvino"
 EXTRA = "openvino"
@@ -71,6 +71,18 @@ class Options:
     inference_precision: str | None = option(None, "openvino: compute precision — f32, bf16 or f16 (default: the "
                                                    "precision the artifact was validated at).",
                                              choices=tuple(PRECISION_CAPABILITY))
+
+
+def configurations(manifest: Manifest, device: str = "CPU") -> list[Configuration]:
+    """Every inference precision `device` offers for the artifact's IR: f32 always, bf16 on CPUs with AVX-512 BF16
+    or AMX, f16 where the device computes in f16 — each an explicit runtime option."""
+    if unsupported_reason(manifest) is not None or not is_installed():
+        return []
+    capabilities = _import().Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+    ir = manifest.graphs["image_ir"].get("precision", "fp32")
+    return [Configuration(NAME, {"device": device, "inference_precision": precision},
+                          f"openvino {device}, {ir} IR, {precision}")
+            for precision, capability in PRECISION_CAPABILITY.items() if capability in capabilities]
 
 
 def open_runtime(manifest: Manifest, options: Options) -> "OpenVinoRuntime":

@@ -37,6 +37,11 @@ def open_runtime(source, options: Options) -> "TorchRuntime":
     return TorchRuntime(loaded, image_size=options.image_size, threads=options.threads, resize=options.resize)
 
 
+def configurations(manifest: Manifest) -> list:
+    """The reference is not a deployment choice."""
+    return []
+
+
 def reference_manifest(loaded, preprocess: Preprocess) -> Manifest:
     """What an fp32 export of this model would describe, minus graphs: the reference speaks the same terms."""
     model = loaded.model

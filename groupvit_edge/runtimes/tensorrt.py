@@ -28,7 +28,7 @@ import numpy as np
 from ..artifact import Manifest
 from ..errors import UserError
 from ..options import option
-from .base import ImageEncoding, Runtime, importable
+from .base import Configuration, ImageEncoding, Runtime, importable
 
 NAME = "tensorrt"
 EXTRA = "tensorrt"
@@ -248,6 +248,13 @@ def unsupported_reason(manifest: Manifest) -> str | None:
             return str(error)
         reason = engine_incompatibility(manifest.data.get("tensorrt"), tensorrt.__version__, device)
     return reason
+
+
+def configurations(manifest: Manifest) -> list[Configuration]:
+    """The engines run in the precision they were built with; there is one way to run them."""
+    if not is_installed() or unsupported_reason(manifest) is not None:
+        return []
+    return [Configuration(NAME, {}, f"tensorrt, {manifest.data['precision'].get('compute', '?')} engines")]
 
 
 # ------------------------------------------------------------------------------------------ device memory

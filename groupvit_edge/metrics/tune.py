@@ -1,0 +1,200 @@
+"""`tune`, run on the deployment device: every way this device can run an artifact (each installed backend × each
+precision it offers: f32, bf16, f16, the INT8 graph with an f32 or bf16 remainder), each measured for speed and
+for drift against the fp32 reference on the same photos. The fastest configuration within the drift budget is
+recorded in the artifact (`tuned.json`) with the identity of the device that measured it; `runtimes.open` uses
+it on that device and nowhere else. When nothing fits, nothing reduced is chosen: the artifact runs as exported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import TUNED_NAME
+from ..errors import UserError
+from ..hardware import cpu_header, device_identity
+from ..runtimes.base import Configuration
+from .drift import MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget, measure_drift
+
+SCHEMA = "groupvit-edge/tune/1"
+LATENCY_WINDOWS = 4
+
+
+@dataclass
+class Measured:
+    configuration: Configuration
+    description: str = ""             # what ran, as the runtime reports it
+    latency_ms: float | None = None   # median per window, batch 1
+    windows_per_s: float | None = None
+    drift: CandidateDrift | None = None
+    failures: list[str] = field(default_factory=list)
+    error: str | None = None          # the configuration could not run here
+
+    @property
+    def fits(self) -> bool:
+        return self.error is None and self.drift is not None and not self.failures
+
+    def to_dict(self) -> dict:
+        model = self.drift.model_level if self.drift else None
+        return {"backend": self.configuration.backend, "options": self.configuration.options,
+                "label": self.configuration.label, "description": self.description, "latency_ms": self.latency_ms,
+                "windows_per_s": self.windows_per_s, "fits": self.fits, "failures": self.failures, "error": self.error,
+                "group_agreement_confident": model.group_agreement_confident if model else None,
+                "group_embed_cosine": dataclasses.asdict(model.group_embed_cosine) if model else None,
+                "miou_vs_reference": self.drift.class_level.miou_vs_reference if self.drift else None}
+
+
+@dataclass
+class TuneReport:
+    artifact: Path
+    reference: str
+    budget: DriftBudget
+    photos: int
+    measured: list[Measured]
+    chosen: Measured | None
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "device": device_identity(), "cpu": cpu_header(),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "reference": self.reference, "budget": self.budget.describe(), "photos": self.photos,
+                "chosen": None if self.chosen is None else {"backend": self.chosen.configuration.backend,
+                                                            "options": self.chosen.configuration.options,
+                                                            "label": self.chosen.configuration.label},
+                "measured": [m.to_dict() for m in self.measured], "seconds": round(self.seconds, 1)}
+
+    def to_markdown(self) -> str:
+        lines = [cpu_header(), f"{self.artifact}: drift vs {self.reference} on {self.photos} photos, budget "
+                               f"{self.budget.describe()}", "",
+                 "| configuration | ran as | ms/window | windows/s | confident group agree % | group cos mean / min "
+                 "| fits |", "|---|---|---|---|---|---|---|"]
+        for m in sorted(self.measured, key=lambda m: (m.latency_ms is None, m.latency_ms or 0)):
+            if m.error:
+                lines.append(f"| {m.configuration.label} | could not run: {m.error} | | | | | no |")
+                continue
+            model = m.drift.model_level
+            confident = "—" if model.group_agreement_confident is None else f"{model.group_agreement_confident:.3f}"
+            chosen = " (chosen)" if m is self.chosen else ""
+            lines.append(f"| {m.configuration.label}{chosen} | {m.description} | {m.latency_ms:.1f} | "
+                         f"{m.windows_per_s:.2f} | {confident} | {model.group_embed_cosine.mean:.5f} / "
+                         f"{model.group_embed_cosine.min:.5f} | {'yes' if m.fits else 'no: ' + m.failures[0]} |")
+        if self.chosen is None:
+            lines += ["", "nothing fits the budget: nothing is recorded and the artifact runs as exported; loosen the "
+                          "budget, or export a more precise target (onnx or openvino-fp32 is fp32)"]
+        else:
+            lines += ["", f"chose {self.chosen.configuration.label}: {self.chosen.latency_ms:.1f} ms/window"]
+        return "\n".join(lines)
+
+
+def configurations(manifest) -> list[Configuration]:
+    """Every (backend, precision) this machine can run the artifact with, asking each installed backend."""
+    from ..runtimes import ARTIFACT_BACKENDS, backend_module
+    found = []
+    for name in ARTIFACT_BACKENDS:
+        try:
+            found += backend_module(name).configurations(manifest)
+        except ImportError:
+            continue
+    return found
+
+
+def choose(measured: list[Measured]) -> Measured | None:
+    """The fastest configuration that fits the budget; never one outside it."""
+    fitting = [m for m in measured if m.fits]
+    return min(fitting, key=lambda m: m.latency_ms) if fitting else None
+
+
+def tune(artifact, images=None, *, reference=None, budget: DriftBudget | None = None, labels="prototypes:16",
+         threads: int | None = None, runs: int = 10, record: bool = True, log=print) -> TuneReport:
+    """Measure every configuration of `artifact` on this machine and record the fastest within `budget`."""
+    from .. import runtimes
+    from ..artifact import read_manifest
+    from ..segmentation.preprocess import list_images, load_image, prepare
+    started = time.perf_counter()
+    manifest = read_manifest(artifact)
+    found = configurations(manifest)
+    if not found:
+        raise UserError(f"no installed backend can run {artifact} here: `groupvit-edge doctor` shows what is missing")
+    budget = budget or MODEL_LEVEL_BUDGET
+    reference = reference or default_reference(manifest)
+    paths = list_images(images)
+    windows = np.concatenate([prepare(load_image(p), manifest.preprocess).windows for p in paths[:LATENCY_WINDOWS]])
+    measured, opened = [], []
+    for configuration in found:
+        options = {**configuration.options, **({"threads": threads} if threads else {})}
+        options = {k: v for k, v in options.items() if k in runtimes.option_names(configuration.backend)}
+        log(f"measuring {configuration.label}")
+        try:
+            runtime = runtimes.open(artifact, configuration.backend, **options)
+        except UserError as error:
+            measured.append(Measured(configuration, error=str(error)))
+            continue
+        measured.append(_speed(Measured(configuration, runtime.description), runtime, windows, runs))
+        opened.append((measured[-1], runtime))
+    log(f"measuring drift against {reference} on {len(paths)} photos")
+    # The artifact as its own reference runs its fp32 ONNX in ONNX Runtime, whatever was tuned before.
+    truth = runtimes.open(reference, "onnxruntime") if str(reference) == str(manifest.directory) else reference
+    report = measure_drift(truth, [runtime for _, runtime in opened], paths, labels=labels, progress=False)
+    for (entry, runtime), drift in zip(opened, report.candidates):
+        entry.drift, entry.failures = drift, budget.failures(drift)
+        runtime.close()
+    result = TuneReport(Path(artifact), str(reference), budget, len(paths), measured, choose(measured),
+                        time.perf_counter() - started)
+    if record:
+        record_choice(result)
+    return result
+
+
+def default_reference(manifest) -> str:
+    """The fp32 truth to measure against: the artifact itself when its image graph is fp32 ONNX, else the model it
+    was exported from (run in PyTorch)."""
+    if manifest.graphs["image"].get("precision") == "fp32" and manifest.graphs["image"].get("format") == "onnx":
+        return str(manifest.directory)
+    model = manifest.data["model"]["id"]
+    if not model.startswith("random:") and not Path(model).exists():
+        raise UserError(f"{manifest.directory} holds no fp32 graph and its model {model!r} is not here: pass --ref "
+                        f"an fp32 artifact (groupvit-edge export --target onnx) or the checkpoint")
+    return model
+
+
+def _speed(entry: Measured, runtime, windows: np.ndarray, runs: int) -> Measured:
+    from .bench import median_ms, stream_throughput
+    cycle = iter(np.resize(np.arange(len(windows)), runs + 2))
+    entry.latency_ms = median_ms(lambda: runtime.encode_image(windows[next(cycle)][None]), runs, warmup=2)
+    entry.windows_per_s = stream_throughput(runtime, windows, warmup=1)
+    return entry
+
+
+def record_choice(report: TuneReport) -> Path | None:
+    """Write the choice into the artifact, or remove a stale one when nothing fits."""
+    from ..files import write_json_atomic
+    path = report.artifact / TUNED_NAME
+    if report.chosen is None:
+        path.unlink(missing_ok=True)
+        return None
+    return write_json_atomic(path, report.to_dict())
+
+
+def tuned_choice(artifact) -> tuple[str, dict] | None:
+    """(backend, runtime options) that `tune` chose for this artifact on this device, or None (none recorded, a
+    different device, or an unreadable record — which is ignored: it only ever picks among valid choices)."""
+    path = Path(artifact) / TUNED_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        chosen = data["chosen"]
+        if data.get("schema") != SCHEMA or data.get("device") != device_identity():
+            return None
+        backend, options = str(chosen["backend"]), dict(chosen["options"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    from ..runtimes import ARTIFACT_BACKENDS, option_names
+    if backend not in ARTIFACT_BACKENDS or not set(options) <= option_names(backend):
+        return None
+    return backend, options

@@ -1,0 +1,116 @@
+"""`tune` on the device: every backend × precision measured, the fastest within the budget recorded with the
+device's identity and used by `runtimes.open` there only; the selection logic with injected measurements."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from groupvit_edge import runtimes
+from groupvit_edge.exporters import export
+from groupvit_edge.metrics import tune as tuning
+from groupvit_edge.metrics.drift import DriftBudget
+from groupvit_edge.runtimes.base import Configuration
+
+from conftest import EVAL_IMAGES
+
+SIZE = 224
+
+
+def quiet(message):
+    pass
+
+
+def _measured(label, latency, failures=(), error=None):
+    entry = tuning.Measured(Configuration("openvino", {"inference_precision": label}, label), label, latency, 1.0)
+    entry.drift = object() if error is None else None
+    entry.failures, entry.error = list(failures), error
+    return entry
+
+
+def test_the_fastest_configuration_within_the_budget_is_chosen():
+    f32, bf16, broken = _measured("f32", 60.0), _measured("bf16", 50.0), _measured("f16", 10.0, error="no f16")
+    assert tuning.choose([f32, bf16, broken]) is bf16
+    too_far = _measured("bf16", 50.0, failures=["cosine 0.98 is below 0.995"])
+    assert tuning.choose([f32, too_far]) is f32          # never the faster one outside the budget
+    assert tuning.choose([too_far, broken]) is None      # nothing fits: nothing is chosen
+
+
+@pytest.fixture(scope="module")
+def openvino_fp32(tmp_path_factory):
+    pytest.importorskip("openvino")
+    out = tmp_path_factory.mktemp("tune") / "ov"
+    export("random:0", out, "openvino-fp32", image_size=SIZE, log=quiet)
+    return out
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return sorted(EVAL_IMAGES.glob("*.jpg"))[:3]
+
+
+def test_tune_measures_every_configuration_records_the_choice_and_open_uses_it(openvino_fp32, photos, monkeypatch):
+    report = tuning.tune(openvino_fp32, photos, runs=2, log=quiet)
+    labels = {m.configuration.label for m in report.measured}
+    assert "onnxruntime, fp32 ONNX" in labels and "openvino CPU, fp32 IR, f32" in labels
+    capabilities = __import__("openvino").Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert ("openvino CPU, fp32 IR, bf16" in labels) == ("BF16" in capabilities)
+    assert all(m.latency_ms > 0 and m.drift is not None for m in report.measured)
+    assert report.chosen is not None and report.chosen.fits
+    assert report.chosen.latency_ms == min(m.latency_ms for m in report.measured if m.fits)
+    record = json.loads((openvino_fp32 / "tuned.json").read_text())
+    assert record["chosen"]["label"] == report.chosen.configuration.label and len(record["device"]) == 16
+    runtime = runtimes.open(openvino_fp32)
+    assert runtime.name == report.chosen.configuration.backend
+    if runtime.name == "openvino":
+        assert runtime.inference_precision == report.chosen.configuration.options["inference_precision"]
+    assert runtimes.open(openvino_fp32, threads=1).name == "openvino"     # explicit options: the usual choice
+    monkeypatch.setattr(tuning, "device_identity", lambda: "another-device")
+    assert tuning.tuned_choice(openvino_fp32) is None                  # measured elsewhere: not used here
+
+
+def test_bf16_is_offered_only_where_the_cpu_has_it(openvino_fp32, monkeypatch):
+    """The ISA-dependent choice is testable on any CPU: the capability list decides."""
+    from groupvit_edge.artifact import read_manifest
+    from groupvit_edge.runtimes import openvino as openvino_backend
+    manifest = read_manifest(openvino_fp32)
+
+    class Core:
+        capabilities = ["FP32"]
+
+        def get_property(self, device, name):
+            return self.capabilities
+
+    class FakeOpenVino:
+        pass
+
+    FakeOpenVino.Core = Core
+    monkeypatch.setattr(openvino_backend, "_import", lambda: FakeOpenVino)
+    assert [c.options["inference_precision"] for c in openvino_backend.configurations(manifest)] == ["f32"]
+    Core.capabilities = ["FP32", "BF16"]
+    assert [c.options["inference_precision"] for c in openvino_backend.configurations(manifest)] == ["f32", "bf16"]
+
+
+@pytest.fixture(scope="module")
+def dynamic_int8(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune") / "int8"
+    export("random:0", out, "onnx-int8-dynamic", image_size=SIZE, log=quiet)
+    return out
+
+
+def test_tune_an_int8_onnx_artifact_against_its_checkpoint(dynamic_int8, photos):
+    done = subprocess.run([sys.executable, "-m", "groupvit_edge.cli", "tune", str(dynamic_int8), "--images",
+                           str(photos[0]), "--runs", "2", "--dry-run"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "drift vs random:0" in done.stdout and "| onnxruntime, int8-dynamic ONNX" in done.stdout
+    assert not (dynamic_int8 / "tuned.json").exists()                  # --dry-run
+
+
+def test_nothing_within_the_budget_records_nothing(dynamic_int8, photos):
+    (dynamic_int8 / "tuned.json").write_text("{}")
+    impossible = DriftBudget(min_group_cosine=1.0, min_confident_group_agreement=100.0, max_abs_diff=0.0)
+    report = tuning.tune(dynamic_int8, photos[:1], budget=impossible, runs=2, log=quiet)
+    assert report.chosen is None and not (dynamic_int8 / "tuned.json").exists()
+    assert "nothing fits the budget" in report.to_markdown()
