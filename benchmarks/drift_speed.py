@@ -21,6 +21,8 @@ def main():
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--report", help="also write the report (PNGs) here")
     args = parser.parse_args()
+    from groupvit_edge.hardware import cpu_header
+    print(cpu_header(), flush=True)   # figures from different machines are never mixed
 
     from groupvit_edge.exporters import export
     from groupvit_edge.metrics.drift import measure_drift

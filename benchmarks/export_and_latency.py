@@ -36,6 +36,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=448)
     args = parser.parse_args()
+    from groupvit_edge.hardware import cpu_header
+    print(cpu_header(), flush=True)   # figures from different machines are never mixed
 
     import torch
     from groupvit_edge import runtimes

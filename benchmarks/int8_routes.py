@@ -20,8 +20,9 @@ import numpy as np
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BPE = SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz"
-ROUTES = ("ort-fp32", "ort-defaults", "ort-minmax", "ort-percentile", "ort-entropy", "ort-dynamic", "nncf-onnx",
-          "nncf-onnx-w8", "openvino-qdq", "openvino-nncf", "onnx-fp16")
+ROUTES = ("ort-fp32", "ort-defaults", "ort-preprocessed", "ort-minmax", "ort-u8s8", "ort-percentile", "ort-entropy",
+          "ort-dynamic", "nncf-onnx", "nncf-onnx-w8", "openvino-qdq", "openvino-nncf", "openvino-nncf-bf16",
+          "openvino-fp32-bf16", "openvino-nncf-defaults", "onnx-fp16")
 
 
 def latency(runtime, size, runs: int) -> float:
@@ -34,12 +35,49 @@ def replace_image_graph(fp32_dir: Path, out: Path, onnx_model, compute: str) -> 
     """A copy of the fp32 artifact whose image graph is `onnx_model` (for routes our exporter does not make)."""
     import json
     import onnx
+    from groupvit_edge.artifact import sha256_file
     shutil.copytree(fp32_dir, out)
     onnx.save(onnx_model, str(out / "image.onnx"))
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["precision"].update(target=f"bench-{compute}", compute=compute)
+    manifest["graphs"]["image"].update(precision=compute, sha256=sha256_file(out / "image.onnx"))
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
+
+
+def off_the_shelf_openvino(fp32_dir: Path, windows: np.ndarray, threads: int = 2):
+    """NNCF on the IR exactly as its documentation's basic call, compiled with OpenVINO's defaults (no ignored
+    scope, no inference-precision hint: on a bf16 CPU the plugin runs the rest in bf16)."""
+    import nncf
+    import openvino as ov
+    from groupvit_edge.artifact import read_manifest
+    from groupvit_edge.runtimes.base import ImageEncoding, Runtime
+    model = ov.convert_model(str(fp32_dir / "image.onnx"))
+    model.reshape({"pixels": [1, 3, *windows.shape[2:]]})
+    quantized = nncf.quantize(model, nncf.Dataset(list(windows), lambda w: w[None]), subset_size=len(windows))
+    compiled = ov.Core().compile_model(quantized, "CPU", {"INFERENCE_NUM_THREADS": threads})
+    manifest = read_manifest(fp32_dir)
+    ran = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
+    class Compiled(Runtime):
+        name = "openvino"
+
+        def __init__(self):
+            self.manifest, self.request = manifest, compiled.create_infer_request()
+
+        def encode_image(self, pixels):
+            parts = [self.request.infer({"pixels": window[None]}) for window in pixels]
+            return ImageEncoding(*(np.concatenate([part[compiled.output(name)] for part in parts])
+                                   for name in ("group_embeds", "image_embed", "grouping")))
+
+        def encode_text(self, token_ids):
+            raise NotImplementedError("the image graph only")
+
+        @property
+        def description(self):
+            return f"openvino {ov.__version__.split('-')[0]} (CPU, NNCF defaults, inference precision {ran})"
+
+    return Compiled()
 
 
 def main():
@@ -50,12 +88,16 @@ def main():
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--routes", nargs="*", default=list(ROUTES))
     args = parser.parse_args()
+    from groupvit_edge.hardware import cpu_header
+    print(cpu_header(), flush=True)   # figures from different machines are never mixed
 
     import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
     from groupvit_edge import runtimes
     from groupvit_edge.calibration import CalibrationSet
     from groupvit_edge.calibration.quantizers import WindowReader, minmax_stride
+    from groupvit_edge.errors import UserError
+    from groupvit_edge.runtimes.base import Runtime
     from groupvit_edge.exporters import export
     from groupvit_edge.metrics.drift import validate_candidate
     from groupvit_edge.model import load_model
@@ -71,8 +113,9 @@ def main():
                                           reference.manifest.preprocess, log=lambda m: None)
     rows = []
 
-    def judge(name, artifact, backend="onnxruntime", built_s=None, note=""):
-        runtime = runtimes.open(artifact, backend=backend, threads=2)
+    def judge(name, artifact, backend="onnxruntime", built_s=None, note="", options=None):
+        runtime = artifact if isinstance(artifact, Runtime) else \
+            runtimes.open(artifact, backend=backend, threads=2, **(options or {}))
         drift = validate_candidate(reference, runtime, images, labels="prototypes:16")
         m = drift.model_level
         rows.append((name, runtime.description, latency(runtime, args.size, args.runs), m.group_agreement,
@@ -96,6 +139,50 @@ def main():
             judge(route, replace_image_graph(fp32, scratch / route, onnx.load(str(scratch / "defaults.onnx")),
                                              "int8"), built_s=time.perf_counter() - started,
                   note="quantize_static defaults: asymmetric U8, every op")
+        elif route == "ort-preprocessed":
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+            windows = windows if windows is not None else calibration.windows(progress=False)
+            source, prepared = scratch / "fp32-image.onnx", scratch / "preprocessed.onnx"
+            onnx.save(fp32_model, str(source))
+            quant_pre_process(str(source), str(prepared))
+            quantize_static(str(prepared), str(scratch / "preprocessed-int8.onnx"), WindowReader(windows),
+                            extra_options={"CalibStridedMinMax": minmax_stride(len(windows))})
+            judge(route, replace_image_graph(fp32, scratch / route, onnx.load(str(scratch / "preprocessed-int8.onnx")),
+                                             "int8"), built_s=time.perf_counter() - started,
+                  note="ORT's documented flow: quant_pre_process, then quantize_static with its defaults")
+        elif route == "ort-u8s8":
+            from onnxruntime.quantization import QuantType
+            from groupvit_edge.calibration.policy import image_graph_policy
+            from groupvit_edge.calibration.quantizers import float_outside_policy
+            windows = windows if windows is not None else calibration.windows(progress=False)
+            source = scratch / "fp32-image.onnx"
+            onnx.save(fp32_model, str(source))
+            policy = image_graph_policy(fp32_model)
+            quantize_static(str(source), str(scratch / "u8s8.onnx"), WindowReader(windows),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+                            nodes_to_quantize=list(policy.quantizable), per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            extra_options={"WeightSymmetric": True, "QuantizeBias": False,
+                                           "CalibStridedMinMax": minmax_stride(len(windows))})
+            u8s8 = float_outside_policy(onnx.load(str(scratch / "u8s8.onnx")), policy.quantizable)
+            judge(route, replace_image_graph(fp32, scratch / route, u8s8, "int8"), built_s=time.perf_counter() - started,
+                  note="our policy, U8 activations (asymmetric), S8 per-channel weights: ONNX Runtime only")
+        elif route in ("openvino-nncf-bf16", "openvino-fp32-bf16"):
+            out = scratch / route
+            if route == "openvino-fp32-bf16":
+                export(loaded, out, "openvino-fp32", **common)
+            else:
+                export(loaded, out, "openvino-int8", calib_dir=SHARED / "coco" / "calib2017",
+                       calib_count=args.calib_count, cache_dir=scratch / "cache", **common)
+            try:
+                judge(route, out, backend="openvino", options={"inference_precision": "bf16"},
+                      note="explicit bf16 for everything not INT8")
+            except UserError as error:
+                print(f"skipped {route}: {error}")
+        elif route == "openvino-nncf-defaults":
+            windows = windows if windows is not None else calibration.windows(progress=False)
+            judge(route, off_the_shelf_openvino(fp32, windows), built_s=time.perf_counter() - started,
+                  note="what a user gets without us: nncf.quantize(ir, dataset), OpenVINO's default precision")
         elif route == "ort-dynamic":
             out = scratch / route
             export(loaded, out, "onnx-int8-dynamic", **common)

@@ -66,6 +66,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, help="calibration cache directory (default: the toolkit's)")
     args = parser.parse_args()
+    from groupvit_edge.hardware import cpu_header
+    print(cpu_header(), flush=True)   # figures from different machines are never mixed
 
     from groupvit_edge.exporters import export
     from groupvit_edge.model import load_model

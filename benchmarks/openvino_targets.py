@@ -131,6 +131,8 @@ def main():
     parser.add_argument("--out", type=Path, help="keep the artifacts here (default: a temporary directory)")
     parser.add_argument("--reuse", action="store_true", help="use the artifacts already in --out")
     args = parser.parse_args()
+    from groupvit_edge.hardware import cpu_header
+    print(cpu_header(), flush=True)   # figures from different machines are never mixed
 
     import torch
     from groupvit_edge import runtimes

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -35,21 +34,6 @@ SIZE = "224"
 def cli(*args, timeout=300, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "groupvit_edge.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
-
-
-def cpu_header() -> str:
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [name for name in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-           if name in flags]
-    return f"CPU: {model} ({os.cpu_count()} CPUs); ISA: {', '.join(isa) or 'none of avx2/avx512/amx'}"
 
 
 # ---------------------------------------------------------------------------------------------- bad inputs
@@ -330,6 +314,7 @@ def main() -> int:
     args = parser.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="reliability-"))
     work.mkdir(parents=True, exist_ok=True)
+    from groupvit_edge.hardware import cpu_header
     print(cpu_header(), "\n")
     artifact = work / "fp32"
     if not artifact.exists():

@@ -94,6 +94,8 @@ def main() -> int:
     parser.add_argument("--gpu", type=int, default=0)
     parser.add_argument("--out", type=Path, help="keep the artifacts here (default: a temporary directory)")
     args = parser.parse_args()
+    from groupvit_edge.hardware import cpu_header
+    print(cpu_header(), flush=True)   # figures from different machines are never mixed
 
     from groupvit_edge.assets import sample_photos
     from groupvit_edge.errors import UserError

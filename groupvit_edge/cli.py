@@ -187,10 +187,12 @@ def export(model_spec, target, out_dir, **values):
 @click.option("--no-background", is_flag=True, help="No background class (every pixel gets a label).")
 @click.option("--resample", type=click.Choice(["pillow", "opencv"]), default="pillow", show_default=True,
               help=RESAMPLE_HELP)
+@click.option("--show", type=click.Choice(["classes", "groups"]), default="classes", show_default=True,
+              help="What the line per photo lists: class shares, or GroupViT's groups with the class each scores best.")
 @_runtime_options
-def segment(source, images, more_images, labels, out_dir, backend, tokenizer, resize, no_background, resample,
+def segment(source, images, more_images, labels, out_dir, backend, tokenizer, resize, no_background, resample, show,
             **values):
-    """Segment photos with an artifact or checkpoint SOURCE; writes overlay and label PNGs per photo."""
+    """Segment photos with an artifact or checkpoint SOURCE; writes overlay, label and group PNGs per photo."""
     from .segmentation import Segmenter
     from .segmentation.postprocess import BACKGROUND_THRESHOLD
     from .segmentation.preprocess import find_images, output_names
@@ -214,13 +216,19 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, re
                 unreadable.append(str(error))
                 click.echo(f"skipped: {error}")
                 continue
-            overlay, _ = result.save(out_dir, name)
-            shares = ", ".join(f"{label} {share:.0%}" for label, share in
-                               sorted(result.class_fractions().items(), key=lambda item: -item[1]))
-            click.echo(f"{image.path}: {shares} → {overlay}")
+            overlay = result.save(out_dir, name)[0]
+            click.echo(f"{image.path}: {_summary(result, show)} → {overlay}")
     if unreadable:
         raise UserError(f"{len(unreadable)} of {len(found)} photos could not be segmented (first: {unreadable[0]}); "
                         f"the other {len(found) - len(unreadable)} were written to {out_dir}")
+
+
+def _summary(result, show: str) -> str:
+    if show == "groups":
+        return ", ".join(f"group {group.id} {group.share:.0%} ({group.best_class})"
+                         for group in sorted(result.group_info, key=lambda group: -group.share))
+    return ", ".join(f"{label} {share:.0%}" for label, share in
+                     sorted(result.class_fractions().items(), key=lambda item: -item[1]))
 
 
 @cli.command(epilog="Example:\n\n  groupvit-edge drift --ref random:0 --candidate artifacts/int8 "
@@ -361,6 +369,15 @@ def tune(artifact, images, reference, labels, max_drop, min_confident_agreement,
     click.echo(report.to_markdown())
     if report.chosen is not None and not dry_run:
         click.echo(f"recorded in {artifact}/tuned.json for this device")
+
+
+@cli.command(epilog="Example:\n\n  groupvit-edge info artifacts/int8")
+@click.argument("artifact")
+def info(artifact):
+    """What ARTIFACT holds and how it was proven: target, precision, files, calibration, drift at export, the
+    configuration tune chose."""
+    from .info import describe
+    click.echo(describe(artifact))
 
 
 @cli.command(epilog="Examples:\n\n\b\n  groupvit-edge doctor\n"

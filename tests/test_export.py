@@ -38,7 +38,8 @@ def test_artifact_layout_and_manifest(onnx_artifact, random_checkpoint):
     assert [i["name"] for i in image["inputs"]] == ["pixels"]
     assert image["inputs"][0]["shape"] == ["batch", 3, 448, 448]
     assert {o["name"]: o["shape"] for o in image["outputs"]} == {
-        "group_embeds": ["batch", 8, 256], "image_embed": ["batch", 256], "grouping": ["batch", 8, 28, 28]}
+        "group_embeds": ["batch", 8, 256], "image_embed": ["batch", 256], "grouping": ["batch", 8, 28, 28],
+        "stage1_grouping": ["batch", 64, 28, 28]}
     assert data["graphs"]["text"]["inputs"][0] == {"name": "token_ids", "dtype": "int32", "shape": ["classes", 77]}
     assert data["vocabulary"]["labels"] == ["cat", "dog", "grass"]
     validation = data["validation"]["fp32_vs_pytorch"]

@@ -41,9 +41,7 @@ def _write_report_files(report, encoded, vocabularies, logit_scales, background,
         slug = f"{index:02d}-{_slug(candidate['source'])}"
         for rank, worst in enumerate(candidate["class_level"]["worst_images"], start=1):
             item = by_path[worst["image"]]
-            maps = [label_map(item.prepared, item.encodings[k], vocabularies[k].text_embeds, logit_scales[k],
-                              background)[0] for k in (0, index)]
-            side_by_side(load_image(item.path), *maps, class_names).save(
+            comparison(item, index, vocabularies[index], logit_scales[index], background, class_names).save(
                 directory / f"{slug}-worst{rank}-{item.path.stem}.png")
         iou_chart(candidate["class_level"]["per_class_iou"], f"per-class IoU vs reference: {candidate['source']}"
                   ).save(directory / f"{slug}-per-class-iou.png")
@@ -54,20 +52,61 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", Path(text).name or text).strip("-")[:40] or "candidate"
 
 
-def side_by_side(image: Image.Image, reference: np.ndarray, candidate: np.ndarray, class_names) -> Image.Image:
-    """reference overlay | candidate overlay | disagreeing pixels in red over the greyed photo."""
-    panels = [Segmentation(labels, np.zeros(labels.shape, np.float32), list(class_names), image).overlay()
-              for labels in (reference, candidate)]
+NEAR_TIE = (255, 190, 0)
+TITLE_SIZE = 18
+
+
+def comparison(item, index: int, vocabulary, logit_scale, background, class_names) -> Image.Image:
+    """Two rows for one photo — classes: reference | candidate | where they differ; groups: reference | candidate |
+    where they differ — with differences on near-tie pixels (amber) told apart from confident flips (red)."""
+    from ..segmentation.groups import group_image, photo_map, raw_group_map, window_groups
+    image, prepared = load_image(item.path), item.prepared
+    reference_decisions, reference_labels, class_confident = item.reference_cache
+    encoding = item.encodings[index]
+    candidate_groups = window_groups(encoding.grouping, prepared)
+    candidate_labels = label_map(prepared, encoding, vocabulary.text_embeds, logit_scale, background,
+                                 candidate_groups)[0]
+    per_window = encoding.grouping.shape[1]
+    groups = [raw_group_map(prepared, [d.groups for d in reference_decisions], per_window),
+              raw_group_map(prepared, candidate_groups, per_window)]
+    group_confident = photo_map(prepared, [d.confident for d in reference_decisions], True)
+    rows = [[_overlay(image, labels, class_names) for labels in (reference_labels, candidate_labels)],
+            [group_image(ids) for ids in groups]]
+    titles = [["classes: reference", "classes: candidate"], ["groups: reference", "groups: candidate"]]
+    for row, title, (ours, theirs, confident) in zip(rows, titles, ((reference_labels, candidate_labels,
+                                                                     class_confident),
+                                                                    (*groups, group_confident))):
+        panel, caption = _differences(image, ours != theirs, confident)
+        row.append(panel)
+        title.append(caption)
+    return _grid(rows, titles)
+
+
+def _overlay(image, labels, class_names) -> Image.Image:
+    return Segmentation(labels, np.zeros(labels.shape, np.float32), list(class_names), image).overlay()
+
+
+def _differences(image: Image.Image, differ: np.ndarray, confident: np.ndarray) -> tuple[Image.Image, str]:
     grey = np.asarray(image.convert("L").convert("RGB"), dtype=np.float32) * 0.6
-    grey[reference != candidate] = DISAGREE
-    panels.append(Image.fromarray(grey.astype(np.uint8), "RGB"))
-    width, height = image.size
-    canvas = Image.new("RGB", (3 * width + 8, height + 18), (255, 255, 255))
+    grey[differ & confident] = DISAGREE
+    grey[differ & ~confident] = NEAR_TIE
+    caption = (f"differ {100 * differ.mean():.2f}%: confident {100 * (differ & confident).mean():.2f}% (red), "
+               f"near-tie {100 * (differ & ~confident).mean():.2f}% (amber)")
+    return Image.fromarray(grey.astype(np.uint8), "RGB"), caption
+
+
+def _grid(rows: list[list[Image.Image]], titles: list[list[str]]) -> Image.Image:
+    from PIL import ImageFont
+    font = ImageFont.load_default(size=TITLE_SIZE)
+    width, height = rows[0][0].size
+    band = TITLE_SIZE + 10
+    canvas = Image.new("RGB", (3 * width + 8, len(rows) * (height + band)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    share = 100.0 * np.mean(reference != candidate)
-    for column, (panel, title) in enumerate(zip(panels, ("reference", "candidate", f"disagreement {share:.2f}%"))):
-        canvas.paste(panel, (column * (width + 4), 18))
-        draw.text((column * (width + 4) + 4, 3), title, fill=(0, 0, 0))
+    for r, (row, row_titles) in enumerate(zip(rows, titles)):
+        top = r * (height + band)
+        for column, (panel, title) in enumerate(zip(row, row_titles)):
+            canvas.paste(panel, (column * (width + 4), top + band))
+            draw.text((column * (width + 4) + 4, top + 4), title, fill=(0, 0, 0), font=font)
     return canvas
 
 

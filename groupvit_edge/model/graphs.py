@@ -10,13 +10,14 @@ from torch import nn
 from .groupvit import GroupViT
 
 IMAGE_INPUT = "pixels"
-IMAGE_OUTPUTS = ("group_embeds", "image_embed", "grouping")
+IMAGE_OUTPUTS = ("group_embeds", "image_embed", "grouping", "stage1_grouping")
 TEXT_INPUT = "token_ids"
 TEXT_OUTPUTS = ("text_embeds",)
 
 
 class ImageGraph(nn.Module):
-    """pixels [B,3,H,W] → group_embeds [B,G,D], image_embed [B,D], grouping [B,G,H/p,W/p] at one fixed H×W.
+    """pixels [B,3,H,W] → group_embeds [B,G,D], image_embed [B,D], grouping [B,G,H/p,W/p] and the first stage's
+    soft groups stage1_grouping [B,G1,H/p,W/p], at one fixed H×W.
 
     The position table interpolated for H×W is computed once here and becomes a constant of the graph.
     """
@@ -29,7 +30,7 @@ class ImageGraph(nn.Module):
         self.register_buffer("position_embeddings", table)
 
     def forward(self, pixels):
-        return self.model.encode_image(pixels, self.position_embeddings)
+        return self.model.encode_image(pixels, self.position_embeddings, with_stage1=True)
 
 
 class TextGraph(nn.Module):

@@ -346,17 +346,22 @@ class GroupViT(nn.Module):
         projected = self.visual_projection(group_tokens.reshape(-1, channels))
         return projected.reshape(-1, self.config.num_final_groups, self.config.projection_dim)
 
-    def encode_image(self, pixel_values, position_embeddings=None):
-        """pixels [B,3,H,W] → (group_embeds [B,G,D], image_embed [B,D], grouping [B,G,H/p,W/p]).
+    def encode_image(self, pixel_values, position_embeddings=None, with_stage1: bool = False):
+        """pixels [B,3,H,W] → (group_embeds [B,G,D], image_embed [B,D], grouping [B,G,H/p,W/p]
+        [, stage1_grouping [B,G1,H/p,W/p]]).
 
         Embeddings are L2-normalised. `grouping` is the product of the stages' soft assignments: entry (g, y, x)
-        is the soft membership of patch (y, x) in final group g — the paper's segmentation protocol.
+        is the soft membership of patch (y, x) in final group g — the paper's segmentation protocol. With
+        `with_stage1`, also the first stage's soft assignment alone (its 64 smaller groups).
         """
         group_tokens, assignments = self.vision_model(pixel_values, position_embeddings)
         group_embeds = l2_normalize(self._project_groups(group_tokens))
         image_embed = l2_normalize(self.visual_projection(group_tokens.mean(dim=1)))
-        grouping = grouping_maps(assignments, *pixel_values.shape[-2:], self.config.vision.patch_size)
-        return group_embeds, image_embed, grouping
+        size = (*pixel_values.shape[-2:], self.config.vision.patch_size)
+        grouping = grouping_maps(assignments, *size)
+        if not with_stage1:
+            return group_embeds, image_embed, grouping
+        return group_embeds, image_embed, grouping, grouping_maps(assignments[:1], *size)
 
     def encode_text(self, token_ids):
         """token ids [K, L] → text_embeds [K, D], L2-normalised."""

@@ -27,12 +27,32 @@ class Configuration:
     label: str                 # e.g. "openvino, int8 IR, bf16"
 
 
+# The image graph's outputs (DESIGN.md). `stage1_grouping` came later: artifacts without it still run.
+IMAGE_OUTPUTS = ("group_embeds", "image_embed", "grouping")
+OPTIONAL_IMAGE_OUTPUTS = ("stage1_grouping",)
+
+
 @dataclass
 class ImageEncoding:
     """Outputs of the image graph for a batch of windows (see DESIGN.md for the contract)."""
     group_embeds: np.ndarray   # [B, G, D] float32, L2-normalised
     image_embed: np.ndarray    # [B, D] float32, L2-normalised
     grouping: np.ndarray       # [B, G, H/p, W/p] float32, soft maps multiplied over stages
+    stage1_grouping: np.ndarray | None = None   # [B, G1, H/p, W/p]: the first stage's soft groups (64 for gcc-yfcc)
+
+    @classmethod
+    def from_outputs(cls, outputs: dict) -> "ImageEncoding":
+        """From a backend's outputs by name; an optional output the graph lacks stays None."""
+        return cls(*(outputs[name] for name in IMAGE_OUTPUTS),
+                   **{name: outputs[name] for name in OPTIONAL_IMAGE_OUTPUTS if name in outputs})
+
+    @classmethod
+    def concatenate(cls, parts: list["ImageEncoding"]) -> "ImageEncoding":
+        """Batches of windows encoded separately, joined in order."""
+        def joined(name):
+            arrays = [getattr(part, name) for part in parts]
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)
+        return cls(*(joined(name) for name in IMAGE_OUTPUTS + OPTIONAL_IMAGE_OUTPUTS))
 
 
 class Runtime(abc.ABC):

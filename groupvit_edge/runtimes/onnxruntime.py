@@ -8,7 +8,7 @@ import numpy as np
 from ..artifact import Manifest
 from ..errors import UserError
 from ..options import option
-from .base import Configuration, ImageEncoding, Runtime, importable
+from .base import IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS, Configuration, ImageEncoding, Runtime, importable
 
 NAME = "onnxruntime"
 EXTRA = "onnxruntime"
@@ -81,9 +81,9 @@ class OnnxRuntime(Runtime):
                             f"re-run `groupvit-edge export`") from None
 
     def encode_image(self, pixels: np.ndarray) -> ImageEncoding:
-        group_embeds, image_embed, grouping = self._image.run(
-            ["group_embeds", "image_embed", "grouping"], {"pixels": np.ascontiguousarray(pixels, np.float32)})
-        return ImageEncoding(group_embeds, image_embed, grouping)
+        names = [o.name for o in self._image.get_outputs() if o.name in IMAGE_OUTPUTS + OPTIONAL_IMAGE_OUTPUTS]
+        outputs = self._image.run(names, {"pixels": np.ascontiguousarray(pixels, np.float32)})
+        return ImageEncoding.from_outputs(dict(zip(names, outputs)))
 
     def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
         if self._text is None:

@@ -25,11 +25,10 @@ import numpy as np
 from ..artifact import Manifest
 from ..errors import UserError
 from ..options import option
-from .base import Configuration, ImageEncoding, Runtime, importable
+from .base import IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS, Configuration, ImageEncoding, Runtime, importable
 
 NAME = "openvino"
 EXTRA = "openvino"
-IMAGE_OUTPUTS = ("group_embeds", "image_embed", "grouping")
 HINTS = ("LATENCY", "THROUGHPUT")
 # Inference precisions a user may ask for, as OpenVINO spells them; the capability a device must list for each.
 PRECISION_CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
@@ -177,6 +176,8 @@ class OpenVinoRuntime(Runtime):
             config["INFERENCE_NUM_THREADS"] = int(_count("threads", threads))
         self._image = self._compile("image_ir", config, static_batch=True)
         self.inference_precision = self._ran_precision(self._image)
+        known = IMAGE_OUTPUTS + OPTIONAL_IMAGE_OUTPUTS
+        self._output_names = [name for output in self._image.outputs for name in output.get_names() if name in known]
         self._requests = max(1, int(self._image.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         # Infer requests are not shareable between concurrent calls: each call borrows a queue of its own from
         # this pool and returns it, so threads (and interleaved streams) never touch each other's requests.
@@ -228,8 +229,10 @@ class OpenVinoRuntime(Runtime):
         ImageEncoding (batch 1) per window, in input order, as soon as it and all earlier ones are done."""
         finished: dict[int, tuple] = {}
 
+        names = self._output_names
+
         def collect(request, index):
-            finished[index] = tuple(request.get_tensor(name).data.copy() for name in IMAGE_OUTPUTS)
+            finished[index] = {name: request.get_tensor(name).data.copy() for name in names}
 
         requests = self._borrow_queue()
         try:
@@ -239,11 +242,11 @@ class OpenVinoRuntime(Runtime):
                 pixels = np.ascontiguousarray(window, np.float32)
                 requests.start_async({"pixels": pixels if pixels.ndim == 4 else pixels[None]}, index)
                 while emitted in finished:
-                    yield ImageEncoding(*finished.pop(emitted))
+                    yield ImageEncoding.from_outputs(finished.pop(emitted))
                     emitted += 1
             requests.wait_all()
             while emitted in finished:
-                yield ImageEncoding(*finished.pop(emitted))
+                yield ImageEncoding.from_outputs(finished.pop(emitted))
                 emitted += 1
         finally:
             requests.wait_all()
@@ -258,9 +261,7 @@ class OpenVinoRuntime(Runtime):
             return self._ov.AsyncInferQueue(self._image, self._requests)
 
     def encode_image(self, pixels: np.ndarray) -> ImageEncoding:
-        parts = list(self.encode_images_async(pixels))
-        return ImageEncoding(*(np.concatenate(arrays) for arrays in zip(
-            *((p.group_embeds, p.image_embed, p.grouping) for p in parts))))
+        return ImageEncoding.concatenate(list(self.encode_images_async(pixels)))
 
     def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
         with self._text_lock:

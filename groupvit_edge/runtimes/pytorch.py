@@ -81,7 +81,7 @@ class TorchRuntime(Runtime):
     def encode_image(self, pixels: np.ndarray) -> ImageEncoding:
         with self._torch.inference_mode():
             outputs = self.image_graph(self._torch.from_numpy(np.ascontiguousarray(pixels, np.float32)))
-        return ImageEncoding(*(tensor.numpy() for tensor in outputs))
+        return ImageEncoding(*(tensor.numpy() for tensor in outputs))   # in IMAGE_OUTPUTS + optional order
 
     def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():

@@ -603,7 +603,7 @@ class TensorRTRuntime(Runtime):
 
     def encode_image(self, pixels: np.ndarray) -> ImageEncoding:
         outputs = self._image.run({"pixels": pixels})
-        return ImageEncoding(outputs["group_embeds"], outputs["image_embed"], outputs["grouping"])
+        return ImageEncoding.from_outputs(outputs)
 
     def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
         with self._text_lock:

@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..runtimes import Runtime
 from ..runtimes import open as open_runtime
 from ..runtimes.base import ImageEncoding
+from .groups import Group, describe_groups, group_image, group_map, window_groups
 from .postprocess import BACKGROUND_THRESHOLD, final_groups, stitch, window_scores
 from .preprocess import Prepared, load_image, prepare
 from .vocabulary import Vocabulary, parse_labels
@@ -26,6 +27,9 @@ class Segmentation:
     scores: np.ndarray               # [H, W] float32 score of the winning class
     class_names: list[str]
     image: Image.Image = field(repr=False)
+    groups: np.ndarray | None = field(default=None, repr=False)   # [H, W] int32: which group holds each pixel
+    group_info: list[Group] = field(default_factory=list)           # per value of `groups`
+    stage1_groups: np.ndarray | None = field(default=None, repr=False)   # the same for the first stage's groups
 
     def class_fractions(self) -> dict[str, float]:
         counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
@@ -58,13 +62,21 @@ class Segmentation:
         image = Image.fromarray(blended, "RGB")
         return _draw_legend(image, self.class_fractions(), self.class_names) if legend else image
 
-    def save(self, directory: str | Path, stem: str) -> tuple[Path, Path]:
+    def group_image(self) -> Image.Image:
+        """Each group its own colour, boundaries between groups in black."""
+        return group_image(self.groups)
+
+    def save(self, directory: str | Path, stem: str) -> list[Path]:
+        """<stem>.overlay.png, <stem>.labels.png and (when groups are known) <stem>.groups.png, overlay first."""
         from ..files import write_atomic
+        images = [("overlay", self.overlay()), ("labels", self.label_image())]
+        if self.groups is not None:
+            images.append(("groups", self.group_image()))
         written = []
-        for suffix, image in (("overlay", self.overlay()), ("labels", self.label_image())):
+        for suffix, image in images:
             path = Path(directory) / f"{stem}.{suffix}.png"
             written.append(write_atomic(path, lambda temporary: image.save(temporary, format="PNG")))
-        return written[0], written[1]
+        return written
 
 
 MAX_LABEL_IMAGE_CLASSES = 256
@@ -91,26 +103,31 @@ def palette(count: int) -> np.ndarray:
     return colors
 
 
+LEGEND_SIZE = 16
+
+
 def _draw_legend(image: Image.Image, fractions: dict[str, float], class_names: list[str]) -> Image.Image:
+    from PIL import ImageFont
     draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=LEGEND_SIZE)
     colors = palette(len(class_names))
+    row = LEGEND_SIZE + 6
     y = 4
     for name, share in sorted(fractions.items(), key=lambda item: -item[1]):
         color = tuple(int(c) for c in colors[class_names.index(name)])
         text = f"{name} {share:.0%}"
-        width = int(draw.textlength(text)) + 22
-        draw.rectangle([4, y, 4 + width, y + 14], fill=(0, 0, 0))
-        draw.rectangle([7, y + 3, 15, y + 11], fill=color, outline=(255, 255, 255))
-        draw.text((20, y + 1), text, fill=(255, 255, 255))
-        y += 16
+        width = int(draw.textlength(text, font=font)) + row + 8
+        draw.rectangle([4, y, 4 + width, y + row - 2], fill=(0, 0, 0))
+        draw.rectangle([8, y + 4, 8 + row - 10, y + row - 6], fill=color, outline=(255, 255, 255))
+        draw.text((row + 4, y + 1), text, fill=(255, 255, 255), font=font)
+        y += row
     return image
 
 
 def encode_windows(runtime: Runtime, windows: np.ndarray, batch_size: int = 4) -> ImageEncoding:
     """Run the image graph on every window, `batch_size` windows per call."""
     parts = [runtime.encode_image(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
-    return ImageEncoding(*(np.concatenate(arrays) for arrays in zip(
-        *((p.group_embeds, p.image_embed, p.grouping) for p in parts))))
+    return ImageEncoding.concatenate(parts)
 
 
 def label_map(prepared: Prepared, encoding: ImageEncoding, text_embeds: np.ndarray, logit_scale: float,
@@ -181,8 +198,18 @@ class Segmenter:
 
     def segment(self, image) -> Segmentation:
         picture, prepared = self.prepare(image)
-        labels, scores = self.decide(prepared, self.encode(prepared))
-        return Segmentation(labels, scores, self.class_names, picture)
+        encoding = self.encode(prepared)
+        groups = window_groups(encoding.grouping, prepared)
+        labels, scores = label_map(prepared, encoding, self.vocabulary.text_embeds, self.manifest.logit_scale,
+                                   self.background_threshold, groups)
+        ids, pairs = group_map(prepared, groups, encoding.grouping.shape[1])
+        info = describe_groups(ids, pairs, encoding, self.vocabulary.text_embeds, self.class_names,
+                               self.manifest.logit_scale, offset=0 if self.background_threshold is None else 1)
+        stage1 = None
+        if encoding.stage1_grouping is not None:
+            stage1, _ = group_map(prepared, window_groups(encoding.stage1_grouping, prepared),
+                                  encoding.stage1_grouping.shape[1])
+        return Segmentation(labels, scores, self.class_names, picture, ids, info, stage1)
 
     def close(self) -> None:
         self.runtime.close()

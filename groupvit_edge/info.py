@@ -1,0 +1,82 @@
+"""`groupvit-edge info ARTIFACT`: what an artifact holds and how it was proven, in one screen (the manifest is
+kilobytes of JSON; this is what a user looks for in it)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .artifact import read_manifest
+
+
+def describe(artifact) -> str:
+    manifest = read_manifest(artifact)
+    data, directory = manifest.data, Path(artifact)
+    model, preprocess = data["model"], manifest.preprocess
+    lines = [f"{directory}: {manifest.target}, made by groupvit-edge {data['toolkit_version']} on {data['created']} "
+             f"from {model['id']} (weights {model['weights_sha256'][:12]}…)",
+             f"  {preprocess.height}×{preprocess.width} windows ({preprocess.resize}, stride "
+             f"{preprocess.stride[0]}), {data['num_groups']} groups, {data['embed_dim']}-d embeddings", "", "files:"]
+    for what, relative, _ in manifest.files():
+        size = (directory / relative).stat().st_size / 1e6
+        lines.append(f"  {relative:<40} {size:8.1f} MB  {what}")
+    lines += ["", f"precision: {_precision(data['precision'])}"]
+    calibration = data.get("calibration")
+    if calibration:
+        lines.append(f"calibration: {calibration.get('source') or calibration.get('count')} "
+                     f"({calibration.get('method')}, {calibration.get('seconds', '?')} s, cache reused: "
+                     f"{'yes' if calibration.get('reused_cache') else 'no'}); drift measured on "
+                     f"{calibration.get('held_out_source') or len(calibration.get('held_out', []))}")
+    lines += ["", "measured at export:"]
+    for name, check in (data.get("validation") or {}).items():
+        if isinstance(check, dict) and "model_level" in check:
+            lines.append(f"  {name}: {_check_line(check)}")
+        elif isinstance(check, dict) and "steps" in check:
+            kept = check.get("kept_float_blocks") or []
+            lines.append(f"  {name}: budget {check['budget']}, {'met' if check['fits'] else 'not met'} with "
+                         f"{len(kept)} block(s) in float")
+    vocabulary = data.get("vocabulary")
+    lines += ["", f"vocabulary: {', '.join(vocabulary['labels'])}" if vocabulary else
+              "vocabulary: none precomputed (labels are encoded on the fly)"]
+    lines.append(f"runs here on: {_runs_here(directory)}")
+    return "\n".join(lines)
+
+
+def _precision(precision: dict) -> str:
+    parts = [precision.get("compute", "?")]
+    quantized = precision.get("quantized_nodes")
+    if isinstance(quantized, list) and quantized:
+        parts.append(f"{len(quantized)} nodes in INT8")
+    elif isinstance(quantized, str):
+        parts.append(quantized)
+    if precision.get("inference_precision"):
+        parts.append(f"inference precision {precision['inference_precision']}")
+    kept = precision.get("kept_float")
+    if kept and kept != ["*"]:
+        shown = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
+        parts.append(f"kept float: {shown}")
+    return "; ".join(parts)
+
+
+def _check_line(check: dict) -> str:
+    model = check["model_level"]
+    confident = model.get("group_agreement_confident")
+    cosine = model["group_embed_cosine"]
+    verdict = "" if not check.get("budget") else (" — within " if not check.get("failures") else " — OUTSIDE ") + \
+        check["budget"]
+    return (f"{check.get('candidate')} vs {check.get('reference')} on {len(check.get('images', []))} photos: "
+            f"confident group agreement {'—' if confident is None else f'{confident:.3f}%'}, group cosine "
+            f"{cosine['mean']:.5f} / {cosine['min']:.5f}, max abs diff {max(model['max_abs_diff'].values()):.1e}"
+            f"{verdict}")
+
+
+def _runs_here(directory: Path) -> str:
+    from .errors import UserError
+    from .metrics.tune import tuned_choice
+    from .runtimes import choose_backend
+    tuned = tuned_choice(directory)
+    try:
+        backend, _ = choose_backend(directory, tuned[0] if tuned else None)
+    except UserError as error:
+        return f"nothing here ({error})"
+    options = tuned[1] if tuned else {}
+    detail = ", ".join(f"{key} {value}" for key, value in options.items())
+    return f"{backend}{f' ({detail})' if detail else ''}{' — chosen by tune on this device' if tuned else ''}"
