@@ -267,7 +267,7 @@ def drift(reference, candidates, images, labels, masks_dir, classes, max_drop, m
                          min_group_cosine=min_group_cosine)
     report = measure_drift(reference, list(candidates), list(images) or None, labels=labels, masks_dir=masks_dir,
                            class_map=resolve(classes) if masks_dir else None, confident_margin=margin,
-                           report_dir=report_dir)
+                           report_dir=report_dir, budget=budget if budget != DriftBudget() else None)
     click.echo(report.to_markdown())
     if json_path:
         write_json(report.data, json_path)

@@ -240,7 +240,7 @@ def test_budget_verdicts_when_the_report_carries_them(data):
     assert page.count("confident group agreement ≥ 99.9%") == 2
     assert '<p class="passed">Within the budget' in page
     assert '<p class="failed">Outside the budget' in page and "is below 0.995</li>" in page
-    assert "No budget verdict" in render_html(data, [[], []])     # absent from drift.json: said, not implied
+    assert "No budget was applied" in render_html(data, [[], []])     # absent from drift.json: said, not implied
 
 
 def test_panels_must_match_the_candidates(data, report_dir, tmp_path):

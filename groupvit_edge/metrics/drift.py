@@ -313,12 +313,13 @@ def validate_candidate(reference, candidate, images, *, labels="prototypes:16",
 def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks_dir=None,
                   class_map: ClassMap | None = None, confident_margin: float = CONFIDENT_MARGIN,
                   worst: int = 5, seed: int = 0, batch_size: int = 4, report_dir=None,
-                  progress: bool = True) -> DriftReport:
+                  budget: DriftBudget | None = None, progress: bool = True) -> DriftReport:
     """Run the reference and every candidate on the same windows of `images` and compare them.
 
     `reference`/`candidates` are artifact directories, checkpoints/model specs (PyTorch reference) or Runtimes.
     `labels`: class names, "prototypes:K" (K k-means centroids of the reference's group embeddings), or None
-    for the reference artifact's vocabulary (or the class map's names when masks are given).
+    for the reference artifact's vocabulary (or the class map's names when masks are given). With `budget`, each
+    candidate's failures are recorded in the report too.
     """
     started = time.perf_counter()
     if not candidates:
@@ -378,6 +379,10 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
     typed = [CandidateDrift(**_describe(source, runtime), **result, encode_seconds=encode_seconds[index])
              for index, (source, runtime, result) in enumerate(zip(candidates, candidate_runtimes, results), start=1)]
     data["candidates"] = [candidate.to_dict() for candidate in typed]
+    if budget is not None:      # the verdicts travel with the figures into drift.json and report.html
+        data["budget"] = budget.describe()
+        for entry, candidate in zip(data["candidates"], typed):
+            entry["failures"] = budget.failures(candidate)
     data["timing"]["total_s"] = time.perf_counter() - started
     report = DriftReport(data, typed)
     if report_dir is not None:

@@ -4,8 +4,8 @@ Nothing is fetched when it opens: the CSS is inline, the photo panels are base64
 chart is inline SVG. No JavaScript. Every piece of text from drift.json or a caption goes through html.escape.
 
 Budget verdicts are shown when drift.json carries them (`candidates[i]["failures"]`, a list of sentences, and
-optionally the top-level `budget`, a DriftBudget.describe() string); `measure_drift` writes the report before
-any budget is applied, so usually it does not, and the page says so instead of implying a pass.
+the top-level `budget`, a DriftBudget.describe() string): `measure_drift(..., budget=)` records them, as
+`drift` with budget flags and `groupvit_edge.testing` do; without a budget the page says none was applied.
 """
 from __future__ import annotations
 
@@ -170,7 +170,8 @@ def _budget_verdict(candidate: dict, budget: str | None) -> str:
     failures = candidate.get("failures")
     limits = f" ({escape(budget)})" if budget else ""
     if failures is None:
-        return '<p class="note">No budget verdict in this report: <code>drift</code> prints it on the terminal.</p>'
+        return ('<p class="note">No budget was applied: pass <code>--max-drop</code>, '
+                '<code>--min-confident-agreement</code> or <code>--min-group-cosine</code> for a verdict.</p>')
     if not failures:
         return f'<p class="passed">Within the budget{limits}.</p>'
     items = "".join(f"<li>{escape(failure)}</li>" for failure in failures)

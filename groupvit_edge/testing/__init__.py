@@ -30,11 +30,11 @@ def assert_drift_within(reference, candidate, *, images=None, labels="prototypes
                          min_group_cosine=min_group_cosine, min_group_cosine_worst=min_group_cosine_worst)
     report_dir = Path(report_dir or tempfile.mkdtemp(prefix="groupvit-drift-"))
     report = measure_drift(reference, [candidate], images, labels=labels, report_dir=report_dir, progress=False,
-                           **options)
+                           budget=budget, **options)
     failures = report.failures(budget)
     if failures:
         raise AssertionError("\n".join(["drift budget exceeded:", *failures, "", report.to_markdown(), "",
-                                        f"report: {report_dir} (drift.json, drift.md, worst-image PNGs)"]))
+                                        f"report: {report_dir} (report.html, drift.json, worst-photo PNGs)"]))
     return report
 
 
