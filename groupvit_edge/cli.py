@@ -14,6 +14,7 @@ import sys
 import click
 
 from .errors import UserError, ValidationFailed
+from .metrics.blocks import TOLERANCE_DB
 from .metrics.drift import CONFIDENT_MARGIN
 from .options import check_number, spec_of
 
@@ -369,6 +370,35 @@ def tune(artifact, images, reference, labels, max_drop, min_confident_agreement,
     click.echo(report.to_markdown())
     if report.chosen is not None and not dry_run:
         click.echo(f"recorded in {artifact}/tuned.json for this device")
+
+
+@cli.command(epilog="Example:\n\n  groupvit-edge diagnose --ref artifacts/fp32 --candidate artifacts/int8 --images photos/ "
+             "--suggest --report diagnose/")
+@click.option("--ref", "reference", required=True,
+              help="The fp32 artifact (its image.onnx runs in ONNX Runtime, as at export).")
+@click.option("--candidate", required=True, help="The artifact to diagnose: INT8, FP16, or fp32 on another backend.")
+@click.option("--images", multiple=True, help=IMAGES_HELP)
+@click.option("--backend", help="Run the candidate on onnxruntime, openvino or tensorrt (default: the best one "
+              "installed for it).")
+@click.option("--tolerance-db", type=float, default=TOLERANCE_DB, show_default=True,
+              help="Block outputs below this SQNR leave tolerance (30 dB: a tenth of the default drift budget's "
+                   "noise, group cosine 0.995).")
+@click.option("--suggest", is_flag=True, help="End with the --keep-float flag for the next INT8 export.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Write blocks.json, blocks.md and the chart blocks.svg here.")
+@_runtime_options
+def diagnose(reference, candidate, images, backend, tolerance_db, suggest, report_dir, **values):
+    """Where a candidate departs from the fp32 reference, block by block, and which blocks put the error there."""
+    from .metrics.blocks import per_block_divergence
+    report = per_block_divergence(reference, candidate, list(images) or None, backend=backend,
+                                  tolerance_db=tolerance_db, progress=True, **_runtime_values(values))
+    click.echo(report.to_markdown())
+    if report_dir:
+        click.echo(f"\nwrote {', '.join(str(path) for path in report.write(report_dir))}")
+    if suggest:
+        blocks = report.suggest()
+        click.echo(f"\n--keep-float {','.join(blocks)}" if blocks else
+                   "\nnothing to keep float: every block output stays within tolerance")
 
 
 @cli.command(epilog="Example:\n\n  groupvit-edge info artifacts/int8")

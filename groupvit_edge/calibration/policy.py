@@ -3,37 +3,22 @@
 INT8 goes to the big matrix products with weights: the patch embedding, attention projections, MLPs and the
 projection head. Everything else stays float — LayerNorm, Softmax, GELU, the activation×activation products of
 attention, the whole grouping assignment (q·k logits, softmax, argmax) and the final L2 normalisations.
-Blocks (one attention, one MLP, one grouping block, …) are the unit the drift-budget search returns to float.
+Blocks (one attention, one MLP, one grouping block, …, as the model names them in model/blocks.py) are the unit
+`--keep-float` and the drift-budget search return to float.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import onnx
+
+from ..model.blocks import ASSIGNMENT_NODES as ASSIGNMENT
+from ..model.blocks import block_of, forward_order
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 # Ops the FP16 path keeps in float32 (their ranges or reductions overflow or lose precision in fp16).
 FP16_KEEP_FLOAT_OPS = ["LayerNormalization", "Softmax", "ReduceMax", "Equal", "ReduceL2", "LpNormalization",
                        "ReduceSum", "ReduceMean", "Erf"]
-_BLOCK_PATTERNS = (
-    (re.compile(r"^/vision_model/embeddings/"), "patch_embed"),
-    (re.compile(r"^/vision_model/encoder/stages\.(\d+)/layers\.(\d+)/self_attn/"), "stage{0}.layer{1}.attention"),
-    (re.compile(r"^/vision_model/encoder/stages\.(\d+)/layers\.(\d+)/mlp/"), "stage{0}.layer{1}.mlp"),
-    (re.compile(r"^/vision_model/encoder/stages\.(\d+)/downsample/"), "stage{0}.grouping"),
-    (re.compile(r"^/vision_model/encoder/stages\.(\d+)/group_projector/"), "stage{0}.group_projector"),
-    (re.compile(r"^/visual_projection/"), "projection"),
-)
-# The assignment: its q/k projections and q·k logits, softmax, argmax (ReduceMax + Equal) and normalisation.
-ASSIGNMENT = re.compile(r"/downsample/assign/((q_proj|k_proj)/|(MatMul|Softmax|ReduceMax|Equal|Cast|ReduceSum|Div|Add|Mul))")
-
-
-def block_of(node_name: str) -> str | None:
-    for pattern, template in _BLOCK_PATTERNS:
-        match = pattern.match(node_name)
-        if match:
-            return template.format(*match.groups())
-    return None
 
 
 @dataclass
@@ -47,6 +32,10 @@ class Policy:
         for name in self.quantizable:
             grouped.setdefault(block_of(name) or "other", []).append(name)
         return grouped
+
+    def block_names(self) -> list[str]:
+        """The blocks with a node in INT8, in forward order: what can be returned to float."""
+        return forward_order(name for name in self.blocks() if name != "other")
 
     def without_blocks(self, blocks) -> "Policy":
         """This policy with the given blocks returned to float."""

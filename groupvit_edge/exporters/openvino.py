@@ -79,6 +79,8 @@ def problems(export_plan) -> list[str]:
         if _route(options) == "nncf-ir" and budget_from(options) is not None:
             found.append("a drift budget (--max-drop, --min-confident-agreement, --min-group-cosine) searches the "
                          "QDQ graph: add --openvino-int8-route qdq")
+        if _route(options) == "nncf-ir" and options.calibration.keep_float:
+            found.append("--keep-float applies to the QDQ graph: add --openvino-int8-route qdq")
         if _route(options) == "qdq":
             found += precision.int8_problems(options)
     return found

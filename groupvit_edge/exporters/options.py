@@ -40,6 +40,19 @@ def labels_list(value) -> tuple[str, ...]:
     return tuple(parse_labels(value))
 
 
+def block_names(value) -> tuple[str, ...]:
+    """"stage0.grouping,projection", or several such strings (the flag is repeatable) → block names, each of the
+    form the model declares (whether the graph has that block is checked against the graph at calibration)."""
+    from ..model.blocks import NAME_FORMS, is_block_name
+    texts = [value] if isinstance(value, str) else list(value)
+    names = tuple(dict.fromkeys(part.strip() for text in texts for part in str(text).split(",") if part.strip()))
+    malformed = [name for name in names if not is_block_name(name)]
+    if malformed:
+        raise UserError(f"--keep-float {malformed[0]!r} is not a block name: use the model's names ({NAME_FORMS}), "
+                        f"e.g. the ones `groupvit-edge diagnose --suggest` prints")
+    return names
+
+
 def paths(value) -> tuple[str, ...]:
     return tuple(str(v) for v in ([value] if isinstance(value, (str, Path)) else value))
 
@@ -80,6 +93,11 @@ class CalibrationOptions:
                                    choices=("7", "8"),
                                    parse=int)
     seed: int = option(0, "Calibration sampling seed.", targets=CALIBRATED_TARGETS)
+    keep_float: tuple[str, ...] | None = option(
+        None, "Blocks to leave in float, comma-separated model block names (stage0.grouping, stage1.layer1.mlp, "
+              "patch_embed, projection, …), e.g. what `groupvit-edge diagnose --suggest` prints; a drift-budget "
+              "search starts from them.", targets=CALIBRATED_TARGETS, parse=block_names, multiple=True,
+        metavar="BLOCK[,BLOCK]")
 
 
 @dataclass(frozen=True)
@@ -143,7 +161,8 @@ class ExportOptions:
 
 
 def _parse(name: str, value, spec: OptionSpec):
-    if spec.parse is not None and (isinstance(value, str) or spec.parse in (image_size, paths, labels_list)):
+    if spec.parse is not None and (isinstance(value, str) or spec.parse in (image_size, paths, labels_list,
+                                                                            block_names)):
         value = spec.parse(value)
     if spec.choices is not None and str(value) not in spec.choices:
         raise UserError(f"{spec.flag(name)} {value!r} is not one of {', '.join(spec.choices)}")

@@ -143,6 +143,12 @@ def to_int8(job, floats) -> ReducedImageGraph:
     method = MethodOptions(options.calib_method, weight_bits=options.int8_weight_bits)
     fp32 = onnx.load(str(job.staging / floats.image.file))
     policy = image_graph_policy(fp32)
+    asked_float = kept_float_blocks(policy, options.keep_float)
+    if asked_float:
+        # Before calibration, so the quantizer never sees these blocks; the drift-budget search below ranks only
+        # the blocks still in INT8, so it starts from them.
+        policy = policy.without_blocks(asked_float)
+        job.log(f"keeping {len(asked_float)} block(s) in float as asked: {', '.join(asked_float)}")
     key = calibration_key(job.loaded.weights_sha256, calibration, method.to_dict(),
                           policy=policy_digest(policy.quantizable))
     started = time.perf_counter()
@@ -164,11 +170,29 @@ def to_int8(job, floats) -> ReducedImageGraph:
     form = qdq_form(quantized)
     if not form["symmetric_int8"]:
         raise RuntimeError(f"the quantizer produced a non-symmetric QDQ graph: {form}")
-    record = PrecisionRecord("int8", INT8_KEPT_FLOAT + kept_blocks, policy.assignment, quantized_nodes(quantized),
-                             {"method": method.to_dict(), "qdq": form})
+    details = {"method": method.to_dict(), "qdq": form, **({"keep_float": asked_float} if asked_float else {})}
+    record = PrecisionRecord("int8", INT8_KEPT_FLOAT + asked_float + kept_blocks, policy.assignment,
+                             quantized_nodes(quantized), details)
     calibration_record = {**calibration.summary(), **method.to_dict(), "reused_cache": reused,
                           "seconds": round(calibration_seconds, 1)}
     return ReducedImageGraph(onnx_record(job.staging, INT8_FILE, "int8"), record, check, calibration_record, search)
+
+
+def kept_float_blocks(policy, asked) -> list[str]:
+    """The `--keep-float` blocks in forward order, each one this graph quantizes; a UserError names any other."""
+    from ..errors import UserError
+    from ..model.blocks import forward_order
+    if not asked:
+        return []
+    known = policy.block_names()
+    unknown = [name for name in asked if name not in known]
+    if unknown:
+        raise UserError(f"--keep-float {unknown[0]!r} is not a block of this model's image graph: use names from "
+                        f"{', '.join(known)}")
+    if set(known) <= set(asked):
+        raise UserError("--keep-float lists every block, which leaves nothing in INT8: drop some blocks, or export "
+                        "--target onnx for the fp32 graph")
+    return forward_order(asked)
 
 
 def to_int8_dynamic(job, floats) -> ReducedImageGraph:

@@ -529,6 +529,8 @@ def problems(export_plan) -> list[str]:
                      f"this build needs: choose another --tensorrt-typing/--int8-route or reinstall TensorRT")
     if build_plan.calibrator and budget_from(export_plan.options) is not None:
         found.append("a drift budget searches the QDQ graph: use --int8-route explicit with it")
+    if build_plan.calibrator and export_plan.options.calibration.keep_float:
+        found.append("--keep-float applies to the QDQ graph: use --int8-route explicit with it")
     return found
 
 
@@ -744,3 +746,41 @@ def _check_engines(job, floats, graphs, engines, section, compute: str, photos, 
                            drift, budget)
     job.log(f"  {check.line()}")
     return check
+
+
+# ------------------------------------------------------------------------------------------ block probes
+
+def build_probe_engine(trt, manifest, outputs, forced, directory: Path, kind: str = "free",
+                       log=lambda message: None) -> tuple[Path, list[str]]:
+    """(engine path, tensors the graph lacks): the artifact's image engine rebuilt with the same plan from the
+    same ONNX, `outputs` as extra graph outputs (the ONNX parser marks graph outputs as network outputs) and
+    `forced` tensors read from extra inputs (see `probe_graph`)."""
+    from ..runtimes.probes import onnx_module, probe_graph
+    record = manifest.data["engines"]["image"]
+    plan = BuildPlan(**{key: tuple(value) if isinstance(value, list) else value
+                                for key, value in record["plan"].items()})
+    if plan.calibrator:
+        raise UserError(f"{manifest.directory} holds an implicitly calibrated INT8 engine, whose calibration cannot "
+                        f"be replayed with block outputs marked: export trt-int8 with --int8-route explicit (the QDQ "
+                        f"graph) to compare it per block")
+    source = manifest.directory / record["source"]
+    if not source.is_file():
+        raise UserError(f"{manifest.directory} lacks {record['source']}, the ONNX its image engine was built from: "
+                        f"re-run `groupvit-edge export`")
+    onnx = onnx_module()
+    model = onnx.load(str(source))
+    missing = probe_graph(model, outputs, forced)
+    exposed = directory / f"image.blocks-{kind}.onnx"
+    onnx.save(model, str(exposed))
+    inputs = [{"name": value.name, "shape": _manifest_shape(value)} for value in model.graph.input]
+    graph = GraphRecord(exposed.name, "onnx", plan.source, inputs, record["outputs"])
+    engine = directory / f"image.blocks-{kind}.engine"
+    build_engine(trt, exposed, engine, plan, graph, BatchProfile(1, 1, 1), workspace_mb=1024,
+                         timing_cache=None, pin=kept_float_nodes(exposed) if plan.pin_float32 else None,
+                         log=log)
+    return engine, missing
+
+
+def _manifest_shape(value) -> list:
+    """An ONNX input's shape as the manifest writes it: named axes as names, the rest as numbers."""
+    return [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim]

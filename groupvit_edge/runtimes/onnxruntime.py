@@ -8,6 +8,7 @@ import numpy as np
 from ..artifact import Manifest
 from ..errors import UserError
 from ..options import option
+from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe, image_graph, installed, probe_graph
 from .base import IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS, Configuration, ImageEncoding, Runtime, importable
 
 NAME = "onnxruntime"
@@ -99,3 +100,50 @@ class OnnxRuntime(Runtime):
 
     def close(self) -> None:
         self._image = self._text = None
+
+
+# ------------------------------------------------------------------------------------------ block probe
+
+def block_probe(manifest: Manifest, outputs, forced, options: Options) -> "BlockProbe":
+    return BlockProbe(manifest, outputs, forced, options)
+
+
+class BlockProbe(Probe):
+    def __init__(self, manifest: Manifest, outputs, forced, options):
+        self._ort = installed("onnxruntime", EXTRA)
+        self._options, self._providers = options, list(options.providers or ["CPUExecutionProvider"])
+        self._free, self.missing = self._session(manifest, outputs)
+        self._forced, _ = self._session(manifest, outputs, forced) if forced else (None, [])
+        compute = manifest.data["precision"].get("compute", "fp32")
+        self.description = f"{manifest.graphs['image']['file']} in onnxruntime {self._ort.__version__} " \
+                           f"({self._providers[0]}, {compute})"
+
+    def _session(self, manifest: Manifest, outputs, forced=()):
+        model = image_graph(manifest, with_weights=True)
+        missing = probe_graph(model, outputs, forced)
+        settings = self._ort.SessionOptions()
+        settings.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        settings.log_severity_level = 3
+        if self._options.threads:
+            settings.intra_op_num_threads = self._options.threads
+        return self._ort.InferenceSession(model.SerializeToString(), settings, providers=self._providers), missing
+
+    def run(self, window: np.ndarray, reference: dict | None = None) -> dict[str, np.ndarray]:
+        session = self._free if reference is None else self._forced
+        feeds = {}
+        for graph_input in session.get_inputs():
+            if graph_input.name == IMAGE_INPUT:
+                feeds[IMAGE_INPUT] = window[None]
+            else:
+                value = reference[graph_input.name.removesuffix(REFERENCE_SUFFIX)]
+                feeds[graph_input.name] = value.astype(_ORT_TYPES.get(graph_input.type, value.dtype))
+        return dict(zip([output.name for output in session.get_outputs()], session.run(None, feeds)))
+
+    def close(self) -> None:
+        self._free = self._forced = None
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}

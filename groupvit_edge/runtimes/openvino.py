@@ -25,6 +25,7 @@ import numpy as np
 from ..artifact import Manifest
 from ..errors import UserError
 from ..options import option
+from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe, installed
 from .base import IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS, Configuration, ImageEncoding, Runtime, importable
 
 NAME = "openvino"
@@ -292,3 +293,64 @@ class OpenVinoRuntime(Runtime):
     def close(self) -> None:
         self._idle_queues = queue.SimpleQueue()
         self._image = self._text = None
+
+
+# ------------------------------------------------------------------------------------------ block probe
+
+def block_probe(manifest: Manifest, outputs, forced, options: Options) -> "BlockProbe":
+    return BlockProbe(manifest, outputs, forced, options)
+
+
+class BlockProbe(Probe):
+    def __init__(self, manifest: Manifest, outputs, forced, options):
+        self._ov = installed("openvino", EXTRA)
+        self._core = self._ov.Core()
+        device = check_device(list(self._core.available_devices), options.device)
+        if device.partition(":")[0] in VIRTUAL_DEVICES:
+            raise UserError(f"per-block divergence runs on one device, not {device}: choose CPU, GPU or NPU")
+        record = manifest.graphs["image_ir"]
+        capabilities = list(self._core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+        precision = precision_for(record.get("inference_precision", "f32"), capabilities,
+                                          options.inference_precision, device)
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if options.threads:
+            config["INFERENCE_NUM_THREADS"] = int(options.threads)
+        self._free, self.missing = self._compile(manifest, outputs, (), device, config)
+        self._forced = self._compile(manifest, outputs, forced, device, config)[0] if forced else None
+        self._names = [tensor for tensor in outputs if tensor not in self.missing]
+        self.description = f"{record['file']} in openvino {self._ov.__version__.split('-')[0]} ({device}, " \
+                           f"{record.get('precision', 'fp32')} IR, inference precision {precision})"
+
+    def _compile(self, manifest: Manifest, outputs, forced, device: str, config: dict):
+        model = self._core.read_model(str(manifest.graph_path("image_ir")),
+                                      str(manifest.graph_path("image_ir", "weights")))
+        preprocess = manifest.preprocess
+        model.reshape({IMAGE_INPUT: [1, 3, preprocess.height, preprocess.width]})
+        ports = {name: output for op in model.get_ops() for output in op.outputs() for name in output.get_names()}
+        missing = [tensor for tensor in dict.fromkeys([*outputs, *forced]) if tensor not in ports]
+        model.add_outputs([tensor for tensor in outputs if tensor in ports])
+        parameters = []
+        for tensor in (tensor for tensor in forced if tensor in ports):
+            port = ports[tensor]
+            parameter = self._ov.opset13.parameter(port.get_partial_shape(), port.get_element_type(),
+                                                   name=tensor + REFERENCE_SUFFIX)
+            parameter.output(0).set_names({tensor + REFERENCE_SUFFIX})
+            for target in list(port.get_target_inputs()):
+                if target.get_node().get_type_name() != "Result":     # the exposed output stays the block's own
+                    target.replace_source_output(parameter.output(0))
+            parameters.append(parameter)
+        model.add_parameters(parameters)
+        return self._core.compile_model(model, device, config), missing
+
+    def run(self, window: np.ndarray, reference: dict | None = None) -> dict[str, np.ndarray]:
+        compiled = self._free if reference is None else self._forced
+        feeds = {IMAGE_INPUT: np.ascontiguousarray(window[None])}
+        for graph_input in compiled.inputs:
+            name = graph_input.get_any_name()
+            if name != IMAGE_INPUT:
+                feeds[name] = np.ascontiguousarray(reference[name.removesuffix(REFERENCE_SUFFIX)], np.float32)
+        results = compiled(feeds)
+        return {name: np.array(results[name]) for name in self._names}
+
+    def close(self) -> None:
+        self._free = self._forced = None

@@ -19,15 +19,19 @@ import json
 import math
 import platform
 import re
+import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
+
+from pathlib import Path
 
 import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
 from ..options import option
+from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe
 from .base import Configuration, ImageEncoding, Runtime, importable
 
 NAME = "tensorrt"
@@ -630,3 +634,41 @@ class TensorRTRuntime(Runtime):
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+
+
+# ------------------------------------------------------------------------------------------ block probe
+
+def block_probe(manifest: Manifest, outputs, forced, options: Options) -> "BlockProbe":
+    return BlockProbe(manifest, outputs, forced, options)
+
+
+class BlockProbe(Probe):
+    """Engines built like the artifact's image engine (its recorded plan and source ONNX), block tensors marked
+    as outputs, batch of one. `trt` and `memory` are the real module and device memory unless given."""
+
+    def __init__(self, manifest: Manifest, outputs, forced, options, trt=None, memory=None):
+        from ..exporters.tensorrt import build_probe_engine
+        self._trt = trt if trt is not None else import_tensorrt()
+        self._memory = memory if memory is not None else open_device_memory(options.device_memory, options.gpu)
+        self._scratch = tempfile.TemporaryDirectory(prefix="groupvit-edge-blocks-")
+        self._stream = self._memory.stream()
+        runtime = self._trt.Runtime(tensorrt_logger(self._trt))
+        self._sessions = {}
+        for kind, reads in (("free", ()), ("forced", forced)):
+            engine, missing = build_probe_engine(self._trt, manifest, outputs, reads, Path(self._scratch.name), kind)
+            self.missing = missing if kind == "free" else self.missing
+            self._sessions[kind] = EngineSession(self._trt, runtime, engine, self._memory, self._stream)
+        compute = manifest.data["precision"].get("compute", "?")
+        self.description = f"probe engines in tensorrt {self._trt.__version__} ({compute}, block outputs marked)"
+
+    def run(self, window: np.ndarray, reference: dict | None = None) -> dict[str, np.ndarray]:
+        session = self._sessions["free" if reference is None else "forced"]
+        feeds = {name: (window[None] if name == IMAGE_INPUT else reference[name.removesuffix(REFERENCE_SUFFIX)])
+                 for name in session.inputs}
+        return session.run(feeds)
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            session.close()
+        self._stream.close()
+        self._scratch.cleanup()
