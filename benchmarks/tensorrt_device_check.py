@@ -95,8 +95,6 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="keep the artifacts here (default: a temporary directory)")
     args = parser.parse_args()
     from groupvit_edge.hardware import cpu_header
-    print(cpu_header(), flush=True)   # figures from different machines are never mixed
-
     from groupvit_edge.assets import sample_photos
     from groupvit_edge.errors import UserError
     from groupvit_edge.exporters import export
@@ -113,6 +111,7 @@ def main() -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print(cpu_header(), flush=True)   # figures from different machines are never mixed
     with tempfile.TemporaryDirectory() as scratch:
         root = args.out or Path(scratch)
         common = dict(image_size=args.image_size, cache_dir=root / "cache", log=lambda message: None, force=True)
