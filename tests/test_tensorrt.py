@@ -1,8 +1,8 @@
 """TensorRT: the readiness check of the graphs, the pure logic of engine building and running, and what an
 export for a trt-* target does on a machine without TensorRT.
 
-TensorRT cannot be installed here (DEVELOPERS.md): tests that need it are marked `tensorrt` and skip with the
-reason; everything else runs on the real artifacts the toolkit makes, on graphs made to break each rule, and
+Tests that need TensorRT and a GPU are marked `tensorrt` and skip with the reason where those are absent
+(DEVELOPERS.md); everything else runs on the real artifacts the toolkit makes, on graphs made to break each rule, and
 (exports through the engine step) on recording fakes generated from the real TensorRT bindings
 (tests/tensorrt_harness; tests/test_tensorrt_conformance.py checks the TensorRT calls version by version).
 """
@@ -35,8 +35,7 @@ from tensorrt_harness.fake import TensorRTWorld, fake_tensorrt, install
 
 TENSORRT_HERE = trt_runtime.is_installed()
 requires_tensorrt = pytest.mark.skipif(
-    not TENSORRT_HERE, reason="needs TensorRT ≥ 10.3 and an NVIDIA GPU; TensorRT cannot be installed in this "
-                              "development environment (DEVELOPERS.md), so engines are built and run only on one")
+    not TENSORRT_HERE, reason="needs TensorRT ≥ 10.3 and an NVIDIA GPU")
 
 
 # ------------------------------------------------------------------------------------- artifacts under test
@@ -284,7 +283,9 @@ def _dequantized_matmul(data: np.ndarray, scale: np.ndarray, axis: int | None = 
 
 
 def test_qdq_rules_match_the_10_3_parser():
-    """Defect 8: what the 10.3 parser and builder refuse is an error here, what they take is not."""
+    """The Q/DQ rules follow TensorRT 10.3 (JetPack 6), the oldest version supported: what its parser and builder
+    refuse is an error, what they take is not, so the check neither lets a failing build through nor blocks a
+    working one."""
     # Per-channel Q/DQ of an activation: "Activations-quantization does not support per-axis quantization".
     scale = numpy_helper.from_array(np.full(4, 0.02, np.float32), "scale")
     zero = numpy_helper.from_array(np.zeros(4, np.int8), "zero")
@@ -329,7 +330,8 @@ def test_qdq_rules_match_the_10_3_parser():
 
 
 def test_opset_outside_the_table_is_a_warning_because_the_parser_takes_it():
-    """Defect 8: ModelImporter only warns about opsets; the table's 9..20 is documentation, not a refusal."""
+    """ModelImporter only warns about an opset outside its table (9..20), and parses the graph anyway, so the check
+    warns too instead of refusing."""
     for opset in (21, 8):
         relu = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")],
                       [_value("x", TensorProto.FLOAT, ["batch"])], [_value("y", TensorProto.FLOAT, ["batch"])],
@@ -382,8 +384,8 @@ def test_fp16_plan_per_version(version, typing, source, builder_flags, pinned):
 
 
 def test_int8_plans_and_refusals():
-    """Defect 4: strongly typed INT8 parses the QDQ graph whose float part is FP16, on every version; a weakly typed
-    QDQ build (INT8 + FP16 flags) is a choice on 10.x, not a refusal."""
+    """Strongly typed INT8 parses the QDQ graph whose float part is FP16, on every version, so trt-int8 never runs
+    slower than trt-fp16; a weakly typed QDQ build (INT8 + FP16 flags) is a choice on 10.x, not a refusal."""
     for version in ("10.3.0", "10.11.0.33", "10.16.1.11", "11.4.0.106"):
         explicit = engines.plan_build("trt-int8", version)
         assert (explicit.typing, explicit.source, explicit.builder_flags) == ("strong", "qdq-fp16", ())
@@ -454,8 +456,8 @@ def test_runtime_chunks_calls_beyond_the_profile():
 # -------------------------------------------------------------------------------- FP32 layers (weak typing)
 
 def test_layers_map_back_to_onnx_nodes_through_their_metadata():
-    """Defect 5: onnx-tensorrt writes "[ONNX Layer: <node>]" into every layer it makes for a node; names are not
-    evidence (its `_N` counter is global)."""
+    """A layer's ONNX node comes from its metadata: onnx-tensorrt writes "[ONNX Layer: <node>]" into every layer it
+    makes for a node, while layer names are not evidence (its `_N` counter is global)."""
     assert engines.node_of_layer("[ONNX Layer: /a/MatMul]") == "/a/MatMul"
     assert engines.node_of_layer("[ONNX Layer: /a/MatMul_1]") == "/a/MatMul_1"
     assert engines.node_of_layer("[ONNX Layer: /f/Add | Local Function: gelu]") == "/f/Add"
@@ -491,7 +493,7 @@ def test_kept_float_nodes_of_the_exported_image_graph(fp32_artifact):
 
 
 def test_int8_qdq_graph_with_an_fp16_float_part(int8_artifact, fp32_artifact):
-    """Defect 4: the graph strongly typed trt-int8 parses. Every Q/DQ scale is FP16 (a strongly typed DQ outputs
+    """The graph strongly typed trt-int8 parses. Every Q/DQ scale is FP16 (a strongly typed DQ outputs
     its scale's type), the FP16 keep-list and the grouping assignment still compute in FP32, and in ONNX Runtime it
     stays as close to fp32 as the QDQ graph with an fp32 float part."""
     import onnxruntime
@@ -638,7 +640,9 @@ class _CudaRuntimeOnOldDriver:
 
 
 def test_cuda_python_on_an_older_driver_is_one_sentence_or_falls_back_to_torch(monkeypatch):
-    """Defect 1: open_device_memory("auto") raised a bare RuntimeError from cudaSetDevice."""
+    """cuda-python newer than the driver (cuda-python 13 on JetPack 6's CUDA 12.6) fails every runtime call: that is
+    one sentence naming the error and the pin to install, or, with torch CUDA present, a warning and torch
+    buffers."""
     monkeypatch.setattr(trt_runtime, "cuda_runtime_module", lambda: _CudaRuntimeOnOldDriver())
     monkeypatch.setattr(trt_runtime, "_torch_cuda", lambda: None)
     for machine, pin in (("x86_64", "cuda-python>=12.6,<13"), ("aarch64", "cuda-python>=12.6,<12.7")):
@@ -659,7 +663,8 @@ def test_cuda_python_on_an_older_driver_is_one_sentence_or_falls_back_to_torch(m
 
 
 def test_install_hint_names_jetpack_on_a_jetson():
-    """Defect 2: TensorRT cannot be pip-installed on a Jetson; it comes from JetPack's apt packages."""
+    """TensorRT cannot be pip-installed on a Jetson, so the hint there names JetPack's apt packages; elsewhere it
+    names the pip extra."""
     jetson = trt_runtime.not_installed_message("aarch64")
     assert "sudo apt install python3-libnvinfer" in jetson and "--system-site-packages" in jetson
     assert "'cuda-python>=12.6,<12.7'" in jetson and "\n" not in jetson
@@ -730,7 +735,7 @@ def test_weak_fp16_export_on_tensorrt_10_3(fake_trt_fp16):
 
 
 def test_engine_drift_is_measured_against_fp32_onnx_on_every_plan(fake_trt_fp16):
-    """Defect 9, one rule: the image engine is measured against the fp32 ONNX in ONNX Runtime on the drift photos
+    """One rule for every plan: the image engine is measured against the fp32 ONNX in ONNX Runtime on the drift photos
     — with no --validation-images, the shipped sample photos — whatever the plan (this one has no reduced graph,
     so nothing else measures it)."""
     validation = fake_trt_fp16.manifest.data["validation"]
@@ -745,7 +750,7 @@ def test_engine_drift_is_measured_against_fp32_onnx_on_every_plan(fake_trt_fp16)
 
 @pytest.mark.slow
 def test_strong_int8_export_on_tensorrt_11_parses_the_fp16_float_qdq_graph(tmp_path, random_checkpoint, bpe_path):
-    """Defect 4 end to end on 11.4 (no weak typing): the engine parses image.int8-fp16.onnx, strongly typed, no
+    """Strongly typed INT8 end to end on 11.4 (no weak typing): the engine parses image.int8-fp16.onnx, strongly typed, no
     precision flags; both the graph (ONNX Runtime) and the engine are measured against fp32."""
     done = _export_on_fake_tensorrt(tmp_path, "11.4", "trt-int8", random_checkpoint, bpe_path,
                                     calib_dir=CALIB_IMAGES, calib_count=4, calib_method="minmax")

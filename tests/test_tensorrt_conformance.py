@@ -202,7 +202,8 @@ def test_plans_and_flags_with_the_real_module(real):
 
 
 def test_nptype_of_every_dtype_through_the_real_module(real):
-    """Defect 6: the real nptype raises TypeError for types numpy lacks; the runtime turns that into None."""
+    """The real nptype raises TypeError for types numpy lacks (BF16, FP8, INT4); the runtime maps those to None so
+    it can name the tensor in a sentence instead of passing on a TypeError."""
     dtypes = real["dtypes"]
     assert dtypes["FLOAT"] == "float32" and dtypes["HALF"] == "float16" and dtypes["INT32"] == "int32"
     unresolvable = {name for name, dtype in dtypes.items() if dtype is None}
@@ -304,7 +305,8 @@ def test_text_plan_builds_strongly_typed_on_every_version(label, snapshot, tmp_p
 
 
 def test_pins_follow_layer_metadata_not_layer_names(weak_snapshot, tmp_path):
-    """Defect 5: the helper layer of /blk/MatMul is *named* /blk/MatMul_1; only /blk/MatMul_1's layers are pinned."""
+    """Pins follow layer metadata: the helper layer of /blk/MatMul is *named* /blk/MatMul_1, and only the node
+    /blk/MatMul_1's layers are pinned."""
     snapshot = weak_snapshot
     world = TensorRTWorld()
     trt = fake_tensorrt(snapshot, world)
@@ -319,8 +321,9 @@ def test_pins_follow_layer_metadata_not_layer_names(weak_snapshot, tmp_path):
 
 
 def test_timing_cache_from_another_gpu_is_replaced_not_used(label, snapshot, tmp_path):
-    """Defect 7: set_timing_cache returns False for a cache from another GPU; the build attaches a fresh cache and
-    saves it, instead of building without one and failing on None.serialize() after writing the engine."""
+    """set_timing_cache returns False for a cache from another GPU (or a corrupt file); the build then attaches a
+    fresh cache and saves it, so it neither builds without a cache nor fails on None.serialize() after writing the
+    engine."""
     plan = engines.text_plan(engines.plan_build("trt-fp16", snapshot["version"]))
     _build_probe(fake_tensorrt(snapshot, TensorRTWorld(gpu="RTX 4090")), tmp_path, plan)
     cache = tmp_path / "cache" / "timing.cache"
@@ -344,7 +347,8 @@ def test_a_failed_build_writes_no_engine(label, snapshot, tmp_path):
 
 
 def test_refused_calibration_profile_is_an_error(weak_snapshot, tmp_path):
-    """Defect 10: set_calibration_profile's bool is checked."""
+    """set_calibration_profile reports a refusal only through its bool, so the build checks it and stops rather
+    than calibrating with the wrong shapes."""
     snapshot = weak_snapshot
     world = TensorRTWorld(reject_calibration_profile=True)
     trt = fake_tensorrt(snapshot, world)
@@ -372,8 +376,9 @@ def _session(snapshot, tmp_path, world, profile=engines.BatchProfile(2, 4, 8), i
 
 
 def test_runtime_pads_below_the_profile_minimum_and_chunks_above_its_maximum(label, snapshot, tmp_path):
-    """Defect 3: with --batch-min 2, one window used to reach set_input_shape (False, ignored) and then fail in
-    execute_async_v3; it now runs padded to 2 and comes back as 1, and 9 windows run as 8 + 1 (padded)."""
+    """A batch below the profile's minimum would make set_input_shape return False and execute_async_v3 fail, so
+    with --batch-min 2 one window runs padded to 2 and comes back as 1; a batch above the maximum is chunked, so 9
+    windows run as 8 + 1 (padded)."""
     import onnxruntime
     world = TensorRTWorld()
     trt, session = _session(snapshot, tmp_path, world)
@@ -420,7 +425,8 @@ def test_concurrent_callers_of_one_session_get_their_own_answers(label, snapshot
 
 
 def test_engine_with_io_numpy_cannot_hold_is_a_sentence(label, snapshot, tmp_path):
-    """Defect 6: nptype raises TypeError for BF16 (the old `None` branch could never run)."""
+    """An engine output numpy cannot hold (BF16, for which nptype raises TypeError) is refused with a sentence
+    naming the tensor and its type."""
     with pytest.raises(UserError, match="group_embeds of type BF16, which numpy cannot hold"):
         _session(snapshot, tmp_path, TensorRTWorld(), io_dtypes={"group_embeds": "BF16"})
 
@@ -435,7 +441,7 @@ def test_layer_precisions_from_the_engine_inspector(label, snapshot, tmp_path):
 
 
 def test_one_logger_for_builds_and_runtimes(label, snapshot, tmp_path, monkeypatch):
-    """Defect 10: TensorRT keeps the first logger; builds and runtimes share one per process."""
+    """TensorRT keeps the first logger it is given, so builds and runtimes share one per process."""
     world = TensorRTWorld()
     trt = fake_tensorrt(snapshot, world)
     install(monkeypatch, trt, world)
