@@ -46,9 +46,10 @@ Version facts used below, with their sources:
   processMetadata, release/10.3-GA), which is what pinning reads.
 - JetPack 6.1/6.2 ship TensorRT 10.3 (JetPack 6.0 shipped 8.6, which no path here supports); JetPack is not
   supported by TensorRT 11.3/11.4 (migration guide), so Jetson stays on the 10.x paths.
-TensorRT cannot run where this module was written: its TensorRT calls are checked against the real Python
-bindings of 10.3, the newest 10.x and the newest 11.x (signatures, enums, and recording fakes generated from
-them); building and running engines on a GPU is what `benchmarks/tensorrt_device_check.py` verifies.
+Verification: the TensorRT calls are checked against the real Python bindings of 10.3, the newest 10.x and the
+newest 11.x (signatures, enums, and recording fakes generated from them; tests/test_tensorrt_conformance.py).
+Building and running engines on a GPU is what `benchmarks/tensorrt_device_check.py` checks; it has not yet been
+run on one.
 """
 from __future__ import annotations
 

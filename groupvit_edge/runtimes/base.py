@@ -27,7 +27,7 @@ class Configuration:
     label: str                 # e.g. "openvino, int8 IR, bf16"
 
 
-# The image graph's outputs (DESIGN.md). `stage1_grouping` came later: artifacts without it still run.
+# The image graph's outputs (DESIGN.md). `stage1_grouping` is optional: artifacts whose graph lacks it still run.
 IMAGE_OUTPUTS = ("group_embeds", "image_embed", "grouping")
 OPTIONAL_IMAGE_OUTPUTS = ("stage1_grouping",)
 

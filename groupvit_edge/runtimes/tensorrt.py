@@ -8,8 +8,8 @@ minimum are padded to it and sliced back.
 Written against the TensorRT ≥ 10 Python API (name-based I/O: `set_input_shape`, `set_tensor_address`,
 `execute_async_v3`), and checked against the real bindings of 10.3, the newest 10.x and the newest 11.x: every
 member used is listed in RUNTIME_API, and tests run this module against recording fakes generated from each
-version's bindings. TensorRT cannot run where this toolkit is developed; `benchmarks/tensorrt_device_check.py`
-is the check on a GPU.
+version's bindings. Running engines on a GPU is what `benchmarks/tensorrt_device_check.py` checks; it has not
+yet been run on one.
 """
 from __future__ import annotations
 
