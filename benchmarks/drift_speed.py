@@ -2,7 +2,7 @@
 
     python benchmarks/drift_speed.py [--labels prototypes:16] [--limit 50]
 
-Target (issue 3): the whole run under 3 minutes on 2 cores, post-processing + metrics ≤ 10% of it.
+Target: the whole run under 3 minutes on 2 cores, post-processing + metrics ≤ 10% of it.
 Exports random:0 first (not counted), then times `measure_drift` and prints its table and timing breakdown.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python benchmarks/export_and_latency.py [--runs 20] [--threads 2] [--image-size 448]
 
-Prints a Markdown table. Targets (issue 2): export ≤ 60 s; ORT fp32 within 1.3× of PyTorch eager or faster.
+Prints a Markdown table. Targets: export ≤ 60 s; ORT fp32 within 1.3× of PyTorch eager or faster.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ IR) with calibration images from ../shared/data/coco/calib2017, then prints Mark
   ONNX graph in ONNX Runtime on the held-out COCO eval images (prototypes:16 vocabulary);
 - THROUGHPUT hint with 1 and 2 streams on a stream of windows (async infer requests): windows/s;
 - time to first inference in a fresh process, first start (empty model cache) and second start (cache filled).
-Targets (issue 5): OpenVINO INT8 ≤ 50 ms median; fp32 (f32) no slower than ONNX Runtime; second start ≤ 1 s.
+Targets: OpenVINO INT8 ≤ 50 ms median; fp32 (f32) no slower than ONNX Runtime; second start ≤ 1 s.
 """
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ def _swap_in(staging: Path, destination: Path, foreign: list[str], log) -> None:
 
 
 def all_ours(directory: Path) -> set[Path]:
-    """`ours` for directories made only by us (cache entries): every entry may be replaced."""
+    """`ours` for directories made only by groupvit-edge (cache entries): every entry may be replaced."""
     return {Path(entry.name) for entry in Path(directory).iterdir()}
 
 

@@ -1,4 +1,4 @@
-"""Per-block divergence (issue 13): which of GroupViT's blocks a reduced-precision artifact departs from fp32 at,
+"""Per-block divergence: which of GroupViT's blocks a reduced-precision artifact departs from fp32 at,
 which blocks put the error there, and `--keep-float` taking the suggestion back into the INT8 export.
 
 Real artifacts of random:0 at 224² and real COCO photos. One openvino-fp32 export serves as the fp32 reference

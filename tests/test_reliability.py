@@ -246,8 +246,9 @@ def test_a_damaged_manifest_field_is_one_sentence(onnx_artifact, tmp_path, field
 # ---------------------------------------------------------------------------------- writers and leftovers
 
 def test_replacing_an_artifact_says_so_refuses_user_files_and_force_keeps_them(tmp_path):
-    """Export issue failure 5 (a re-export silently replaced the directory and its vocab.npz) and reliability
-    item 5 (a re-export deleted NOTES.txt and results/)."""
+    """A re-export into an existing artifact says it replaces it (the old vocab.npz goes with it), refuses when the
+    directory holds files that are not part of the artifact (NOTES.txt, results/), and with --force keeps them:
+    an export never silently deletes what a user put there."""
     out = tmp_path / "art"
     export("random:0", out, image_size=SIZE, labels="cat,dog", log=quiet)
     logs = []
