@@ -3,7 +3,7 @@
 Edge deployments must turn class names into token ids without torch, network access or `transformers`,
 so this re-implements OpenAI CLIP's `simple_tokenizer` with the stdlib and numpy only. It reads either a
 checkpoint's `vocab.json` + `merges.txt` (HF CLIPTokenizer layout) or OpenAI's `bpe_simple_vocab_16e6.txt.gz`
-(the repo refers to a shared copy at `../shared/data/clip/bpe_simple_vocab_16e6.txt.gz`; it is not vendored).
+(shipped in groupvit_edge/data/clip: `assets.default_tokenizer()`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from groupvit_edge.errors import UserError
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
 CONTEXT_LENGTH = 77
-SHARED_BPE_GZ = "../shared/data/clip/bpe_simple_vocab_16e6.txt.gz"
 # OpenAI's file holds far more merges than the model was trained with; CLIP keeps only this many.
 _NUM_MERGES = 49152 - 256 - 2
 
@@ -39,7 +38,8 @@ DEFAULT_TEMPLATES = (
     "itap of a {}.",
 )
 
-_FIX = f"pass a checkpoint directory with vocab.json and merges.txt, or the OpenAI file {SHARED_BPE_GZ}"
+_FIX = ("pass a CLIP bpe_simple_vocab_16e6.txt.gz file or a directory with vocab.json and merges.txt, or leave "
+        "--tokenizer out (export then uses the checkpoint's vocabulary or the CLIP one shipped with groupvit-edge)")
 _LITERALS = (START_TOKEN, END_TOKEN, "'s", "'t", "'re", "'ve", "'m", "'ll", "'d")  # tried in this order, like the regex
 
 

@@ -133,9 +133,11 @@ def test_final_sigma_follows_openai(tok):
 
 
 def test_missing_file_names_path(tmp_path):
+    """The sentence names the file and fixes a user can make anywhere: a vocabulary of their own or the shipped one."""
     missing = tmp_path / "nope.txt.gz"
-    with pytest.raises(UserError, match="nope.txt.gz"):
+    with pytest.raises(UserError, match="nope.txt.gz") as error:
         ClipTokenizer.from_bpe_gz(missing)
+    assert "leave --tokenizer out" in str(error.value) and "../" not in str(error.value)
     with pytest.raises(UserError, match="merges.txt"):
         ClipTokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
     with pytest.raises(UserError, match=str(tmp_path.name)):

@@ -136,8 +136,8 @@ def _shuffled(paths: list[Path], seed: int) -> list[Path]:
 def _images_in(directory: Path, log) -> tuple[list[Path], int]:
     """Image files under `directory` (recursive, sorted) and how many other files were skipped."""
     if not directory.is_dir():
-        raise UserError(f"--calib-dir {directory} is not a directory: pass a folder of images, "
-                        f"e.g. ../shared/data/coco/calib2017")
+        raise UserError(f"--calib-dir {directory} is not a directory: pass a folder of JPEG/PNG images, or leave "
+                        f"--calib-dir out to calibrate on the sample photos shipped with groupvit-edge")
     files = sorted(p for p in directory.rglob("*") if p.is_file())
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     skipped = len(files) - len(images)
