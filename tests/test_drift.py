@@ -65,6 +65,23 @@ def test_degraded_artifact_fails_with_figures_and_report(degraded_artifact, refe
     assert any("worst1" in name for name in pngs) and any("per-class-iou" in name for name in pngs)
 
 
+def test_plugin_fixture_judges_the_candidate_against_the_reference(assert_drift, onnx_artifact, degraded_artifact,
+                                                                    images, tmp_path):
+    """The `assert_drift` fixture takes the reference first and the candidate second, as its docstring shows (or both
+    by name), and reports into the test's tmp_path: with the order swapped a user would judge fp32 against INT8."""
+    with pytest.raises(AssertionError, match="drift budget exceeded"):
+        assert_drift(onnx_artifact, degraded_artifact, images=images[:1], labels="prototypes:8", max_drop=None,
+                     min_group_cosine=0.9999)
+    written = json.loads((tmp_path / "drift-report" / "drift.json").read_text())
+    assert written["reference"]["source"] == str(onnx_artifact)
+    assert [c["source"] for c in written["candidates"]] == [str(degraded_artifact)]
+    assert written["candidates"][0]["failures"]
+    by_name = assert_drift(candidate=degraded_artifact, reference=onnx_artifact, images=images[:1],
+                           labels="prototypes:8", max_drop=None)
+    assert by_name.data["reference"]["source"] == str(onnx_artifact)
+    assert [c.source for c in by_name.candidates] == [str(degraded_artifact)]
+
+
 def test_model_level_sees_what_class_level_cannot(onnx_artifact, degraded_artifact, images):
     """With real class names random weights give near-constant maps; the model level still measures drift."""
     report = measure_drift(onnx_artifact, [onnx_artifact, degraded_artifact], images, labels="cat,dog,grass",

@@ -5,7 +5,8 @@
         assert_drift_within("artifacts/fp32", "artifacts/int8", images="data/val", labels="prototypes:16",
                             max_drop=1.0, min_confident_group_agreement=99.9)
 
-Reference first, candidate second: the order of `groupvit-edge drift --ref R --candidate C`.
+Reference first, candidate second: the order of `groupvit-edge drift --ref R --candidate C`. Both may be passed by
+name (`reference=`, `candidate=`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def assert_drift_within(reference, candidate, *, images=None, labels="prototypes
                         min_group_cosine: float | None = None, min_group_cosine_worst: float | None = None,
                         report_dir=None, **options) -> DriftReport:
     """Fail with the figures and the report's path when `candidate` drifts from `reference` beyond the budget.
+
+    `reference`: the artifact, checkpoint or runtime whose outputs count as right (usually fp32); `candidate`: the
+    one judged against it (e.g. the INT8 artifact).
 
     `images`: files or directories (default: the sample photos shipped with groupvit-edge). `max_drop`: mIoU
     points below 100 (vs the reference's label maps) or, with ground truth, below the reference's own mIoU.
