@@ -159,8 +159,8 @@ def new_manifest_data(*, model_id: str, weights_sha256: str, config: dict, prepr
     }
 
 
-REQUIRED_KEYS = ("schema_version", "toolkit_version", "model", "preprocess", "patch_size", "logit_scale",
-                 "graphs", "precision")
+REQUIRED_KEYS = ("schema_version", "toolkit_version", "created", "model", "preprocess", "patch_size", "logit_scale",
+                 "num_groups", "embed_dim", "graphs", "precision")
 
 
 def read_manifest(directory: str | Path, verify: bool = True) -> Manifest:
@@ -216,9 +216,9 @@ def _check_fields(data: dict, path: Path) -> None:
             bad(field, f"is {type(value).__name__}, not an object")
         return value
 
-    def text(field: str, value):
+    def text(field: str, value, what: str = "a file name"):
         if not isinstance(value, str) or not value:
-            bad(field, f"is {value!r}, not a file name")
+            bad(field, f"is {value!r}, not {what}")
 
     preprocess = mapping("preprocess", data["preprocess"])
     for key in ("height", "width"):
@@ -241,7 +241,14 @@ def _check_fields(data: dict, path: Path) -> None:
     if preprocess.get("resize") not in ("slide", "letterbox"):
         bad("preprocess.resize", f"is {preprocess.get('resize')!r}, not slide or letterbox")
     number("logit_scale", data["logit_scale"], positive=True)
-    mapping("precision", data["precision"])
+    number("num_groups", data["num_groups"], whole=True, positive=True)
+    number("embed_dim", data["embed_dim"], whole=True, positive=True)
+    text("toolkit_version", data["toolkit_version"], "a version")
+    text("created", data["created"], "a date")
+    model = mapping("model", data["model"])
+    for key in ("id", "weights_sha256"):
+        text(f"model.{key}", model.get(key), "text")
+    text("precision.target", mapping("precision", data["precision"]).get("target"), "a target name")
     graphs = mapping("graphs", data["graphs"])
     if "image" not in graphs:
         bad("graphs", "has no image graph")

@@ -229,6 +229,11 @@ _DELETE = object()
     ("logit_scale", -1, "logit_scale is -1, not positive"),
     ("graphs.text.inputs.0.dtype", "int33", "the type 'int33'"),
     ("graphs.image.outputs.0.shape", ["batch", -8, 256], "not positive sizes"),
+    ("num_groups", 0, "num_groups is 0, not positive"),
+    ("embed_dim", 25.5, "embed_dim is 25.5, not a whole number"),
+    ("created", None, "created is None, not a date"),
+    ("model.weights_sha256", _DELETE, "model.weights_sha256 is None, not text"),
+    ("precision.target", _DELETE, "precision.target is None, not a target name"),
 ])
 def test_a_damaged_manifest_field_is_one_sentence(onnx_artifact, tmp_path, field, value, needle):
     copy = tmp_path / "art"
@@ -241,6 +246,19 @@ def test_a_damaged_manifest_field_is_one_sentence(onnx_artifact, tmp_path, field
     assert "\n" not in str(error.value)
     done = cli("doctor", "--artifact", copy)
     assert done.returncode == 2 and done.stderr.startswith("error: ")
+
+
+def test_info_on_a_manifest_without_a_field_it_shows_is_one_sentence(onnx_artifact, tmp_path):
+    """`info` prints created, num_groups and embed_dim: a hand-edited manifest without one is refused when the
+    artifact is verified, with the manifest and the field named, not a KeyError traceback."""
+    copy = tmp_path / "art"
+    shutil.copytree(onnx_artifact, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    del data["embed_dim"]
+    (copy / "manifest.json").write_text(json.dumps(data))
+    done = cli("info", copy)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"error: {copy / 'manifest.json'} lacks embed_dim; re-run `groupvit-edge export`\n"
 
 
 # ---------------------------------------------------------------------------------- writers and leftovers
