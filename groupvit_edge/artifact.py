@@ -343,10 +343,6 @@ def inside_artifact(directory: Path, relative, what: str) -> Path:
     return path
 
 
-def tensor_spec(name: str, dtype: str, shape: list) -> dict:
-    return {"name": name, "dtype": dtype, "shape": shape}
-
-
 @dataclass
 class GraphRecord:
     """One graph file in the manifest (ONNX, IR or engine): what it is, how to feed it and what it returns."""

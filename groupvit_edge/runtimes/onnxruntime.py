@@ -144,6 +144,3 @@ class BlockProbe(Probe):
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}

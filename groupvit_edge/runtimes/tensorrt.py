@@ -36,7 +36,6 @@ from .base import Configuration, ImageEncoding, Runtime, importable
 
 NAME = "tensorrt"
 EXTRA = "tensorrt"
-ENGINE_FORMAT = "tensorrt-engine"
 # cuda-python 13 links the CUDA 13 runtime statically and needs an R580 driver; JetPack 6 has CUDA 12.6.
 CUDA_PYTHON_PIN = "cuda-python>=12.6,<13"
 JETSON_CUDA_PYTHON_PIN = "cuda-python>=12.6,<12.7"
