@@ -109,8 +109,8 @@ def main():
     fp32 = scratch / "fp32"
     export(loaded, fp32, "onnx", **common)
     reference = runtimes.open(fp32, backend="onnxruntime", threads=2)
-    calibration = CalibrationSet.from_dir(SHARED / "coco" / "calib2017", args.calib_count,
-                                          reference.manifest.preprocess, log=lambda m: None)
+    calibration = CalibrationSet.resolve(SHARED / "coco" / "calib2017", args.calib_count,
+                                         reference.manifest.preprocess, log=lambda m: None)
     rows = []
 
     def judge(name, artifact, backend="onnxruntime", built_s=None, note="", options=None):

@@ -27,8 +27,8 @@ def test_calibration_set_sampling_holdout_and_skips(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "broken.jpg").write_bytes(b"garbage")
     logs = []
-    first = CalibrationSet.from_dir(tmp_path, 4, SMALL, seed=1, held_out=2, log=logs.append)
-    second = CalibrationSet.from_dir(tmp_path, 4, SMALL, seed=1, held_out=2, log=logs.append)
+    first = CalibrationSet.resolve(tmp_path, 4, SMALL, seed=1, held_out=2, log=logs.append)
+    second = CalibrationSet.resolve(tmp_path, 4, SMALL, seed=1, held_out=2, log=logs.append)
     assert first.images == second.images and len(first.images) == 4
     assert not set(first.images) & set(first.held_out) and len(first.held_out) == 2
     assert first.skipped_files == 1 and "non-image" in logs[0]
@@ -39,7 +39,7 @@ def test_calibration_set_sampling_holdout_and_skips(tmp_path):
     Image.new("RGB", (64, 48), (1, 2, 3)).save(first.images[0])
     assert first.fingerprint() != fingerprint          # edited image → new key → no stale cache
     with pytest.raises(UserError, match="not a directory"):
-        CalibrationSet.from_dir(tmp_path / "missing", 4, SMALL)
+        CalibrationSet.resolve(tmp_path / "missing", 4, SMALL)
 
 
 def test_cache_reuses_only_on_an_identical_key(tmp_path):

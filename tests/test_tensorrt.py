@@ -554,7 +554,7 @@ def test_calibration_cache_is_reused_only_when_its_key_matches(tmp_path):
     preprocess = Preprocess(height=224, width=224, stride=(112, 112))
 
     def key(count, version="10.3.0"):
-        calibration = CalibrationSet.from_dir(CALIB_IMAGES, count, preprocess, seed=0, log=lambda m: None)
+        calibration = CalibrationSet.resolve(CALIB_IMAGES, count, preprocess, seed=0, log=lambda m: None)
         return calibration_key("ab" * 32, calibration, {"method": "tensorrt-entropy2", "batch": 8},
                                tensorrt=version, network_sha256="cd" * 32)
 

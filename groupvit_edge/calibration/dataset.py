@@ -83,11 +83,6 @@ class CalibrationSet:
         return cls(sorted(chosen), sorted(rest), preprocess, seed, skipped, source=source,
                    held_out_source=rest_source)
 
-    @classmethod
-    def from_dir(cls, directory, count: int, preprocess: Preprocess, seed: int = 0,
-                 held_out: int = DEFAULT_HELD_OUT, log=print) -> "CalibrationSet":
-        return cls.resolve(directory, count, preprocess, seed, held_out=held_out, log=log)
-
     def drift_photos(self) -> PhotoSet:
         return PhotoSet(tuple(self.held_out), self.held_out_source)
 
