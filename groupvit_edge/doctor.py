@@ -7,6 +7,8 @@ import sys
 
 PACKAGES = ("numpy", "PIL", "torch", "onnx", "onnxsim", "onnxconverter_common", "onnxruntime", "openvino", "nncf",
             "tensorrt")
+
+
 def _version(module_name: str) -> str | None:
     try:
         module = importlib.import_module(module_name)

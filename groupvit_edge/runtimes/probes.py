@@ -82,8 +82,6 @@ def _declared(onnx, inferred: dict, tensor: str, name: str):
     return declared
 
 
-
-
 def installed(module: str, extra: str):
     try:
         return importlib.import_module(module)
