@@ -122,7 +122,7 @@ class FloatGraphs:
 
 @dataclass
 class ArtifactParts:
-    """Everything a target adds to the base; `run.assemble_manifest` turns it into the manifest, once."""
+    """Everything a target adds to the base; `run._assemble_manifest` turns it into the manifest, once."""
     graphs: dict[str, GraphRecord]                 # by role: image, text, image_ir, text_ir
     precision: PrecisionRecord
     checks: dict[str, DriftCheck] = field(default_factory=dict)
