@@ -7,7 +7,7 @@ depths [6, 3, 3], group tokens [64, 8, 0], text width 256 x 12 layers, projector
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", reason="transformers is in the dev extra: the mapping oracle")
 
 from groupvit_edge.errors import UserError  # noqa: E402
 from groupvit_edge.model import nvlabs_keys  # noqa: E402

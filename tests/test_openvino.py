@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-ov = pytest.importorskip("openvino")
+ov = pytest.importorskip("openvino", reason="openvino is in the dev extra (pip install groupvit-edge[openvino])")
 
 from groupvit_edge import runtimes  # noqa: E402
 from groupvit_edge.artifact import read_manifest, sha256_file  # noqa: E402

@@ -21,7 +21,7 @@ Sources read to build the table (names verified against each):
   ``nn.MultiheadAttention`` (fused ``in_proj_weight`` / ``in_proj_bias``, ``[q; k; v]``), ``ln_1``, ``ln_2``,
   ``mlp.c_fc``, ``mlp.c_proj``; ``ln_final``). The causal ``attn_mask`` is a plain attribute, not a buffer.
 - huggingface/transformers ``src/transformers/models/groupvit/convert_groupvit_nvlab_to_hf.py`` (the one-off script
-  HF used to publish nvidia/groupvit-gcc-yfcc): same renames, q/k/v split by thirds, Conv1d weights squeezed,
+  with which HF published nvidia/groupvit-gcc-yfcc): same renames, q/k/v split by thirds, Conv1d weights squeezed,
   ``multi_label_logit_scale`` left over as the only unexpected key.
 
 Every original key either matches exactly one rule below or is in ``NVLABS_DROPPED``; anything else raises
