@@ -129,7 +129,7 @@ def main() -> int:
     fp16, int8 = rows
     if int8["ms"] > INT8_SLOWER_LIMIT * fp16["ms"]:
         int8["failures"].append(f"{int8['ms']:.2f} ms per window is more than {INT8_SLOWER_LIMIT:.2f}× trt-fp16's")
-    print(f"\nTensorRT {trt.__version__} on {device['gpu']} (sm {device['compute_capability']}), random:0 at "
+    print(f"\nTensorRT {trt.__version__} on {device.gpu} (sm {device.compute_capability}), random:0 at "
           f"{args.image_size}², latency over {args.runs} calls of one window, drift on {len(photos)} sample photos "
           f"({time.perf_counter() - started:.0f} s in all)\n")
     print(table(rows))

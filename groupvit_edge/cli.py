@@ -410,19 +410,27 @@ def info(artifact):
     click.echo(describe(artifact))
 
 
+def _readiness_targets() -> list[str]:
+    from .exporters.plan import readiness_targets
+    return list(readiness_targets())
+
+
+READINESS_TARGETS = _readiness_targets()
+
+
 @cli.command(epilog="Examples:\n\n\b\n  groupvit-edge doctor\n"
-             "  groupvit-edge doctor --artifact artifacts/int8 --target trt-int8")
-@click.option("--artifact", type=click.Path(), help="Also check this artifact's ONNX graphs for TensorRT 10.3 "
-              "(no TensorRT needed); exits 1 when they are not ready.")
-@click.option("--target", type=click.Choice(["trt-fp16", "trt-int8"]), default="trt-fp16", show_default=True,
-              help="TensorRT target to check --artifact for.")
+             f"  groupvit-edge doctor --artifact artifacts/int8 --target {READINESS_TARGETS[-1]}")
+@click.option("--artifact", type=click.Path(), help="Also check whether this artifact's graphs will build for "
+              "--target, without that target's backend installed; exits 1 when they are not ready.")
+@click.option("--target", type=click.Choice(READINESS_TARGETS), default=READINESS_TARGETS[0],
+              show_default=True, help="Target to check --artifact for.")
 def doctor(artifact, target):
     """Show which backends this machine has and which targets it can build and run."""
     from .doctor import report
+    from .exporters.plan import readiness_report
     click.echo(report())
     if artifact is not None:
-        from .checks.tensorrt import check_artifact
-        readiness = check_artifact(artifact, target)
+        readiness = readiness_report(artifact, target)
         click.echo("\n" + readiness.format(limit=50))
         if not readiness.ok:
             raise ValidationFailed(f"{readiness.summary()}; the errors above say what to change")

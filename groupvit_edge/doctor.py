@@ -1,9 +1,13 @@
-"""What this machine has: package versions, devices, and which targets it can build and run."""
+"""What this machine has: package versions, what each backend finds here, and which targets it can build and run."""
 from __future__ import annotations
 
 import importlib
 import platform
 import sys
+from dataclasses import dataclass
+
+from .errors import UserError
+from .runtimes import BACKENDS, backend_module
 
 PACKAGES = ("numpy", "PIL", "torch", "onnx", "onnxsim", "onnxconverter_common", "onnxruntime", "openvino", "nncf",
             "tensorrt")
@@ -17,28 +21,31 @@ def _version(module_name: str) -> str | None:
     return getattr(module, "__version__", "installed")
 
 
+@dataclass(frozen=True)
+class BackendStatus:
+    """One registered backend on this machine: what it offers here, or why it cannot run and the fix."""
+    name: str
+    devices: tuple[str, ...] = ()
+    unavailable: str | None = None
+
+    def describe(self) -> str:
+        return self.unavailable or ", ".join(self.devices) or "no devices"
+
+
+def backend_status(name: str) -> BackendStatus:
+    module = backend_module(name)
+    if not module.is_installed():
+        return BackendStatus(name, unavailable=f"not installed: {module.install_hint()}")
+    try:
+        return BackendStatus(name, tuple(module.devices()))
+    except UserError as error:     # installed, but e.g. no CUDA device it can use
+        return BackendStatus(name, unavailable=str(error))
+
+
 def environment() -> dict:
-    versions = {name: _version(name) for name in PACKAGES}
-    devices = {}
-    if versions["onnxruntime"]:
-        import onnxruntime
-        devices["onnxruntime"] = onnxruntime.get_available_providers()
-    if versions["openvino"]:
-        import openvino
-        devices["openvino"] = openvino.Core().available_devices
-    if versions["tensorrt"]:
-        from .errors import UserError
-        from .runtimes.tensorrt import device_properties
-        try:
-            device = device_properties()
-            devices["tensorrt"] = [f"{device['gpu']} (compute capability {device['compute_capability']})"]
-        except UserError:
-            devices["tensorrt"] = ["no CUDA device visible"]
-    if versions["torch"]:
-        import torch
-        devices["torch"] = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
-            "packages": versions, "devices": devices}
+            "packages": {name: _version(name) for name in PACKAGES},
+            "backends": [backend_status(name) for name in BACKENDS]}
 
 
 def report() -> str:
@@ -47,8 +54,8 @@ def report() -> str:
     for name, version in env["packages"].items():
         label = "pillow" if name == "PIL" else name
         lines.append(f"  {label:<12} {version or 'not installed'}")
-    lines += ["", "devices:"]
-    lines += [f"  {backend:<12} {', '.join(found)}" for backend, found in env["devices"].items()] or ["  none"]
+    lines += ["", "backends:"]
+    lines += [f"  {status.name:<12} {status.describe()}" for status in env["backends"]]
     lines += ["", "targets:"]
     lines += [f"  {name:<18} {build}; {run}" for name, build, run in target_readiness()]
     return "\n".join(lines)
@@ -59,7 +66,6 @@ def target_readiness() -> list[tuple[str, str, str]]:
     import tempfile
     from .exporters.options import ExportOptions
     from .exporters.plan import backend_option_groups, check, plan, targets
-    from .runtimes import backend_module
     options = ExportOptions.from_values(backend_option_groups())
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -67,8 +73,6 @@ def target_readiness() -> list[tuple[str, str, str]]:
             problems = check(plan("random:0", name, f"{scratch}/{name}", options))
             build = "can build" if not problems else f"cannot build ({problems[0].split(';')[0]})"
             module = backend_module(target.runs_on)
-            hint = module.install_hint() if hasattr(module, "install_hint") else \
-                f"pip install groupvit-edge[{module.EXTRA}]"
-            run = "can run" if module.is_installed() else f"cannot run ({hint})"
+            run = "can run" if module.is_installed() else f"cannot run ({module.install_hint()})"
             rows.append((name, build, run))
     return rows

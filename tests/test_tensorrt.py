@@ -27,6 +27,7 @@ from groupvit_edge.checks.tensorrt import check_artifact, check_graph, operator_
 from groupvit_edge.errors import UserError
 from groupvit_edge.exporters import export
 from groupvit_edge.exporters import tensorrt as engines
+from groupvit_edge.exporters.plan import readiness_report
 from groupvit_edge.runtimes import tensorrt as trt_runtime
 
 from conftest import CALIB_IMAGES, EVAL_IMAGES, record_file
@@ -357,6 +358,9 @@ def test_doctor_artifact_rejects_what_the_parser_rejects(tmp_path, fp32_artifact
     record_file(artifact, "image.onnx", ("graphs", "image", "sha256"))
     report = check_artifact(artifact, "trt-int8")
     assert not report.ok and {(f.rule, f.node) for f in report.errors} == {("qdq-dtype", "bias_dq")}
+    # What `doctor --artifact` runs: the target's exporter owns the check.
+    through_doctor = readiness_report(artifact, "trt-int8")
+    assert {(f.rule, f.node) for f in through_doctor.errors} == {("qdq-dtype", "bias_dq")}
 
 
 def test_check_refuses_a_non_tensorrt_target(tmp_path):
@@ -583,13 +587,13 @@ def test_calibration_batches_are_full():
 
 def test_engine_compatibility_is_checked_from_the_manifest():
     built = {"version": "10.3.0", "gpu": "Orin (nvgpu)", "compute_capability": "8.7", "target": "trt-int8"}
-    orin = {"gpu": "Orin (nvgpu)", "compute_capability": "8.7"}
+    orin = trt_runtime.CudaDevice("Orin (nvgpu)", "8.7")
     assert trt_runtime.engine_incompatibility(built, "10.3.0", orin) is None
     assert trt_runtime.engine_incompatibility(built, "10.3.0.30", orin) is None      # __version__ has 3 or 4 parts
     wrong_version = trt_runtime.engine_incompatibility(built, "10.4.0", orin)
     assert "built with TensorRT 10.3.0 and this machine has TensorRT 10.4.0" in wrong_version
     assert "--target trt-int8" in wrong_version and "\n" not in wrong_version
-    wrong_gpu = trt_runtime.engine_incompatibility(built, "10.3.0", {"gpu": "RTX 4090", "compute_capability": "8.9"})
+    wrong_gpu = trt_runtime.engine_incompatibility(built, "10.3.0", trt_runtime.CudaDevice("RTX 4090", "8.9"))
     assert "compute capability 8.7 (Orin (nvgpu)) and this GPU (RTX 4090) is 8.9" in wrong_gpu
     assert "does not say which TensorRT" in trt_runtime.engine_incompatibility(None, "10.3.0", orin)
     assert not trt_runtime.versions_match("10.3.0.26", "10.3.0.30") and not trt_runtime.versions_match("10", "10")

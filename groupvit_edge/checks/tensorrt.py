@@ -64,7 +64,6 @@ import numpy as np
 
 from ..errors import UserError
 
-TARGETS = ("trt-fp16", "trt-int8")
 DYNAMIC_AXES = ("batch", "classes")       # the manifest's profiled axis names (image, text)
 OPERATOR_TABLE = Path(__file__).resolve().parents[1] / "exporters" / "data" / "onnx_tensorrt_10_3_operators.json"
 OPSET_RANGE = (9, 20)                     # [OPS] header: "... inclusive range of opset 9 to opset 20"
@@ -227,8 +226,9 @@ def _node_name(node, index: int) -> str:
 def check_graph(model, target: str = "trt-fp16", *, graph: str | None = None,
                 dynamic_axes=DYNAMIC_AXES) -> Report:
     """Check one ONNX graph (a path or a ModelProto) against TensorRT 10.3; see the module docstring."""
-    if target not in TARGETS:
-        raise UserError(f"--target {target!r} is not a TensorRT target: use one of {', '.join(TARGETS)}")
+    from ..exporters.tensorrt import TRT_TARGETS
+    if target not in TRT_TARGETS:
+        raise UserError(f"--target {target!r} is not a TensorRT target: use one of {', '.join(TRT_TARGETS)}")
     onnx = _import_onnx()
     if isinstance(model, (str, Path)):
         path = Path(model)

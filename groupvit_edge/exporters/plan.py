@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..runtimes import backend_module
 from .options import ExportOptions, OptionSpec
 
 BASE_PACKAGES = ("torch", "onnx", "onnxsim", "onnxruntime")
@@ -35,6 +36,7 @@ class Target:
     holds: str                                 # what the artifact holds, for help texts and the README
     packages: tuple[str, ...] = ()             # importable modules the build needs beyond BASE_PACKAGES
     calibrated: bool = False
+    readiness: bool = False                    # its family's `readiness_report` checks an artifact's graphs for it
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,19 @@ def targets() -> dict[str, Target]:
 
 def backend_option_groups() -> dict[str, type]:
     return {name: family(name).OPTIONS for name in FAMILIES if getattr(family(name), "OPTIONS", None)}
+
+
+def readiness_targets() -> dict[str, Target]:
+    """Targets whose exporter can tell, from an artifact's graphs alone, whether their build will accept them."""
+    return {name: found for name, found in targets().items() if found.readiness}
+
+
+def readiness_report(artifact_dir, target_name: str):
+    """The readiness check of `target_name`'s exporter on an artifact: a Report (`ok`, `format()`, `summary()`)."""
+    checked = readiness_targets()
+    if target_name not in checked:
+        raise UserError(f"--target {target_name!r} has no readiness check: use one of {', '.join(checked)}")
+    return family(checked[target_name].family).readiness_report(artifact_dir, target_name)
 
 
 def target(name: str) -> Target:
@@ -116,9 +131,14 @@ def _missing_packages(chosen: Target) -> list[str]:
     missing = [name for name in (*BASE_PACKAGES, *chosen.packages) if importlib.util.find_spec(name) is None]
     if not missing:
         return []
-    extra = "export,openvino" if "openvino" in missing else "export"
+    extras = ["export"]
+    backend = backend_module(chosen.runs_on)
+    # A target's own packages come with its backend's extra or the export extra (nncf, onnxconverter-common):
+    # the backend's extra is named only when that backend is not here.
+    if set(missing) & set(chosen.packages) and not backend.is_installed():
+        extras.append(backend.EXTRA)
     return [f"--target {chosen.name} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
-            f"installed: pip install torch==2.13.0 'groupvit-edge[{extra}]'"]
+            f"installed: pip install torch==2.13.0 'groupvit-edge[{','.join(dict.fromkeys(extras))}]'"]
 
 
 def _model_problems(spec: str) -> list[str]:

@@ -465,12 +465,12 @@ def _entropy_calibrator(trt, batches, batch: int, cache: CalibrationCacheFile, m
 
 # ------------------------------------------------------------------------------------- options, family
 
-TRT_TARGETS = ("trt-fp16", "trt-int8")
 TARGETS = (
-    Target("trt-fp16", "tensorrt", "tensorrt", "TensorRT engines, FP16, built on the target GPU"),
+    Target("trt-fp16", "tensorrt", "tensorrt", "TensorRT engines, FP16, built on the target GPU", readiness=True),
     Target("trt-int8", "tensorrt", "tensorrt", "TensorRT engines, INT8 (QDQ graph with an FP16 float part, or "
-           "TensorRT 10's entropy calibrator), built on the target GPU", calibrated=True),
+           "TensorRT 10's entropy calibrator), built on the target GPU", calibrated=True, readiness=True),
 )
+TRT_TARGETS = tuple(target.name for target in TARGETS)
 
 
 @dataclass(frozen=True)
@@ -544,13 +544,13 @@ def build(job, floats) -> ArtifactParts:
     target = job.plan.target.name
     plan = plan_build(target, trt.__version__, options.tensorrt_typing, options.int8_route)
     device = device_properties()
-    job.log(f"building {target} engines on {device['gpu']} (sm {device['compute_capability']}): {plan.describe()}")
+    job.log(f"building {target} engines on {device.gpu} (sm {device.compute_capability}): {plan.describe()}")
     reduced = _reduced_image_graph(job, floats, plan)
     graphs = {"image": reduced.graph if reduced else floats.image, "text": floats.text}
     _readiness(job.working_manifest(graphs), target, job.log)
     root = Path(job.options.common.cache_dir) if job.options.common.cache_dir else cache_root()
     timing = Path(options.timing_cache) if options.timing_cache else timing_cache_path(
-        root, trt.__version__, device["gpu"], device["compute_capability"])
+        root, trt.__version__, device.gpu, device.compute_capability)
     profiles = batch_profiles(options)
     engines, calibration = {}, None
     for graph, graph_plan in (("image", plan), ("text", text_plan(plan))):
@@ -563,7 +563,7 @@ def build(job, floats) -> ArtifactParts:
                     _implicit_calibration(job, trt, source, root))
             engines[graph] = build_engine(trt, source, job.staging / ENGINE_FILES[graph], graph_plan, graphs[graph],
                                           profiles[graph], **settings)
-    section = {"version": trt.__version__, "target": target, **device, "plan": plan.to_manifest(),
+    section = {"version": trt.__version__, "target": target, **asdict(device), "plan": plan.to_manifest(),
                "text_plan": text_plan(plan).to_manifest(), "workspace_mb": options.workspace_mb,
                "timing_cache": str(timing)}
     precision_record, calibration_record = _precision(job, plan, reduced, graphs, calibration)
@@ -586,6 +586,12 @@ def _reduced_image_graph(job, floats, plan: BuildPlan) -> ReducedImageGraph | No
     if plan.source == "qdq-fp16":
         return to_int8_fp16(job, floats, precision.to_int8(job, floats))
     return None
+
+
+def readiness_report(artifact_dir, target: str):
+    """Whether TensorRT 10.3's parser and builder will take the artifact's ONNX graphs, without TensorRT here."""
+    from ..checks.tensorrt import check_artifact
+    return check_artifact(artifact_dir, target)
 
 
 def _readiness(manifest, target: str, log) -> None:

@@ -1,8 +1,10 @@
 """One Runtime interface, one module per backend; `open` picks the backend an artifact and this machine allow.
 
 Each backend module defines NAME, EXTRA (the pip extra that installs it), `Options` (a dataclass of its runtime
-options), `is_installed()`, `unsupported_reason(manifest) -> str | None` and
-`open_runtime(manifest, options) -> Runtime`. No code outside a backend's module knows anything about that backend.
+options), `is_installed()`, `install_hint() -> str` (how to get it onto this machine), `devices() -> list[str]`
+(what this machine offers it: providers, devices, GPUs; called only when installed; a UserError says why there is
+none), `unsupported_reason(manifest) -> str | None` and `open_runtime(manifest, options) -> Runtime`. No code
+outside a backend's module knows anything about that backend.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .base import ImageEncoding, Runtime
 ARTIFACT_BACKENDS = ("tensorrt", "openvino", "onnxruntime")
 REFERENCE_BACKEND = "torch"
 _MODULES = {"torch": "pytorch", "onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+BACKENDS = ARTIFACT_BACKENDS + (REFERENCE_BACKEND,)     # every registered backend, artifact backends first
 
 
 def backend_module(name: str):
@@ -68,8 +71,7 @@ def choose_backend(source, backend: str | None = None) -> tuple[str, object]:
     usable = [(name, module) for name, module, reason in reasons if reason is None]
     if usable:
         name, module = usable[0]
-        hint = module.install_hint() if hasattr(module, "install_hint") else f"pip install groupvit-edge[{module.EXTRA}]"
-        raise UserError(f"{source} needs {name}, which is not installed: {hint}")
+        raise UserError(f"{source} needs {name}, which is not installed: {module.install_hint()}")
     detail = "; ".join(f"{name}: {reason}" for name, _, reason in reasons) or "no backend module"
     raise UserError(f"no backend can run {source} ({detail}); re-export it for a backend installed here")
 
@@ -94,5 +96,5 @@ def backend_options(name: str, options: dict, source=None):
     return backend_module(name).Options(**options)
 
 
-__all__ = ["ImageEncoding", "Runtime", "open", "available_backends", "backend_module", "backend_options", "choose_backend",
-           "is_artifact", "option_names"]
+__all__ = ["BACKENDS", "ImageEncoding", "Runtime", "open", "available_backends", "backend_module", "backend_options",
+           "choose_backend", "is_artifact", "option_names"]

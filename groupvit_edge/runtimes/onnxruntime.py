@@ -19,6 +19,15 @@ def is_installed() -> bool:
     return importable("onnxruntime")
 
 
+def install_hint() -> str:
+    return f"pip install groupvit-edge[{EXTRA}]"
+
+
+def devices() -> list[str]:
+    """The execution providers this onnxruntime build offers."""
+    return list(_import().get_available_providers())
+
+
 def unsupported_reason(manifest: Manifest) -> str | None:
     formats = {name: graph.get("format") for name, graph in manifest.graphs.items()}
     if formats.get("image") != "onnx":
@@ -30,7 +39,7 @@ def _import():
     try:
         import onnxruntime
     except ImportError:
-        raise UserError("onnxruntime is not installed: pip install groupvit-edge[onnxruntime]") from None
+        raise UserError(f"onnxruntime is not installed: {install_hint()}") from None
     return onnxruntime
 
 

@@ -41,6 +41,15 @@ def is_installed() -> bool:
     return importable("openvino")
 
 
+def install_hint() -> str:
+    return f"pip install groupvit-edge[{EXTRA}]"
+
+
+def devices() -> list[str]:
+    """The devices OpenVINO's plugins find here (CPU, GPU, NPU, …)."""
+    return list(_import().Core().available_devices)
+
+
 def unsupported_reason(manifest: Manifest) -> str | None:
     if "image_ir" not in manifest.graphs:
         return "the artifact has no OpenVINO IR (export it with --target openvino-fp32, -fp16 or -int8)"
@@ -51,7 +60,7 @@ def _import():
     try:
         import openvino
     except ImportError:
-        raise UserError("openvino is not installed: pip install groupvit-edge[openvino]") from None
+        raise UserError(f"openvino is not installed: {install_hint()}") from None
     return openvino
 
 

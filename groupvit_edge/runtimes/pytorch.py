@@ -17,6 +17,16 @@ def is_installed() -> bool:
     return importable("torch")
 
 
+def install_hint() -> str:
+    # The CPU wheel first: a bare `torch` requirement resolves to a multi-GB CUDA build.
+    return f"pip install torch==2.13.0 groupvit-edge[{EXTRA}]"
+
+
+def devices() -> list[str]:
+    import torch
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def unsupported_reason(manifest: Manifest) -> str | None:
     return "the PyTorch reference runs checkpoints, not exported artifacts"
 
@@ -30,8 +40,8 @@ class Options:
 
 def open_runtime(source, options: Options) -> "TorchRuntime":
     if not is_installed():
-        raise UserError("torch is not installed: the PyTorch reference needs it (pip install torch==2.13.0 "
-                        "groupvit-edge[export]); run an exported artifact instead")
+        raise UserError(f"torch is not installed: the PyTorch reference needs it ({install_hint()}); run an "
+                        f"exported artifact instead")
     from ..model import LoadedModel, load_model
     loaded = source if isinstance(source, LoadedModel) else load_model(str(source))
     return TorchRuntime(loaded, image_size=options.image_size, threads=options.threads, resize=options.resize)

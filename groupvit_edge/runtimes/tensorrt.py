@@ -118,7 +118,22 @@ def is_installed() -> bool:
     return importable("tensorrt") and (cuda_runtime_module() is not None or _torch_cuda() is not None)
 
 
-def device_properties(device: int = 0) -> dict:
+def devices() -> list[str]:
+    """The CUDA device engines are built for and run on (device 0, as export and --gpu default to)."""
+    return [str(device_properties())]
+
+
+@dataclass(frozen=True)
+class CudaDevice:
+    """What ties an engine to a GPU: engines load only on the compute capability they were built for."""
+    gpu: str
+    compute_capability: str       # "8.7"
+
+    def __str__(self) -> str:
+        return f"{self.gpu} (compute capability {self.compute_capability})"
+
+
+def device_properties(device: int = 0) -> CudaDevice:
     """Name and compute capability of a CUDA device, from cuda-python or torch; a UserError when there is none."""
     cudart = cuda_runtime_module()
     failure = None
@@ -130,11 +145,11 @@ def device_properties(device: int = 0) -> dict:
         else:
             name = properties.name
             name = name.decode(errors="replace").rstrip("\0") if isinstance(name, bytes) else str(name)
-            return {"gpu": name, "compute_capability": f"{properties.major}.{properties.minor}"}
+            return CudaDevice(name, f"{properties.major}.{properties.minor}")
     torch = _torch_cuda()
     if torch is not None:
         properties = torch.cuda.get_device_properties(device)
-        return {"gpu": properties.name, "compute_capability": f"{properties.major}.{properties.minor}"}
+        return CudaDevice(properties.name, f"{properties.major}.{properties.minor}")
     if failure is not None:
         raise UserError(cuda_python_failure(failure, device))
     raise UserError(f"no CUDA device {device} is visible (cuda-python {'found' if cudart else 'missing'}, torch "
@@ -200,7 +215,7 @@ def versions_match(built: str, installed: str) -> bool:
     return common >= 3 and a[:common] == b[:common]
 
 
-def engine_incompatibility(recorded: dict | None, installed_version: str, device: dict | None) -> str | None:
+def engine_incompatibility(recorded: dict | None, installed_version: str, device: CudaDevice | None) -> str | None:
     """Why engines described by a manifest's `tensorrt` record cannot load here, in one sentence; None if they can.
 
     Engines are tied to the TensorRT version that built them and, without hardware compatibility mode, to the GPU
@@ -215,9 +230,9 @@ def engine_incompatibility(recorded: dict | None, installed_version: str, device
         return (f"its engines were built with TensorRT {recorded['version']} and this machine has TensorRT "
                 f"{installed_version}: an engine loads only in the TensorRT that built it; rebuild here with "
                 f"`groupvit-edge export --target {target}`")
-    if device is not None and recorded.get("compute_capability") != device["compute_capability"]:
+    if device is not None and recorded.get("compute_capability") != device.compute_capability:
         return (f"its engines were built for compute capability {recorded.get('compute_capability')} "
-                f"({recorded.get('gpu')}) and this GPU ({device['gpu']}) is {device['compute_capability']}: "
+                f"({recorded.get('gpu')}) and this GPU ({device.gpu}) is {device.compute_capability}: "
                 f"rebuild on this GPU with `groupvit-edge export --target {target}`")
     return None
 
@@ -590,8 +605,8 @@ class TensorRTRuntime(Runtime):
         if reason:
             raise UserError(f"{manifest.directory} cannot run here: {reason}")
         recorded = manifest.data["tensorrt"]
-        if recorded.get("gpu") != self.device["gpu"]:
-            warnings.warn(f"engines built on {recorded.get('gpu')} run on {self.device['gpu']} (same compute "
+        if recorded.get("gpu") != self.device.gpu:
+            warnings.warn(f"engines built on {recorded.get('gpu')} run on {self.device.gpu} (same compute "
                           f"capability); rebuild on this GPU if the timings matter", stacklevel=2)
         self._memory = open_device_memory(device_memory, device)
         self._stream = self._memory.stream()
@@ -623,7 +638,7 @@ class TensorRTRuntime(Runtime):
     @property
     def description(self) -> str:
         compute = self.manifest.data["precision"].get("compute", "?")
-        return f"tensorrt {self._trt.__version__} ({self.device['gpu']}, {compute}, {self._memory.kind} buffers)"
+        return f"tensorrt {self._trt.__version__} ({self.device.gpu}, {compute}, {self._memory.kind} buffers)"
 
     def close(self) -> None:
         for session in (self._image, self._text):

@@ -948,13 +948,14 @@ class FakeBuffer:
 
 # ------------------------------------------------------------------------------------------ test helpers
 
-def install(monkeypatch, trt, world: TensorRTWorld, device: dict | None = None) -> None:
-    """Make groupvit_edge see `trt` as the installed TensorRT, with the world's GPU and device memory."""
+def install(monkeypatch, trt, world: TensorRTWorld, device=None) -> None:
+    """Make groupvit_edge see `trt` as the installed TensorRT, with the world's GPU (or `device`, a CudaDevice)
+    and device memory."""
     from groupvit_edge.runtimes import tensorrt as runtime
-    device = device or {"gpu": world.gpu, "compute_capability": "8.7"}
+    device = device or runtime.CudaDevice(world.gpu, "8.7")
     runtime.tensorrt_logger.cache_clear()
     monkeypatch.setattr(runtime, "import_tensorrt", lambda: trt)
-    monkeypatch.setattr(runtime, "device_properties", lambda index=0: dict(device))
+    monkeypatch.setattr(runtime, "device_properties", lambda index=0: device)
     monkeypatch.setattr(runtime, "open_device_memory", lambda kind="auto", index=0: FakeDeviceMemory(world))
 
 
