@@ -20,9 +20,11 @@ import numpy as np
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BPE = SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz"
-ROUTES = ("ort-fp32", "ort-defaults", "ort-preprocessed", "ort-minmax", "ort-u8s8", "ort-percentile", "ort-entropy",
-          "ort-dynamic", "nncf-onnx", "nncf-onnx-w8", "openvino-qdq", "openvino-nncf", "openvino-nncf-bf16",
-          "openvino-fp32-bf16", "openvino-nncf-defaults", "onnx-fp16")
+# A route ending in -attn also quantizes attention's q·k and attention·v products (--int8-attention).
+ROUTES = ("ort-fp32", "ort-defaults", "ort-preprocessed", "ort-minmax", "ort-u8s8", "ort-u8s8-attn", "ort-percentile",
+          "ort-entropy", "ort-dynamic", "nncf-onnx", "nncf-onnx-attn", "nncf-onnx-w8", "openvino-qdq",
+          "openvino-qdq-attn", "openvino-nncf", "openvino-nncf-bf16", "openvino-fp32-bf16", "openvino-nncf-defaults",
+          "onnx-fp16")
 
 
 def latency(runtime, size, runs: int) -> float:
@@ -150,14 +152,14 @@ def main():
             judge(route, replace_image_graph(fp32, scratch / route, onnx.load(str(scratch / "preprocessed-int8.onnx")),
                                              "int8"), built_s=time.perf_counter() - started,
                   note="ORT's documented flow: quant_pre_process, then quantize_static with its defaults")
-        elif route == "ort-u8s8":
+        elif route in ("ort-u8s8", "ort-u8s8-attn"):
             from onnxruntime.quantization import QuantType
             from groupvit_edge.calibration.policy import image_graph_policy
             from groupvit_edge.calibration.quantizers import float_outside_policy
             windows = windows if windows is not None else calibration.windows(progress=False)
             source = scratch / "fp32-image.onnx"
             onnx.save(fp32_model, str(source))
-            policy = image_graph_policy(fp32_model)
+            policy = image_graph_policy(fp32_model, attention_products=route.endswith("-attn"))
             quantize_static(str(source), str(scratch / "u8s8.onnx"), WindowReader(windows),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "Gemm", "MatMul"],
                             nodes_to_quantize=list(policy.quantizable), per_channel=True,
@@ -189,21 +191,26 @@ def main():
             judge(route, out, built_s=time.perf_counter() - started,
                   note="ours: onnx-int8-dynamic, weights 7-bit per channel, activations at run time (ORT CPU only)")
         elif route.startswith("ort-") or route.startswith("nncf-onnx"):
-            method = "nncf" if route.startswith("nncf-onnx") else route[4:]
+            method = "nncf" if route.startswith("nncf-onnx") else route[4:].removesuffix("-attn")
             bits = 8 if route.endswith("-w8") else 7
+            attention = route.endswith("-attn")
             out = scratch / route
             export(loaded, out, "onnx-int8", calib_dir=SHARED / "coco" / "calib2017", calib_count=args.calib_count,
-                   calib_method=method, int8_weight_bits=bits, cache_dir=scratch / "cache", **common)
+                   calib_method=method, int8_weight_bits=bits, int8_attention=attention, cache_dir=scratch / "cache",
+                   **common)
             seconds = runtimes.open(out).manifest.data["calibration"]["seconds"]
-            judge(route, out, built_s=seconds, note=f"ours: symmetric S8S8 QDQ, policy, {method}, {bits}-bit weights")
-        elif route in ("openvino-qdq", "openvino-nncf"):
+            judge(route, out, built_s=seconds, note=f"ours: symmetric S8S8 QDQ, policy, {method}, {bits}-bit weights"
+                                                    + (", attention products INT8" if attention else ""))
+        elif route in ("openvino-qdq", "openvino-qdq-attn", "openvino-nncf"):
             out = scratch / route
+            qdq = route.startswith("openvino-qdq")
             export(loaded, out, "openvino-int8", calib_dir=SHARED / "coco" / "calib2017",
                    calib_count=args.calib_count, cache_dir=scratch / "cache",
-                   openvino_int8_route="qdq" if route == "openvino-qdq" else "nncf-ir", **common)
+                   openvino_int8_route="qdq" if qdq else "nncf-ir", int8_attention=route.endswith("-attn"), **common)
             judge(route, out, backend="openvino",
-                  note="OpenVINO reading our QDQ ONNX" if route == "openvino-qdq"
-                  else "NNCF on the OpenVINO IR (TRANSFORMER, policy as ignored scope)")
+                  note=("OpenVINO reading our QDQ ONNX" + (", attention products INT8" if route.endswith("-attn")
+                                                            else "")) if qdq
+                  else "NNCF on the OpenVINO IR (TRANSFORMER, policy as ignored scope, attention products INT8)")
         elif route == "onnx-fp16":
             out = scratch / route
             export(loaded, out, "onnx-fp16", **common)

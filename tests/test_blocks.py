@@ -181,6 +181,30 @@ def test_keep_float_names_are_checked(fp32_graph, tmp_path):
     assert not tmp_path.joinpath("a").exists() and not tmp_path.joinpath("b").exists()
 
 
+def test_attention_products_go_to_int8_on_request_and_count_as_their_blocks(fp32_graph, calibration_cache, photos,
+                                                                             tmp_path):
+    plain, more = image_graph_policy(fp32_graph), image_graph_policy(fp32_graph, attention_products=True)
+    products = sorted(set(more.quantizable) - set(plain.quantizable))
+    # q·kᵀ and attention·v of 6 + 3 + 3 self-attention layers and of the two grouping blocks' cross-attention.
+    assert len(products) == 2 * (6 + 3 + 3) + 2 * 2 and set(plain.quantizable) < set(more.quantizable)
+    assert {block_of(name).rsplit(".", 1)[-1] for name in products} == {"attention", "grouping"}
+    assert not set(more.quantizable) & set(more.assignment)
+    weight_free = {node.name for node in fp32_graph.graph.node if node.op_type == "MatMul"} - set(more.quantizable)
+    assert any("/assign/" not in name for name in weight_free)         # the grouping maps product stays float
+    out = tmp_path / "int8-attention"
+    export("random:0", out, "onnx-int8", image_size=SIZE, calib_method="minmax", cache_dir=calibration_cache,
+           int8_attention=True, validation_images=[str(p) for p in photos], log=_quiet)
+    manifest = json.loads((out / "manifest.json").read_text())
+    precision = manifest["precision"]
+    assert precision["attention_products"] == "int8" and precision["qdq"]["symmetric_int8"]
+    assert set(products) <= set(precision["quantized_nodes"])
+    assert "grouping maps product" in precision["kept_float"]
+    assert "activation×activation MatMul" not in precision["kept_float"]
+    assert manifest["validation"]["drift_vs_fp32"]["model_level"]["group_embed_cosine"]["mean"] > 0.98
+    with pytest.raises(UserError, match="--int8-attention applies to onnx-int8, openvino-int8, trt-int8 only"):
+        export("random:0", tmp_path / "fp16", "onnx-fp16", image_size=SIZE, int8_attention=True, log=_quiet)
+
+
 def test_per_block_compares_artifacts_only(fp32_artifact, tmp_path):
     with pytest.raises(UserError, match="is not an artifact: per-block divergence compares"):
         per_block_divergence("random:0", fp32_artifact)

@@ -128,11 +128,12 @@ def test_returning_every_quantized_node_to_float_gives_the_fp32_graph(onnx_artif
     """The search's candidates come from one calibration: with every node back, the graph is fp32 again."""
     import onnxruntime as ort
     from groupvit_edge.calibration.policy import image_graph_policy
-    from groupvit_edge.calibration.quantizers import MethodOptions, quantize, return_to_float
+    from groupvit_edge.calibration.quantizers import MethodOptions, quantize, quantized_nodes, return_to_float
     fp32 = onnx.load(str(onnx_artifact / "image.onnx"))
-    policy = image_graph_policy(fp32)
+    policy = image_graph_policy(fp32, attention_products=True)       # activation×activation products too
     pixels = np.random.default_rng(0).standard_normal((2, 3, 448, 448)).astype(np.float32)
     quantized = quantize(fp32, pixels, policy, MethodOptions("minmax"), log=quiet)
+    assert set(policy.quantizable) <= set(quantized_nodes(quantized))
     restored = return_to_float(quantized, fp32, policy.quantizable)
     assert not [n for n in restored.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     expected = ort.InferenceSession(fp32.SerializeToString()).run(None, {"pixels": pixels[:1]})

@@ -2,7 +2,9 @@
 
 INT8 goes to the big matrix products with weights: the patch embedding, attention projections, MLPs and the
 projection head. Everything else stays float — LayerNorm, Softmax, GELU, the activation×activation products of
-attention, the whole grouping assignment (q·k logits, softmax, argmax) and the final L2 normalisations.
+attention, the whole grouping assignment (q·k logits, softmax, argmax) and the final L2 normalisations. Attention's
+q·k and attention·v products can go to INT8 as well (`--int8-attention`, as NNCF's TRANSFORMER preset does); the
+grouping assignment and the product of the stages' soft assignment maps never do.
 Blocks (one attention, one MLP, one grouping block, …, as the model names them in model/blocks.py) are the unit
 `--keep-float` and the drift-budget search return to float.
 """
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..model.blocks import ASSIGNMENT_NODES as ASSIGNMENT
+from ..model.blocks import ATTENTION_PRODUCTS
 from ..model.blocks import block_of, forward_order
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
@@ -23,8 +26,8 @@ FP16_KEEP_FLOAT_OPS = ["LayerNormalization", "Softmax", "ReduceMax", "Equal", "R
 
 @dataclass
 class Policy:
-    quantizable: list[str]        # weight-bearing Conv/Gemm/MatMul nodes the policy allows in INT8
-    keep_float: list[str]         # every other Conv/Gemm/MatMul (activation × activation products)
+    quantizable: list[str]        # Conv/Gemm/MatMul nodes the policy allows in INT8
+    keep_float: list[str]         # every other Conv/Gemm/MatMul
     assignment: list[str]         # the grouping assignment's nodes, always float
 
     def blocks(self) -> dict[str, list[str]]:
@@ -44,7 +47,8 @@ class Policy:
                       sorted(set(self.keep_float) | dropped), self.assignment)
 
 
-def image_graph_policy(model: onnx.ModelProto) -> Policy:
+def image_graph_policy(model: onnx.ModelProto, attention_products: bool = False) -> Policy:
+    """The policy for this graph; `attention_products` puts attention's q·k and attention·v products in INT8."""
     weights = {init.name for init in model.graph.initializer}
     producers = {output: node.op_type for node in model.graph.node for output in node.output}
     quantizable, keep_float, assignment = [], [], []
@@ -57,6 +61,7 @@ def image_graph_policy(model: onnx.ModelProto) -> Policy:
         # A ReLU output is non-negative, so a calibrator would give it unsigned INT8, which TensorRT's explicit
         # quantization rejects; only the projection head's second layer is affected, a negligible product.
         after_relu = producers.get(node.input[0]) == "Relu"
-        allowed = has_weight and not after_relu and not ASSIGNMENT.search(node.name)
+        attention = attention_products and ATTENTION_PRODUCTS.search(node.name) is not None
+        allowed = (has_weight or attention) and not after_relu and not ASSIGNMENT.search(node.name)
         (quantizable if allowed else keep_float).append(node.name)
     return Policy(quantizable, keep_float, assignment)

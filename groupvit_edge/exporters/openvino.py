@@ -18,7 +18,6 @@ the fp32 ONNX image graph in ONNX Runtime is measured on held-out photos, in Ope
 from __future__ import annotations
 
 import importlib.util
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,40 +106,41 @@ def build(job, floats) -> ArtifactParts:
 
 def _fp32(job, floats) -> ArtifactParts:
     from ..metrics.drift import FP32_TOLERANCE
-    ir = {"image_ir": write_ir(job, "image", job.staging / floats.image.file, "fp32", "f32", floats.image),
-          "text_ir": write_ir(job, "text", job.staging / floats.text.file, "fp32", "f32", floats.text)}
-    graphs = {"image": floats.image, "text": floats.text, **ir}
-    check, text_difference = _check_ir(job, floats, graphs, job.validation, FP32_TOLERANCE)
-    if check.failures:
-        raise ValidationFailed(f"the OpenVINO fp32 IR disagrees with the fp32 ONNX graph "
-                               f"({'; '.join(check.failures)}); the artifact was not written")
-    return ArtifactParts(graphs, PrecisionRecord("fp32", ["*"], details={"inference_precision": "f32"}),
-                         {"drift_vs_fp32": check}, figures={"text_ir_max_abs_diff": text_difference})
+    parts = _float_ir(job, floats, "fp32", "f32", job.validation, FP32_TOLERANCE,
+                      PrecisionRecord("fp32", ["*"], details={"inference_precision": "f32"}))
+    failures = parts.checks["drift_vs_fp32"].failures
+    if failures:
+        raise ValidationFailed(f"the OpenVINO fp32 IR disagrees with the fp32 ONNX graph ({'; '.join(failures)}); "
+                               f"the artifact was not written")
+    return parts
 
 
 def _fp16(job, floats) -> ArtifactParts:
     job.log("converting to OpenVINO IR with FP16-compressed weights")
-    ir = {"image_ir": write_ir(job, "image", job.staging / floats.image.file, "fp16", "f16", floats.image,
-                               compress_to_fp16=True),
-          "text_ir": write_ir(job, "text", job.staging / floats.text.file, "fp32", "f32", floats.text)}
-    graphs = {"image": floats.image, "text": floats.text, **ir}
-    check, text_difference = _check_ir(job, floats, graphs, job.drift_photos())
     # OpenVINO keeps its own precision-sensitive subgraphs (normalisations, softmax) in f32 when a device computes
     # in f16; a CPU without FP16 arithmetic computes everything in f32 on the fp16-rounded weights.
-    record = PrecisionRecord("fp16", ["text graph", "OpenVINO precision-sensitive subgraphs under f16"],
-                             details={"inference_precision": "f16", "weights": "fp16"})
-    return ArtifactParts(graphs, record, {"drift_vs_fp32": check}, figures={"text_ir_max_abs_diff": text_difference})
+    return _float_ir(job, floats, "fp16", "f16", job.drift_photos(), None,
+                     PrecisionRecord("fp16", ["text graph", "OpenVINO precision-sensitive subgraphs under f16"],
+                                     details={"inference_precision": "f16", "weights": "fp16"}))
 
 
 def _bf16(job, floats) -> ArtifactParts:
     """fp32 IR that runs in bf16: the weights stay fp32 (the runtime falls back to f32 on a device without bf16),
     and the drift is what this CPU computes in bf16, measured like the other reduced precisions."""
-    ir = {"image_ir": write_ir(job, "image", job.staging / floats.image.file, "fp32", "bf16", floats.image),
+    return _float_ir(job, floats, "fp32", "bf16", job.drift_photos(), None,
+                     PrecisionRecord("bf16", ["text graph", "OpenVINO precision-sensitive subgraphs under bf16"],
+                                     details={"inference_precision": "bf16", "weights": "fp32"}))
+
+
+def _float_ir(job, floats, weights: str, inference_precision: str, photos, budget,
+              record: PrecisionRecord) -> ArtifactParts:
+    """Image and text IR from the fp32 ONNX (the image IR's weights in `weights`, run in `inference_precision`),
+    measured against the fp32 ONNX on `photos`."""
+    ir = {"image_ir": write_ir(job, "image", job.staging / floats.image.file, weights, inference_precision,
+                               floats.image, compress_to_fp16=weights == "fp16"),
           "text_ir": write_ir(job, "text", job.staging / floats.text.file, "fp32", "f32", floats.text)}
     graphs = {"image": floats.image, "text": floats.text, **ir}
-    check, text_difference = _check_ir(job, floats, graphs, job.drift_photos())
-    record = PrecisionRecord("bf16", ["text graph", "OpenVINO precision-sensitive subgraphs under bf16"],
-                             details={"inference_precision": "bf16", "weights": "fp32"})
+    check, text_difference = _check_ir(job, floats, graphs, photos, budget)
     return ArtifactParts(graphs, record, {"drift_vs_fp32": check}, figures={"text_ir_max_abs_diff": text_difference})
 
 
@@ -173,7 +173,8 @@ def _int8_nncf_ir(job, floats) -> ArtifactParts:
     from ..calibration.policy import image_graph_policy
     ov = _openvino()
     calibration = job.calibration
-    policy = image_graph_policy(onnx.load(str(job.staging / floats.image.file), load_external_data=False))
+    policy = image_graph_policy(onnx.load(str(job.staging / floats.image.file), load_external_data=False),
+                                attention_products=True)
     kept_float = nncf_ir_float_nodes(policy)
     bits = job.options.calibration.int8_weight_bits
     method = {"method": "nncf-ir", "smooth_quant_alpha": SMOOTH_QUANT_ALPHA, "fast_bias_correction": True,
@@ -192,7 +193,7 @@ def _int8_nncf_ir(job, floats) -> ArtifactParts:
                  "projection head after ReLU", "L2 normalisation",
                  "image.onnx (fp32, what ONNX Runtime runs from this artifact)"],
         kept_float, fake_quantized_nodes(quantized),
-        {"method": method, "route": "nncf-ir", "inference_precision": "f32"})
+        {"method": method, "route": "nncf-ir", "attention_products": "int8", "inference_precision": "f32"})
     calibration_record = {**calibration.summary(), **method, "reused_cache": reused, "seconds": round(seconds, 1)}
     return ArtifactParts(graphs, record, {"drift_vs_fp32": check}, calibration_record,
                          figures={"text_ir_max_abs_diff": text_difference})
@@ -224,14 +225,13 @@ def cached_ir(key: dict, build_ir, root=None, log=print):
 
 # NNCF never quantizes these op types' inputs under model_type=TRANSFORMER; listing them states the policy.
 NNCF_IR_FLOAT_TYPES = ("MVN", "SoftMax")
-# Self-attention's activation×activation products: INT8 on the IR route (the QDQ graph keeps them float).
-ATTENTION_PRODUCT = re.compile(r"/(self_attn|pre_assign_attn/attn)/MatMul(_\d+)?$")
 
 
 def nncf_ir_float_nodes(policy) -> list[str]:
-    """ONNX names kept float on the IR route: the assignment, and every weight-free or post-ReLU product that is
-    not self-attention — notably the product of the stages' soft assignment maps, which *is* the grouping output."""
-    return sorted(set(policy.assignment) | {name for name in policy.keep_float if not ATTENTION_PRODUCT.search(name)})
+    """ONNX names kept float on the IR route, from a policy with attention's products in INT8: the assignment,
+    and every other weight-free or post-ReLU product — notably the product of the stages' soft assignment maps,
+    which *is* the grouping output."""
+    return sorted(set(policy.assignment) | set(policy.keep_float))
 
 
 def ir_names(model, onnx_names) -> set[str]:

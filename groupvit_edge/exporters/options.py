@@ -93,6 +93,10 @@ class CalibrationOptions:
                                    choices=("7", "8"),
                                    parse=int)
     seed: int = option(0, "Calibration sampling seed.", targets=CALIBRATED_TARGETS)
+    int8_attention: bool = option(
+        False, "Quantize attention's q·k and attention·v products too (float by default in the QDQ graph; the "
+               "openvino-int8 nncf-ir route always quantizes them); a drift-budget search returns the blocks "
+               "where they cost too much to float.", targets=CALIBRATED_TARGETS, is_flag=True)
     keep_float: tuple[str, ...] | None = option(
         None, "Blocks to leave in float, comma-separated model block names (stage0.grouping, stage1.layer1.mlp, "
               "patch_embed, projection, …), e.g. what `groupvit-edge diagnose --suggest` prints; a drift-budget "

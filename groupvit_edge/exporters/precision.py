@@ -32,6 +32,13 @@ INT8_KEPT_FLOAT = ["LayerNormalization", "Softmax", "Erf (GELU)", "activation×a
                    "grouping assignment", "L2 normalisation"]
 
 
+def int8_kept_float(attention_products: bool) -> list[str]:
+    """INT8_KEPT_FLOAT, for a graph whose attention products are INT8 when `attention_products`."""
+    if not attention_products:
+        return list(INT8_KEPT_FLOAT)
+    return [kind.replace("activation×activation MatMul", "grouping maps product") for kind in INT8_KEPT_FLOAT]
+
+
 def steps(target: Target, options) -> list[Step]:
     return base_steps() + reduce_steps(target.name, options)
 
@@ -142,7 +149,7 @@ def to_int8(job, floats) -> ReducedImageGraph:
     options, calibration = job.options.calibration, job.calibration
     method = MethodOptions(options.calib_method, weight_bits=options.int8_weight_bits)
     fp32 = onnx.load(str(job.staging / floats.image.file))
-    policy = image_graph_policy(fp32)
+    policy = image_graph_policy(fp32, attention_products=options.int8_attention)
     asked_float = kept_float_blocks(policy, options.keep_float)
     if asked_float:
         # Before calibration, so the quantizer never sees these blocks; the drift-budget search below ranks only
@@ -170,8 +177,11 @@ def to_int8(job, floats) -> ReducedImageGraph:
     form = qdq_form(quantized)
     if not form["symmetric_int8"]:
         raise RuntimeError(f"the quantizer produced a non-symmetric QDQ graph: {form}")
-    details = {"method": method.to_dict(), "qdq": form, **({"keep_float": asked_float} if asked_float else {})}
-    record = PrecisionRecord("int8", INT8_KEPT_FLOAT + asked_float + kept_blocks, policy.assignment,
+    details = {"method": method.to_dict(), "qdq": form,
+               "attention_products": "int8" if options.int8_attention else "float",
+               **({"keep_float": asked_float} if asked_float else {})}
+    record = PrecisionRecord("int8", int8_kept_float(options.int8_attention) + asked_float + kept_blocks,
+                             policy.assignment,
                              quantized_nodes(quantized), details)
     calibration_record = {**calibration.summary(), **method.to_dict(), "reused_cache": reused,
                           "seconds": round(calibration_seconds, 1)}

@@ -530,8 +530,10 @@ def problems(export_plan) -> list[str]:
                      f"this build needs: choose another --tensorrt-typing/--int8-route or reinstall TensorRT")
     if build_plan.calibrator and budget_from(export_plan.options) is not None:
         found.append("a drift budget searches the QDQ graph: use --int8-route explicit with it")
-    if build_plan.calibrator and export_plan.options.calibration.keep_float:
-        found.append("--keep-float applies to the QDQ graph: use --int8-route explicit with it")
+    for flag, given in (("--keep-float", export_plan.options.calibration.keep_float),
+                        ("--int8-attention", export_plan.options.calibration.int8_attention)):
+        if build_plan.calibrator and given:
+            found.append(f"{flag} applies to the QDQ graph: use --int8-route explicit with it")
     return found
 
 

@@ -60,6 +60,9 @@ BLOCK_KINDS = (
 )
 NAME_FORMS = ("patch_embed, stageS.layerL.attention, stageS.layerL.mlp, stageS.grouping, stageS.group_projector, "
               "projection")
+# Attention's activation×activation products (q·kᵀ and attention·v) in self-attention and in the grouping block's
+# cross-attention; not the assignment's q·k, nor the product of the stages' assignment maps.
+ATTENTION_PRODUCTS = re.compile(r"/(self_attn|pre_assign_attn/attn)/MatMul(_\d+)?$")
 # The grouping assignment: its q/k projections and q·k logits, softmax, argmax (ReduceMax + Equal), normalisation.
 ASSIGNMENT_NODES = re.compile(
     r"/downsample/assign/((q_proj|k_proj)/|(MatMul|Softmax|ReduceMax|Equal|Cast|ReduceSum|Div|Add|Mul))")
