@@ -139,6 +139,12 @@ class ModelLevelDrift:
 
 
 @dataclass(frozen=True)
+class WorstImage:
+    image: str                               # the photo's path as given
+    agreement: float                         # percent of its pixels whose class equals the reference's
+
+
+@dataclass(frozen=True)
 class ClassLevelDrift:
     """The candidate's label maps scored against the reference's as ground truth (percent / mIoU points)."""
     miou_vs_reference: float
@@ -147,7 +153,7 @@ class ClassLevelDrift:
     pixel_agreement_confident: float | None
     near_tie_class_share: float
     per_class_iou: dict[str, float | None]
-    worst_images: list[dict]                 # {"image": path, "agreement": percent}, worst first
+    worst_images: list[WorstImage]           # worst first
 
 
 @dataclass(frozen=True)
@@ -299,7 +305,7 @@ class DriftReport:
         return [failure for candidate in self.candidates for failure in budget.failures(candidate)]
 
     def to_markdown(self) -> str:
-        return drift_markdown(self.data)
+        return drift_markdown(self.data, self.candidates)
 
 
 def validate_candidate(reference, candidate, images, *, labels="prototypes:16",
@@ -497,7 +503,7 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
         pixel_agreement_confident=_finite(100.0 * confident_versus_reference.pixel_accuracy),
         near_tie_class_share=100.0 * (1 - confident_versus_reference.total / max(versus_reference.total, 1)),
         per_class_iou={name: (None if np.isnan(value) else 100.0 * value) for name, value in zip(class_names, iou)},
-        worst_images=[{"image": path, "agreement": 100.0 * agreement} for agreement, path in sorted(per_image)[:worst]])
+        worst_images=[WorstImage(path, 100.0 * agreement) for agreement, path in sorted(per_image)[:worst]])
     ground_truth = None
     if with_truth:
         ground_truth = GroundTruthDrift(
@@ -508,12 +514,14 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
     return {"class_level": class_level, "model_level": model_level.summary(), "ground_truth": ground_truth}
 
 
-def _fmt(value, digits: int = 2, suffix: str = "") -> str:
+def format_figure(value, digits: int = 2, suffix: str = "") -> str:
+    """A figure as drift.md and report.html show it; an unmeasured one (None) as a dash."""
     return "—" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def drift_markdown(data: dict) -> str:
-    """The terminal table: one row per candidate, class level then model level."""
+def drift_markdown(data: dict, candidates: Sequence[CandidateDrift]) -> str:
+    """The terminal table: one row per candidate, class level then model level. `data` (drift.json) gives the
+    run's description and timing."""
     vocabulary = data["vocabulary"]
     lines = [f"Drift vs {data['reference']['source']} ({data['reference']['backend']}) on {data['images']['count']} "
              f"images ({data['images']['windows']} windows, {data['images']['size'][0]}x{data['images']['size'][1]}), "
@@ -522,17 +530,17 @@ def drift_markdown(data: dict) -> str:
              "| near-tie % "
              "| group cos mean / min | image cos mean / min | max abs diff grouping | GT mIoU ref → cand |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for c in data["candidates"]:
-        cls, model, truth = c["class_level"], c["model_level"], c.get("ground_truth")
-        gt = f"{truth['reference_miou']:.2f} → {truth['candidate_miou']:.2f}" if truth else "—"
+    for c in candidates:
+        cls, model, truth = c.class_level, c.model_level, c.ground_truth
+        gt = f"{truth.reference_miou:.2f} → {truth.candidate_miou:.2f}" if truth else "—"
         lines.append(
-            f"| {c['source']} | {c['target']} | {_fmt(cls['miou_vs_reference'])} / "
-            f"{_fmt(cls['miou_vs_reference_confident'])} | {_fmt(cls['pixel_agreement'])} "
-            f"| {_fmt(model['group_agreement'])} / {_fmt(model['group_agreement_confident'], 3)} "
-            f"| {_fmt(model['near_tie_share'], 1)} "
-            f"| {model['group_embed_cosine']['mean']:.5f} / {model['group_embed_cosine']['min']:.5f} "
-            f"| {model['image_embed_cosine']['mean']:.5f} / {model['image_embed_cosine']['min']:.5f} "
-            f"| {model['max_abs_diff']['grouping']:.2e} | {gt} |")
+            f"| {c.source} | {c.target} | {format_figure(cls.miou_vs_reference)} / "
+            f"{format_figure(cls.miou_vs_reference_confident)} | {format_figure(cls.pixel_agreement)} "
+            f"| {format_figure(model.group_agreement)} / {format_figure(model.group_agreement_confident, 3)} "
+            f"| {format_figure(model.near_tie_share, 1)} "
+            f"| {model.group_embed_cosine.mean:.5f} / {model.group_embed_cosine.min:.5f} "
+            f"| {model.image_embed_cosine.mean:.5f} / {model.image_embed_cosine.min:.5f} "
+            f"| {model.max_abs_diff['grouping']:.2e} | {gt} |")
     timing = data["timing"]
     lines += ["", f"time: {timing['total_s']:.1f} s total, reference encoding {timing['reference_encode_s']:.1f} s, "
                   f"post-processing + metrics {timing['postprocess_and_metrics_s']:.1f} s "

@@ -10,13 +10,12 @@ the top-level `budget`, a DriftBudget.describe() string): `measure_drift(..., bu
 from __future__ import annotations
 
 import base64
-import glob
 from html import escape
 from pathlib import Path
 from typing import Sequence
 
 from ..segmentation.segmenter import palette
-from .drift import _fmt            # drift.md's rounding, so the page and the terminal table agree
+from .drift import format_figure   # drift.md's rounding, so the page and the terminal table agree
 
 Panel = tuple[str, bytes]            # (caption, PNG bytes)
 # The page's fixed outline, which the tests and benchmarks/report_in_browser.py look for.
@@ -77,25 +76,6 @@ def render_html(data: dict, panels: Sequence[Sequence[Panel]]) -> str:
 def candidate_section_id(index: int) -> str:
     """The id of candidate `index`'s section (1-based, drift.json's order)."""
     return f"candidate-{index}"
-
-
-def worst_photo_panels(data: dict, directory: str | Path) -> list[list[Panel]]:
-    """The side-by-side PNGs report.py wrote into `directory` (`NN-<candidate>-worstK-<photo>.png`), per
-    candidate, worst first, captioned with the photo and its agreement."""
-    directory = Path(directory)
-    panels = []
-    for index, candidate in enumerate(data["candidates"], start=1):
-        mine = []
-        for rank, worst in enumerate(candidate["class_level"]["worst_images"], start=1):
-            photo = Path(worst["image"])
-            pattern = f"{index:02d}-*-worst{rank}-{glob.escape(photo.stem)}.png"
-            matches = sorted(directory.glob(pattern))
-            if len(matches) != 1:
-                raise FileNotFoundError(f"expected one panel {pattern} in {directory}, found {len(matches)}")
-            caption = f"Worst {rank}: {photo.name}, {worst['agreement']:.2f}% of pixels agree with the reference"
-            mine.append((caption, matches[0].read_bytes()))
-        panels.append(mine)
-    return panels
 
 
 # ------------------------------------------------------------------------------------------------- sections
@@ -181,14 +161,15 @@ def _budget_verdict(candidate: dict, budget: str | None) -> str:
 def _summary_table(candidate: dict) -> str:
     cls, model, truth = candidate["class_level"], candidate["model_level"], candidate.get("ground_truth")
     rows = [_group_row("Class level: the candidate's class maps scored against the reference's"),
-            _row("mIoU vs reference (points)", _fmt(cls["miou_vs_reference"]),
-                 _fmt(cls["miou_vs_reference_confident"])),
-            _row("Pixel agreement (%)", _fmt(cls["pixel_agreement"]), _fmt(cls["pixel_agreement_confident"])),
-            _row("Near-tie pixels, class decision (%)", _fmt(cls["near_tie_class_share"])),
+            _row("mIoU vs reference (points)", format_figure(cls["miou_vs_reference"]),
+                 format_figure(cls["miou_vs_reference_confident"])),
+            _row("Pixel agreement (%)", format_figure(cls["pixel_agreement"]),
+                 format_figure(cls["pixel_agreement_confident"])),
+            _row("Near-tie pixels, class decision (%)", format_figure(cls["near_tie_class_share"])),
             _group_row("Model level: final groups and embeddings, no vocabulary"),
-            _row("Final-group agreement (%)", _fmt(model["group_agreement"]),
-                 _fmt(model["group_agreement_confident"], 3)),
-            _row("Near-tie pixels, group decision (%)", _fmt(model["near_tie_share"])),
+            _row("Final-group agreement (%)", format_figure(model["group_agreement"]),
+                 format_figure(model["group_agreement_confident"], 3)),
+            _row("Near-tie pixels, group decision (%)", format_figure(model["near_tie_share"])),
             _row("Group-embedding cosine (mean / min)", _cosine(model["group_embed_cosine"])),
             _row("Image-embedding cosine (mean / min)", _cosine(model["image_embed_cosine"]))]
     rows += [_row(f"Max abs difference, {output}", f"{value:.2e}") for output, value in model["max_abs_diff"].items()]

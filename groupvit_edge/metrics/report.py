@@ -1,6 +1,7 @@
 """Drift report files: drift.json, drift.md, side-by-side PNGs of the worst images, per-class IoU charts."""
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -9,7 +10,8 @@ from PIL import Image, ImageDraw
 
 from ..segmentation.preprocess import load_image
 from ..segmentation.segmenter import Segmentation, label_map, palette
-from .html_report import worst_photo_panels, write_html
+from .drift import WorstImage
+from .html_report import Panel, write_html
 
 DISAGREE = (255, 40, 40)
 
@@ -37,15 +39,30 @@ def _write_report_files(report, encoded, vocabularies, logit_scales, background,
     write_json(report.data, directory / "drift.json")
     (directory / "drift.md").write_text(report.to_markdown() + "\n")
     by_path = {str(item.path): item for item in encoded}
-    for index, candidate in enumerate(report.data["candidates"], start=1):
-        slug = f"{index:02d}-{_slug(candidate['source'])}"
-        for rank, worst in enumerate(candidate["class_level"]["worst_images"], start=1):
-            item = by_path[worst["image"]]
-            comparison(item, index, vocabularies[index], logit_scales[index], background, class_names).save(
-                directory / f"{slug}-worst{rank}-{item.path.stem}.png")
-        iou_chart(candidate["class_level"]["per_class_iou"], f"per-class IoU vs reference: {candidate['source']}"
+    panels: list[list[Panel]] = []
+    for index, candidate in enumerate(report.candidates, start=1):
+        slug = f"{index:02d}-{_slug(candidate.source)}"
+        written = []
+        for rank, worst in enumerate(candidate.class_level.worst_images, start=1):
+            item = by_path[worst.image]
+            png = _png(comparison(item, index, vocabularies[index], logit_scales[index], background, class_names))
+            (directory / f"{slug}-worst{rank}-{item.path.stem}.png").write_bytes(png)
+            written.append((worst_caption(rank, worst), png))
+        panels.append(written)
+        iou_chart(candidate.class_level.per_class_iou, f"per-class IoU vs reference: {candidate.source}"
                   ).save(directory / f"{slug}-per-class-iou.png")
-    write_html(report.data, worst_photo_panels(report.data, directory), directory / "report.html")
+    write_html(report.data, panels, directory / "report.html")
+
+
+def worst_caption(rank: int, worst: WorstImage) -> str:
+    """report.html's caption for the `rank`-th worst photo."""
+    return f"Worst {rank}: {Path(worst.image).name}, {worst.agreement:.2f}% of pixels agree with the reference"
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _slug(text: str) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -29,7 +30,19 @@ class Segmentation:
     image: Image.Image = field(repr=False)
     groups: np.ndarray | None = field(default=None, repr=False)   # [H, W] int32: which group holds each pixel
     group_info: list[Group] = field(default_factory=list)           # per value of `groups`
-    stage1_groups: np.ndarray | None = field(default=None, repr=False)   # the same for the first stage's groups
+    geometry: Prepared | None = field(default=None, repr=False)     # where the windows lie (no pixels)
+    stage1_grouping: np.ndarray | None = field(default=None, repr=False)  # [N, G1, h, w] first stage's soft maps
+
+    @cached_property
+    def stage1_groups(self) -> np.ndarray | None:
+        """Like `groups`, for the first stage's groups (64 for gcc-yfcc), or None when the artifact's graph does
+        not return them. Built on first use: a photo-sized map is not worth making for every photo when few
+        callers look, while the soft maps it comes from are small (G1 × h × w per window)."""
+        if self.stage1_grouping is None or self.geometry is None:
+            return None
+        ids, _ = group_map(self.geometry, window_groups(self.stage1_grouping, self.geometry),
+                           self.stage1_grouping.shape[1])
+        return ids
 
     def class_fractions(self) -> dict[str, float]:
         counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
@@ -191,25 +204,23 @@ class Segmenter:
     def encode(self, prepared: Prepared) -> ImageEncoding:
         return encode_windows(self.runtime, prepared.windows, self.batch_size)
 
-    def decide(self, prepared: Prepared, encoding: ImageEncoding) -> tuple[np.ndarray, np.ndarray]:
-        """Encoded windows → (labels, scores) over the original image."""
+    def decide(self, prepared: Prepared, encoding: ImageEncoding,
+               groups: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Encoded windows → (labels, scores) over the original image: the paper's post-processing.
+        `groups`: the windows' final group ids when the caller already has them."""
         return label_map(prepared, encoding, self.vocabulary.text_embeds, self.manifest.logit_scale,
-                         self.background_threshold)
+                         self.background_threshold, groups)
 
     def segment(self, image) -> Segmentation:
         picture, prepared = self.prepare(image)
         encoding = self.encode(prepared)
         groups = window_groups(encoding.grouping, prepared)
-        labels, scores = label_map(prepared, encoding, self.vocabulary.text_embeds, self.manifest.logit_scale,
-                                   self.background_threshold, groups)
+        labels, scores = self.decide(prepared, encoding, groups)
         ids, pairs = group_map(prepared, groups, encoding.grouping.shape[1])
         info = describe_groups(ids, pairs, encoding, self.vocabulary.text_embeds, self.class_names,
                                self.manifest.logit_scale, offset=0 if self.background_threshold is None else 1)
-        stage1 = None
-        if encoding.stage1_grouping is not None:
-            stage1, _ = group_map(prepared, window_groups(encoding.stage1_grouping, prepared),
-                                  encoding.stage1_grouping.shape[1])
-        return Segmentation(labels, scores, self.class_names, picture, ids, info, stage1)
+        return Segmentation(labels, scores, self.class_names, picture, ids, info, geometry=prepared.without_pixels(),
+                            stage1_grouping=encoding.stage1_grouping)
 
     def close(self) -> None:
         self.runtime.close()
