@@ -238,7 +238,8 @@ def _summary(result, show: str) -> str:
 @click.option("--candidate", "candidates", required=True, multiple=True, help="Artifact to judge (repeatable).")
 @click.option("--images", multiple=True, help=IMAGES_HELP)
 @click.option("--labels", help="Class names 'a,b,c', or prototypes:K for a label-free probe "
-              "(default: the reference's vocabulary, or the --classes names with --masks).")
+              "(default: the artifacts' vocabulary; prototypes:16 when one has none; the --classes names with "
+              "--masks).")
 @click.option("--masks", "masks_dir", type=click.Path(), help="Ground-truth masks (a PNG per photo, same name) to "
               "compare each candidate's own mIoU with the reference's.")
 @click.option("--classes", default="coco-object", show_default=True, help="Class map of --masks: coco-object, "

@@ -54,6 +54,22 @@ def test_fp32_artifact_does_not_drift_from_pytorch(onnx_artifact, reference_runt
     assert (tmp_path / "report" / "drift.json").is_file()
 
 
+def test_without_labels_or_a_vocabulary_drift_probes_with_prototypes(onnx_artifact, reference_runtime, images,
+                                                                      tmp_path):
+    """`drift --ref MODEL --candidate ART` is the next step export prints: with no --labels, and a reference (a
+    checkpoint) without a vocabulary, drift measures with the default prototypes instead of refusing."""
+    no_vocabulary = tmp_path / "no-vocab"
+    shutil.copytree(onnx_artifact, no_vocabulary)
+    manifest = json.loads((no_vocabulary / "manifest.json").read_text())
+    assert manifest.pop("vocabulary", None) is not None
+    (no_vocabulary / "vocab.npz").unlink()
+    (no_vocabulary / "manifest.json").write_text(json.dumps(manifest))
+    report = measure_drift(reference_runtime, [no_vocabulary], images[:1], progress=False)
+    assert report.data["vocabulary"]["kind"] == "prototypes" and len(report.data["vocabulary"]["labels"]) == 16
+    with_vocabulary = measure_drift(onnx_artifact, [onnx_artifact], images[:1], progress=False)
+    assert with_vocabulary.data["vocabulary"]["labels"] == ["cat", "dog", "grass"]
+
+
 def test_degraded_artifact_fails_with_figures_and_report(degraded_artifact, reference_runtime, images, tmp_path):
     with pytest.raises(AssertionError) as failure:
         assert_drift_within(reference_runtime, degraded_artifact, images=images, labels="prototypes:8",

@@ -26,7 +26,6 @@ TARGETS = (
 )
 OPTIONS = None
 FP16_FILE, INT8_FILE, DYNAMIC_FILE = "image.fp16.onnx", "image.int8.onnx", "image.int8-dynamic.onnx"
-DEFAULT_DRIFT_LABELS = "prototypes:16"
 # What the INT8 targets keep in float (calibration.policy), as the manifest states it.
 INT8_KEPT_FLOAT = ["LayerNormalization", "Softmax", "Erf (GELU)", "activation×activation MatMul",
                    "grouping assignment", "L2 normalisation"]
@@ -91,7 +90,8 @@ def parts_from(reduced: ReducedImageGraph, graphs: dict) -> ArtifactParts:
 # ------------------------------------------------------------------------------------------------ drift
 
 def drift_labels(options) -> str:
-    return options.budget.drift_labels or DEFAULT_DRIFT_LABELS
+    from ..metrics.drift import DEFAULT_PROBE
+    return options.budget.drift_labels or DEFAULT_PROBE
 
 
 def measure_graph_drift(job, floats, candidate_file: str, photos, budget=None) -> DriftCheck:

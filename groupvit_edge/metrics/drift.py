@@ -270,6 +270,10 @@ def kmeans_prototypes(vectors: np.ndarray, count: int, seed: int = 0, iterations
     return centroids.astype(np.float32)
 
 
+# Drift without class names: 16 k-means prototypes of the reference's group embeddings need no trained weights.
+DEFAULT_PROBE = "prototypes:16"
+
+
 def prototype_count(labels) -> int | None:
     if isinstance(labels, str) and labels.startswith(PROTOTYPE_PREFIX):
         try:
@@ -308,7 +312,7 @@ class DriftReport:
         return drift_markdown(self.data, self.candidates)
 
 
-def validate_candidate(reference, candidate, images, *, labels="prototypes:16",
+def validate_candidate(reference, candidate, images, *, labels=DEFAULT_PROBE,
                        margin: float = CONFIDENT_MARGIN, **options) -> CandidateDrift:
     """The one comparison of a candidate with a reference on `images`: export validation, `bench`, `tune` and
     `groupvit_edge.testing` all use it. Options are `measure_drift`'s."""
@@ -324,7 +328,8 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
 
     `reference`/`candidates` are artifact directories, checkpoints/model specs (PyTorch reference) or Runtimes.
     `labels`: class names, "prototypes:K" (K k-means centroids of the reference's group embeddings), or None
-    for the reference artifact's vocabulary (or the class map's names when masks are given). With `budget`, each
+    for the artifacts' vocabulary (the class map's names when masks are given; DEFAULT_PROBE when a reference or
+    candidate has no vocabulary, as a checkpoint or an artifact exported without --labels). With `budget`, each
     candidate's failures are recorded in the report too.
     """
     started = time.perf_counter()
@@ -338,6 +343,8 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
     size = (candidate_runtimes[0].manifest.preprocess.height, candidate_runtimes[0].manifest.preprocess.width)
     reference_runtime = _open(reference, image_size=size)
     runtimes_ = [reference_runtime, *candidate_runtimes]
+    if labels is None and class_map is None and any(r.manifest.vocabulary_path() is None for r in runtimes_):
+        labels = DEFAULT_PROBE
     preprocess = reference_runtime.manifest.preprocess
     for source, runtime in zip(candidates, candidate_runtimes):
         theirs = runtime.manifest.preprocess
