@@ -40,6 +40,10 @@ def isa_flags() -> list[str]:
     return [name for name in RELEVANT_ISA if name in flags]
 
 
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
 def cpu_header() -> str:
     """One line for a benchmark's header: model, CPU count and the relevant ISA extensions."""
     isa = isa_flags()

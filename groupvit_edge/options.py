@@ -33,6 +33,13 @@ def spec_of(f: dataclasses.Field) -> OptionSpec:
     return f.metadata["option"]
 
 
+def check_value(name: str, value, spec: OptionSpec) -> None:
+    """A UserError naming the option when `value` is not one of its choices or outside its bounds."""
+    if spec.choices is not None and value is not None and str(value) not in spec.choices:
+        raise UserError(f"{spec.flag(name)} {value!r} is not one of {', '.join(spec.choices)}")
+    check_number(spec.flag(name), value, spec.minimum, spec.maximum)
+
+
 def check_number(flag: str, value, minimum=None, maximum=None) -> None:
     """A UserError naming `flag` when a number is NaN or outside [minimum, maximum]."""
     if minimum is None and maximum is None or isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -82,6 +82,55 @@ def int8_artifact(tmp_path_factory, random_checkpoint, bpe_path, coco_images):
     return out, cache, logs
 
 
+def test_u8_activation_form_keeps_every_quantization_level(int8_artifact):
+    """ONNX Runtime runs the symmetric S8 graph with unsigned activations on x86; the shifted grid must quantize
+    every value to the same level. With ORT's graph optimisations off, Q/DQ are computed literally, so the two forms
+    give the same numbers; weights stay int8."""
+    import onnxruntime as ort
+    from onnx import TensorProto, numpy_helper
+    from groupvit_edge.runtimes.onnxruntime import unsigned_activations
+    out, _, _ = int8_artifact
+    signed = onnx.load(str(out / "image.int8.onnx"))
+    unsigned = unsigned_activations(onnx.load(str(out / "image.int8.onnx")))
+    constants = {init.name: init for init in unsigned.graph.initializer}
+    activation_zeros = [constants[node.input[2]] for node in unsigned.graph.node
+                        if node.op_type == "QuantizeLinear" and node.input[0] not in constants]
+    weight_zeros = [constants[node.input[2]] for node in unsigned.graph.node
+                    if node.op_type == "DequantizeLinear" and node.input[0] in constants]
+    assert activation_zeros and {zero.data_type for zero in activation_zeros} == {TensorProto.UINT8}
+    assert {int(numpy_helper.to_array(zero).max()) for zero in activation_zeros} == {128}
+    assert weight_zeros and {zero.data_type for zero in weight_zeros} == {TensorProto.INT8}
+    settings = ort.SessionOptions()
+    settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32) * 2
+
+    def run(model):
+        session = ort.InferenceSession(model.SerializeToString(), settings, providers=["CPUExecutionProvider"])
+        return session.run(None, {"pixels": pixels})
+
+    for a, b in zip(run(signed), run(unsigned)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_onnxruntime_chooses_the_activation_form_by_cpu_and_on_request(int8_artifact, onnx_artifact, monkeypatch):
+    from groupvit_edge.runtimes import onnxruntime as ort_backend
+    out, _, _ = int8_artifact
+    manifest = read_manifest(out)
+    assert [c.options for c in ort_backend.configurations(manifest)] == [{"int8_activations": "s8"},
+                                                                         {"int8_activations": "u8"}]
+    assert "U8 activations" in runtimes.open(out, "onnxruntime", int8_activations="u8").description
+    assert "S8 activations" in runtimes.open(out, "onnxruntime", int8_activations="s8").description
+    monkeypatch.setattr(ort_backend, "is_x86", lambda: False)
+    assert ort_backend.activation_form(manifest, "auto") == "s8"
+    monkeypatch.setattr(ort_backend, "is_x86", lambda: True)
+    assert ort_backend.activation_form(manifest, "auto") == "u8"
+    fp32 = read_manifest(onnx_artifact)      # other graphs have no activation form
+    assert ort_backend.activation_form(fp32, "u8") is None and len(ort_backend.configurations(fp32)) == 1
+    assert "activations" not in runtimes.open(onnx_artifact, "onnxruntime", int8_activations="u8").description
+    with pytest.raises(UserError, match="int8-activations"):
+        runtimes.open(out, "onnxruntime", int8_activations="u16")
+
+
 def test_int8_artifact_is_symmetric_qdq_under_the_policy(int8_artifact):
     out, _, logs = int8_artifact
     manifest = read_manifest(out)

@@ -52,7 +52,7 @@ def search(job, floats, fp32, quantized, policy, photos, budget: DriftBudget, fi
     def measure(count: int) -> SearchStep:
         nodes = [name for block in blocks[:count] for name in policy.blocks()[block]]
         onnx.save(return_to_float(quantized, fp32, nodes), str(job.staging / CANDIDATE_FILE))
-        check = precision.measure_graph_drift(job, floats, CANDIDATE_FILE, photos, budget)
+        check = precision.measure_graph_drift(job, floats, CANDIDATE_FILE, photos, budget, precision="int8")
         step = SearchStep(blocks[:count], check)
         job.log(f"  {count} block(s) in float: {check.line()} → {'fits' if step.fits else 'exceeds'}")
         measured[count] = step
@@ -102,8 +102,12 @@ def listed(blocks: list[str], shown: int = 4) -> str:
 
 
 def _median_ms(model, preprocess) -> float:
+    """The image graph's median latency as ONNX Runtime runs an INT8 graph on this machine."""
     import onnxruntime as ort
     from ..metrics.bench import median_ms
+    from ..runtimes.onnxruntime import default_activation_form, unsigned_activations
+    if default_activation_form() == "u8":
+        model = unsigned_activations(copy.deepcopy(model))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     pixels = np.zeros((1, 3, preprocess.height, preprocess.width), dtype=np.float32)
     return median_ms(lambda: session.run(None, {"pixels": pixels}), LATENCY_RUNS)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..options import OptionSpec, check_number, option, spec_of
+from ..options import OptionSpec, check_value, option, spec_of
 
 FP16_TARGETS = ("onnx-fp16", "openvino-fp16", "trt-fp16")
 CALIBRATED_TARGETS = ("onnx-int8", "openvino-int8", "trt-int8")
@@ -168,7 +168,5 @@ def _parse(name: str, value, spec: OptionSpec):
     if spec.parse is not None and (isinstance(value, str) or spec.parse in (image_size, paths, labels_list,
                                                                             block_names)):
         value = spec.parse(value)
-    if spec.choices is not None and str(value) not in spec.choices:
-        raise UserError(f"{spec.flag(name)} {value!r} is not one of {', '.join(spec.choices)}")
-    check_number(spec.flag(name), value, spec.minimum, spec.maximum)
+    check_value(name, value, spec)
     return value

@@ -94,18 +94,20 @@ def drift_labels(options) -> str:
     return options.budget.drift_labels or DEFAULT_PROBE
 
 
-def measure_graph_drift(job, floats, candidate_file: str, photos, budget=None) -> DriftCheck:
-    """Drift of the image graph `candidate_file` against the fp32 image graph, both in ONNX Runtime."""
+def measure_graph_drift(job, floats, candidate_file: str, photos, budget=None, precision: str = "fp32") -> DriftCheck:
+    """Drift of the image graph `candidate_file` against the fp32 image graph, both in ONNX Runtime, the candidate
+    run as ONNX Runtime runs a graph of `precision` on this machine."""
     from ..metrics.drift import validate_candidate
     from ..runtimes.onnxruntime import OnnxRuntime
     from .onnx import onnx_record
     reference = OnnxRuntime(job.working_manifest({"image": floats.image, "text": floats.text}))
-    candidate = OnnxRuntime(job.working_manifest({"image": onnx_record(job.staging, candidate_file),
+    candidate = OnnxRuntime(job.working_manifest({"image": onnx_record(job.staging, candidate_file, precision),
                                                   "text": floats.text}))
     labels = drift_labels(job.options)
     drift = validate_candidate(reference, candidate, list(photos.paths), labels=labels)
-    return DriftCheck(f"{floats.image.file} in ONNX Runtime", f"{candidate_file} in ONNX Runtime", photos, labels,
-                      drift, budget)
+    form = f", {candidate.int8_activations.upper()} activations" if candidate.int8_activations else ""
+    return DriftCheck(f"{floats.image.file} in ONNX Runtime", f"{candidate_file} in ONNX Runtime{form}", photos,
+                      labels, drift, budget)
 
 
 # -------------------------------------------------------------------------------------------------- FP16
@@ -166,7 +168,7 @@ def to_int8(job, floats) -> ReducedImageGraph:
     onnx.save(quantized, str(job.staging / INT8_FILE))
     photos = job.drift_photos()
     budget = _budget(job.options)
-    check = measure_graph_drift(job, floats, INT8_FILE, photos, budget)
+    check = measure_graph_drift(job, floats, INT8_FILE, photos, budget, precision="int8")
     job.log(f"  {check.line()}")
     search, kept_blocks = None, []
     if budget is not None and check.failures:

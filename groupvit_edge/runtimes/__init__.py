@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..artifact import MANIFEST_NAME, read_manifest
 from ..errors import UserError
+from ..options import check_value, spec_of
 from .base import ImageEncoding, Runtime
 
 # Artifact backends in order of preference: the fastest one the artifact and the machine support wins.
@@ -93,6 +94,9 @@ def backend_options(name: str, options: dict, source=None):
                             f"--backend {owners[0]}")
         known = sorted(set().union(*(option_names(other) for other in _MODULES)))
         raise UserError(f"runtime option {option!r} is unknown: use one of {', '.join(known)}")
+    fields = {f.name: f for f in dataclasses.fields(backend_module(name).Options)}
+    for option, value in options.items():
+        check_value(option, value, spec_of(fields[option]))
     return backend_module(name).Options(**options)
 
 

@@ -1,4 +1,11 @@
-"""ONNX Runtime backend: runs image.onnx / text.onnx of an artifact, CPU by default, providers selectable."""
+"""ONNX Runtime backend: runs image.onnx / text.onnx of an artifact, CPU by default, providers selectable.
+
+A static INT8 graph is written with symmetric signed activations (S8), the form TensorRT requires. ONNX Runtime's
+x86 CPU kernels fuse only some S8 activation × S8 weight products into integer kernels and run the rest as
+DequantizeLinear + float MatMul; with unsigned activations (U8 × S8) they fuse them all. The same grid shifted by 128
+(zero point 128, uint8) quantizes every value to the same level, so on x86 the runtime runs that U8 form of the
+graph (`--int8-activations`, chosen per device by `tune`).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,12 +14,15 @@ import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
+from ..hardware import is_x86
 from ..options import option
 from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe, image_graph, installed, probe_graph
 from .base import IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS, Configuration, ImageEncoding, Runtime, importable
 
 NAME = "onnxruntime"
 EXTRA = "onnxruntime"
+STATIC_INT8 = "int8"           # the QDQ graph's precision in the manifest (int8-dynamic quantizes at run time)
+ACTIVATION_FORMS = ("auto", "u8", "s8")
 
 
 def is_installed() -> bool:
@@ -43,30 +53,94 @@ def _import():
     return onnxruntime
 
 
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("running an INT8 graph with U8 activations needs onnx: pip install groupvit-edge[onnxruntime] "
+                        "or pass --int8-activations s8") from None
+    return onnx
+
+
 @dataclass(frozen=True)
 class Options:
     providers: tuple[str, ...] | None = option(None, "onnxruntime: execution providers in order of preference "
                                                "(repeatable; default CPUExecutionProvider).", multiple=True)
     threads: int | None = option(None, "CPU threads (default: one per core).", minimum=1)
+    int8_activations: str = option("auto", "onnxruntime: activations of a static INT8 graph — u8 (the same "
+                                           "levels as unsigned, which x86 integer kernels take), s8 (as written) "
+                                           "or auto (u8 on x86, s8 elsewhere).", choices=ACTIVATION_FORMS)
 
 
 def configurations(manifest: Manifest) -> list[Configuration]:
-    """ONNX Runtime runs the artifact's ONNX image graph in the precision the graph has."""
+    """ONNX Runtime runs the artifact's ONNX image graph in the precision the graph has; a static INT8 graph in
+    either activation form."""
     if unsupported_reason(manifest) is not None or not is_installed():
         return []
-    return [Configuration(NAME, {}, f"onnxruntime, {manifest.graphs['image'].get('precision', 'fp32')} ONNX")]
+    precision = manifest.graphs["image"].get("precision", "fp32")
+    if precision != STATIC_INT8:
+        return [Configuration(NAME, {}, f"onnxruntime, {precision} ONNX")]
+    return [Configuration(NAME, {"int8_activations": form}, f"onnxruntime, {precision} ONNX, {form.upper()} "
+                                                             f"activations") for form in ("s8", "u8")]
 
 
 def open_runtime(manifest: Manifest, options: Options) -> "OnnxRuntime":
-    return OnnxRuntime(manifest, providers=options.providers, threads=options.threads)
+    return OnnxRuntime(manifest, providers=options.providers, threads=options.threads,
+                       int8_activations=options.int8_activations)
+
+
+def activation_form(manifest: Manifest, asked: str) -> str | None:
+    """The activation form a static INT8 image graph runs in ("s8" or "u8"); None for any other graph."""
+    if manifest.graphs["image"].get("precision", "fp32") != STATIC_INT8:
+        return None
+    return default_activation_form() if asked == "auto" else asked
+
+
+def default_activation_form() -> str:
+    return "u8" if is_x86() else "s8"
+
+
+def unsigned_activations(model):
+    """`model` with every activation Q/DQ pair moved from int8 (zero point z) to uint8 (zero point z + 128): the
+    same scale, the same levels. Weights (constant inputs of DequantizeLinear) stay int8."""
+    from onnx import TensorProto, numpy_helper
+    constants = {init.name: init for init in model.graph.initializer}
+    shifted: dict[str, str] = {}
+
+    def unsigned_zero(name: str) -> str:
+        if name not in shifted:
+            zero = numpy_helper.to_array(constants[name]).astype(np.int16) + 128
+            model.graph.initializer.append(numpy_helper.from_array(zero.astype(np.uint8), f"{name}_u8"))
+            shifted[name] = f"{name}_u8"
+        return shifted[name]
+
+    quantized = set()
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants and len(node.input) == 3 \
+                and constants[node.input[2]].data_type == TensorProto.INT8:
+            node.input[2] = unsigned_zero(node.input[2])
+            quantized.add(node.output[0])
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in quantized:
+            node.input[2] = unsigned_zero(node.input[2])
+    for value in list(model.graph.value_info) + list(model.graph.output):
+        if value.name in quantized:
+            value.type.tensor_type.elem_type = TensorProto.UINT8
+    used = {name for node in model.graph.node for name in node.input}
+    unused = [init for init in model.graph.initializer if init.name not in used]
+    for init in unused:
+        model.graph.initializer.remove(init)
+    return model
 
 
 class OnnxRuntime(Runtime):
     name = NAME
 
-    def __init__(self, manifest: Manifest, providers=None, threads: int | None = None):
+    def __init__(self, manifest: Manifest, providers=None, threads: int | None = None,
+                 int8_activations: str = "auto"):
         ort = _import()
         self.manifest = manifest
+        self.int8_activations = activation_form(manifest, int8_activations)
         self._options = ort.SessionOptions()
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._options.log_severity_level = 3     # errors only: warnings would break one-line CLI output
@@ -84,8 +158,11 @@ class OnnxRuntime(Runtime):
 
     def _session(self, graph: str):
         path = self.manifest.graph_path(graph)
+        source = str(path)
+        if graph == "image" and self.int8_activations == "u8":
+            source = unsigned_activations(_import_onnx().load(source)).SerializeToString()
         try:
-            return self._ort.InferenceSession(str(path), self._options, providers=self.providers)
+            return self._ort.InferenceSession(source, self._options, providers=self.providers)
         except Exception as error:  # ORT raises its own Fail/InvalidGraph types
             raise UserError(f"ONNX Runtime cannot load {path} ({str(error).splitlines()[0]}); "
                             f"re-run `groupvit-edge export`") from None
@@ -104,8 +181,9 @@ class OnnxRuntime(Runtime):
 
     @property
     def description(self) -> str:
+        form = f", {self.int8_activations.upper()} activations" if self.int8_activations else ""
         return f"onnxruntime {self._ort.__version__} ({', '.join(self.providers)}, " \
-               f"{self.manifest.graphs['image'].get('precision', 'fp32')} ONNX)"
+               f"{self.manifest.graphs['image'].get('precision', 'fp32')} ONNX{form})"
 
     def close(self) -> None:
         self._image = self._text = None
@@ -130,6 +208,8 @@ class BlockProbe(Probe):
     def _session(self, manifest: Manifest, outputs, forced=()):
         model = image_graph(manifest, with_weights=True)
         missing = probe_graph(model, outputs, forced)
+        if activation_form(manifest, self._options.int8_activations) == "u8":
+            model = unsigned_activations(model)
         settings = self._ort.SessionOptions()
         settings.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         settings.log_severity_level = 3
