@@ -20,11 +20,12 @@ import numpy as np
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BPE = SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz"
-# A route ending in -attn also quantizes attention's q·k and attention·v products (--int8-attention).
-ROUTES = ("ort-fp32", "ort-defaults", "ort-preprocessed", "ort-minmax", "ort-u8s8", "ort-u8s8-attn", "ort-percentile",
-          "ort-entropy", "ort-dynamic", "nncf-onnx", "nncf-onnx-attn", "nncf-onnx-w8", "openvino-qdq",
-          "openvino-qdq-attn", "openvino-nncf", "openvino-nncf-bf16", "openvino-fp32-bf16", "openvino-nncf-defaults",
-          "onnx-fp16")
+# A route ending in -attn also quantizes attention's q·k and attention·v products (--int8-attention); our ONNX
+# Runtime routes run the symmetric graph as written (S8 activations) and, with -u8, in the U8 form ORT runs on x86.
+ROUTES = ("ort-fp32", "ort-defaults", "ort-preprocessed", "ort-minmax", "ort-minmax-u8", "ort-u8s8", "ort-u8s8-attn",
+          "ort-percentile", "ort-entropy", "ort-dynamic", "nncf-onnx", "nncf-onnx-u8", "nncf-onnx-attn",
+          "nncf-onnx-attn-u8", "nncf-onnx-w8", "nncf-onnx-w8-u8", "openvino-qdq", "openvino-qdq-attn",
+          "openvino-nncf", "openvino-nncf-bf16", "openvino-fp32-bf16", "openvino-nncf-defaults", "onnx-fp16")
 
 
 def latency(runtime, size, runs: int) -> float:
@@ -191,16 +192,20 @@ def main():
             judge(route, out, built_s=time.perf_counter() - started,
                   note="ours: onnx-int8-dynamic, weights 7-bit per channel, activations at run time (ORT CPU only)")
         elif route.startswith("ort-") or route.startswith("nncf-onnx"):
-            method = "nncf" if route.startswith("nncf-onnx") else route[4:].removesuffix("-attn")
-            bits = 8 if route.endswith("-w8") else 7
-            attention = route.endswith("-attn")
-            out = scratch / route
-            export(loaded, out, "onnx-int8", calib_dir=SHARED / "coco" / "calib2017", calib_count=args.calib_count,
-                   calib_method=method, int8_weight_bits=bits, int8_attention=attention, cache_dir=scratch / "cache",
-                   **common)
+            graph = route.removesuffix("-u8")
+            form = "u8" if route.endswith("-u8") else "s8"
+            method = "nncf" if graph.startswith("nncf-onnx") else graph[4:].removesuffix("-attn")
+            bits = 8 if graph.endswith("-w8") else 7
+            attention = graph.endswith("-attn")
+            out = scratch / graph
+            if not out.exists():       # the -u8 route runs the graph its S8 route exported
+                export(loaded, out, "onnx-int8", calib_dir=SHARED / "coco" / "calib2017",
+                       calib_count=args.calib_count, calib_method=method, int8_weight_bits=bits,
+                       int8_attention=attention, cache_dir=scratch / "cache", **common)
             seconds = runtimes.open(out).manifest.data["calibration"]["seconds"]
-            judge(route, out, built_s=seconds, note=f"ours: symmetric S8S8 QDQ, policy, {method}, {bits}-bit weights"
-                                                    + (", attention products INT8" if attention else ""))
+            judge(route, out, built_s=seconds, options={"int8_activations": form},
+                  note=f"ours: symmetric QDQ, policy, {method}, {bits}-bit weights"
+                       + (", attention products INT8" if attention else "") + f", run with {form.upper()} activations")
         elif route in ("openvino-qdq", "openvino-qdq-attn", "openvino-nncf"):
             out = scratch / route
             qdq = route.startswith("openvino-qdq")
