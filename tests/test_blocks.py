@@ -213,7 +213,8 @@ def test_per_block_compares_artifacts_only(fp32_artifact, tmp_path):
 def test_tensorrt_probe_engines_on_the_recording_fakes(fp32_artifact, int8_artifact, photos):
     """The TensorRT path without a GPU: engines rebuilt with the artifact's recorded plan from its QDQ graph,
     block tensors marked, teacher-forced inputs profiled — on the recording fake of TensorRT 10.3 (JetPack 6),
-    which runs the ONNX an engine was built from in ONNX Runtime, so it must give ONNX Runtime's figures."""
+    which runs the ONNX an engine was built from in ONNX Runtime as written (S8 activations), so it must give ONNX
+    Runtime's figures for that form."""
     import tensorrt_harness as harness
     from tensorrt_harness.fake import FakeDeviceMemory, TensorRTWorld, fake_tensorrt
     from groupvit_edge.artifact import Manifest, read_manifest
@@ -235,7 +236,8 @@ def test_tensorrt_probe_engines_on_the_recording_fakes(fp32_artifact, int8_artif
     window = prepare(load_image(photos[0]), int8.preprocess).windows[0]
     with trt_runtime.BlockProbe(manifest, outputs, forced, backend_options("tensorrt", {}), trt=trt,
                                 memory=FakeDeviceMemory(world)) as engine_probe, \
-            ort_runtime.BlockProbe(manifest, outputs, forced, backend_options("onnxruntime", {})) as ort_probe:
+            ort_runtime.BlockProbe(manifest, outputs, forced,
+                                   backend_options("onnxruntime", {"int8_activations": "s8"})) as ort_probe:
         assert engine_probe.missing == []
         free = ort_probe.run(window)
         assert all(np.allclose(engine_probe.run(window)[t], free[t], atol=1e-5) for t in outputs)

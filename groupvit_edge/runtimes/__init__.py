@@ -96,7 +96,8 @@ def backend_options(name: str, options: dict, source=None):
         raise UserError(f"runtime option {option!r} is unknown: use one of {', '.join(known)}")
     fields = {f.name: f for f in dataclasses.fields(backend_module(name).Options)}
     for option, value in options.items():
-        check_value(option, value, spec_of(fields[option]))
+        if "option" in fields[option].metadata:      # the reference's Options are not CLI options
+            check_value(option, value, spec_of(fields[option]))
     return backend_module(name).Options(**options)
 
 
