@@ -131,8 +131,6 @@ def _runtime_values(values: dict) -> dict:
     given = _given({name: values.pop(name) for name in list(values) if name in names})
     if "threads" in given:
         given["threads"] = _threads(None, None, given["threads"])
-    if "streams" in given and str(given["streams"]).upper() != "AUTO":
-        given["streams"] = int(given["streams"]) if str(given["streams"]).isdigit() else given["streams"]
     return given
 
 

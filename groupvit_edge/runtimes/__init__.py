@@ -88,7 +88,8 @@ def option_names(name: str) -> set[str]:
 
 
 def backend_options(name: str, options: dict, source=None):
-    """`options` as backend `name`'s Options; a name it does not take is an error, never silently dropped."""
+    """`options` as backend `name`'s Options; a name it does not take is an error, never silently dropped. Text
+    values (the CLI's, or the API's) go through the option's own parse, which refuses a bad one."""
     accepted = option_names(name)
     for option in options:
         if option in accepted:
@@ -100,7 +101,14 @@ def backend_options(name: str, options: dict, source=None):
                             f"--backend {owners[0]}")
         known = sorted(set().union(*(option_names(other) for other in _MODULES)))
         raise UserError(f"runtime option {option!r} is unknown: use one of {', '.join(known)}")
-    return backend_module(name).Options(**options)
+    kind = backend_module(name).Options
+    specs = {f.name: f.metadata.get("option") for f in dataclasses.fields(kind)}
+    return kind(**{option: specs[option].parse(value) if _parses(specs[option], value) else value
+                   for option, value in options.items()})
+
+
+def _parses(spec, value) -> bool:
+    return spec is not None and spec.parse is not None and isinstance(value, str)
 
 
 __all__ = ["ImageEncoding", "Runtime", "open", "available_backends", "backend_module", "backend_options", "choose_backend",
