@@ -161,3 +161,32 @@ def test_eval_and_bench_cli(onnx_artifact, tmp_path):
     assert rows[0]["status"] == "ok" and rows[0]["miou_vs_reference"] == 100.0
     assert rows[0]["image_graph_ms"]["p50"] > 0 and rows[0]["peak_rss_mb"] > 0 and rows[0]["size_mb"] > 100
     assert rows[1]["status"].startswith("failed: ") and "sha256" in rows[1]["status"]
+
+
+def test_a_bench_child_that_dies_becomes_a_failed_row(onnx_artifact, coco_images):
+    """A SIGKILL from outside, as the out-of-memory killer sends it: the row fails and the table goes on. Bench runs
+    in a thread so that a parent waiting forever fails this test instead of hanging it."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+    from groupvit_edge.metrics.bench import BenchSettings, benchmark
+    finished = {}
+
+    def bench():
+        finished["report"] = benchmark([onnx_artifact], coco_images[:1], reference=str(onnx_artifact),
+                                       settings=BenchSettings(warmup=0, runs=1, labels=None), log=lambda m: None)
+
+    thread = threading.Thread(target=bench, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (child,) = multiprocessing.active_children()
+    os.kill(child.pid, signal.SIGKILL)
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "bench is still waiting for a child that died"
+    (row,) = finished["report"].data["rows"]
+    assert row["status"] == "failed: killed by SIGKILL" and row["peak_rss_mb"] is None
+    assert "| failed: killed by SIGKILL |" in finished["report"].to_markdown()

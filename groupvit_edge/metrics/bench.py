@@ -6,7 +6,9 @@ a "failed" row instead of ending the table.
 from __future__ import annotations
 
 import multiprocessing
+import queue as queues
 import resource
+import signal
 import statistics
 import time
 import traceback
@@ -18,6 +20,7 @@ import numpy as np
 from ..errors import UserError
 
 SCHEMA = "groupvit-edge/bench/1"
+POLL_SECONDS = 1.0      # how often the parent checks that a silent child is still alive
 
 
 @dataclass
@@ -150,8 +153,15 @@ def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | No
             queue = context.Queue()
             process = context.Process(target=_child, args=(artifact, paths, reference, settings, queue))
             process.start()
-            row = queue.get()
-            process.join()
+            try:
+                row = _receive(process, queue)
+            except BaseException:
+                process.kill()
+                raise
+            finally:
+                process.join()
+            if row is None:
+                row = {"artifact": artifact, "status": f"failed: {_death(process.exitcode)}", "peak_rss_mb": None}
         else:
             queue = _ListQueue()
             _child(artifact, paths, reference, settings, queue)
@@ -164,6 +174,29 @@ def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | No
                                      "batch": settings.batch, "streams": settings.streams,
                                      "labels": settings.labels},
                         "rows": rows})
+
+
+def _receive(process, queue):
+    """What the child sent, or None when it died without sending anything (a crash in native code, a kill, the
+    out-of-memory killer)."""
+    while process.is_alive():
+        try:
+            return queue.get(timeout=POLL_SECONDS)
+        except queues.Empty:
+            continue
+    try:        # it may have sent its row just before it exited
+        return queue.get(timeout=POLL_SECONDS)
+    except queues.Empty:
+        return None
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit {exitcode}"
 
 
 class _ListQueue:
@@ -198,8 +231,8 @@ class BenchReport:
             stream_cell = "" if not streams else (f" {r['stream_windows_per_s']:.2f} |" if r["status"] == "ok"
                                                   else " |")
             if r["status"] != "ok":
-                lines.append(f"| {r['artifact']} | | | {r['status']} | | | | |{stream_cell} {r['peak_rss_mb']:.0f} "
-                             f"| | | |")
+                rss = "" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
+                lines.append(f"| {r['artifact']} | | | {r['status']} | | | | |{stream_cell} {rss} | | | |")
                 continue
             miou = r.get("miou_vs_reference")
             confident = r.get("group_agreement_confident")
