@@ -126,6 +126,7 @@ def test_bench_streams_runs_openvino_in_throughput_mode(ir_fp32, coco_images):
     assert "THROUGHPUT 2 streams" in row["backend"] and "inference precision f32" in row["backend"]
     assert row["stream_windows_per_s"] > 0
     assert "stream windows/s (2 streams)" in report.to_markdown()
+    assert runtimes.throughput_options("onnxruntime", 2) == {}      # its windows/s: one call after another
 
 
 def test_segment_takes_streams_auto_and_refuses_a_bad_count_in_one_sentence(ir_fp32, coco_images, tmp_path):

@@ -29,7 +29,7 @@ class BenchSettings:
     runs: int = 20
     threads: int | None = None
     batch: int = 1
-    streams: int | None = None             # throughput mode: backends with streams (OpenVINO) use THROUGHPUT
+    streams: int | None = None             # throughput mode: each backend's own `throughput_options`
     labels: str | None = "prototypes:16"   # for mIoU vs the reference; prototypes need no trained weights
     segment_labels: tuple[str, ...] = ("person", "car", "dog", "tree", "sky")
 
@@ -65,7 +65,7 @@ def measure_artifact(artifact: str, images: list[str], reference: str | None, se
     backend, _ = runtimes.choose_backend(artifact)
     options = {"threads": settings.threads} if settings.threads else {}
     if settings.streams:
-        options.update(hint="THROUGHPUT", streams=settings.streams)
+        options.update(runtimes.throughput_options(backend, settings.streams))
     # A bench row runs each artifact as its best backend would; options that backend does not have do not apply.
     accepted = runtimes.option_names(backend)
     runtime = runtimes.open(artifact, backend, **{k: v for k, v in options.items() if k in accepted})

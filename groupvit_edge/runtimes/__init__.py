@@ -2,7 +2,8 @@
 
 Each backend module defines NAME, EXTRA (the pip extra that installs it), `Options` (a dataclass of its runtime
 options), `is_installed()`, `unsupported_reason(manifest) -> str | None` and
-`open_runtime(manifest, options) -> Runtime`. No code outside a backend's module knows anything about that backend.
+`open_runtime(manifest, options) -> Runtime`; a backend with a throughput mode also defines
+`throughput_options(streams) -> dict`. No code outside a backend's module knows anything about that backend.
 """
 from __future__ import annotations
 
@@ -87,6 +88,13 @@ def option_names(name: str) -> set[str]:
     return {f.name for f in dataclasses.fields(backend_module(name).Options)}
 
 
+def throughput_options(name: str, streams) -> dict:
+    """Backend `name`'s runtime options for `streams` windows in flight at once; none for a backend without a
+    throughput mode (calls one window after another are then its throughput)."""
+    declared = getattr(backend_module(name), "throughput_options", None)
+    return declared(streams) if declared is not None else {}
+
+
 def backend_options(name: str, options: dict, source=None):
     """`options` as backend `name`'s Options; a name it does not take is an error, never silently dropped. Text
     values (the CLI's, or the API's) go through the option's own parse, which refuses a bad one."""
@@ -112,4 +120,4 @@ def _parses(spec, value) -> bool:
 
 
 __all__ = ["ImageEncoding", "Runtime", "open", "available_backends", "backend_module", "backend_options", "choose_backend",
-           "is_artifact", "option_names"]
+           "is_artifact", "option_names", "throughput_options"]

@@ -80,6 +80,11 @@ class Options:
                                              choices=tuple(PRECISION_CAPABILITY))
 
 
+def throughput_options(streams) -> dict:
+    """The runtime options that keep `streams` windows in flight at once (`bench --streams`)."""
+    return {"hint": "THROUGHPUT", "streams": streams}
+
+
 def configurations(manifest: Manifest, device: str = "CPU") -> list[Configuration]:
     """Every inference precision `device` offers for the artifact's IR: f32 always, bf16 on CPUs with AVX-512 BF16
     or AMX, f16 where the device computes in f16 — each an explicit runtime option."""
