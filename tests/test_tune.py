@@ -108,6 +108,18 @@ def test_tune_an_int8_onnx_artifact_against_its_checkpoint(dynamic_int8, photos)
     assert not (dynamic_int8 / "tuned.json").exists()                  # --dry-run
 
 
+def test_threads_for_a_backend_without_them_is_refused_before_anything_is_measured(dynamic_int8, photos,
+                                                                                   monkeypatch):
+    from groupvit_edge.errors import UserError
+    on_a_jetson = [Configuration("tensorrt", {}, "tensorrt, int8 engines"),
+                   Configuration("onnxruntime", {}, "onnxruntime, int8-dynamic ONNX")]
+    monkeypatch.setattr(tuning, "configurations", lambda manifest: on_a_jetson)
+    logged = []
+    with pytest.raises(UserError, match="'threads' applies to torch, onnxruntime, openvino, not to tensorrt"):
+        tuning.tune(dynamic_int8, photos[:1], threads=1, runs=1, record=False, log=logged.append)
+    assert logged == []          # nothing was measured
+
+
 def test_nothing_within_the_budget_records_nothing(dynamic_int8, photos):
     (dynamic_int8 / "tuned.json").write_text("{}")
     impossible = DriftBudget(min_group_cosine=1.0, min_confident_group_agreement=100.0, max_abs_diff=0.0)

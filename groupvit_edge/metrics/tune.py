@@ -120,17 +120,19 @@ def tune(artifact, images=None, *, reference=None, budget: DriftBudget | None = 
     found = configurations(manifest)
     if not found:
         raise UserError(f"no installed backend can run {artifact} here: `groupvit-edge doctor` shows what is missing")
+    given = {"threads": threads} if threads else {}
+    for configuration in found:     # no configuration runs without an option the user gave: refuse it up front
+        runtimes.check_options(configuration.backend, given, artifact,
+                               fix="drop it (tune measures every backend this device has for the artifact)")
     budget = budget or MODEL_LEVEL_BUDGET
     reference = reference or default_reference(manifest)
     paths = list_images(images)
     windows = np.concatenate([prepare(load_image(p), manifest.preprocess).windows for p in paths[:LATENCY_WINDOWS]])
     measured, opened = [], []
     for configuration in found:
-        options = {**configuration.options, **({"threads": threads} if threads else {})}
-        options = {k: v for k, v in options.items() if k in runtimes.option_names(configuration.backend)}
         log(f"measuring {configuration.label}")
         try:
-            runtime = runtimes.open(artifact, configuration.backend, **options)
+            runtime = runtimes.open(artifact, configuration.backend, **{**configuration.options, **given})
         except UserError as error:
             measured.append(Measured(configuration, error=str(error)))
             continue

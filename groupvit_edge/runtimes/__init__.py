@@ -95,9 +95,9 @@ def throughput_options(name: str, streams) -> dict:
     return declared(streams) if declared is not None else {}
 
 
-def backend_options(name: str, options: dict, source=None):
-    """`options` as backend `name`'s Options; a name it does not take is an error, never silently dropped. Text
-    values (the CLI's, or the API's) go through the option's own parse, which refuses a bad one."""
+def check_options(name: str, options, source=None, fix: str | None = None) -> None:
+    """A UserError for the first of `options` that backend `name` does not take, naming the backends that take it;
+    `fix` says what to do instead (default: drop it or choose one of those backends)."""
     accepted = option_names(name)
     for option in options:
         if option in accepted:
@@ -105,10 +105,16 @@ def backend_options(name: str, options: dict, source=None):
         owners = [other for other in _MODULES if option in option_names(other)]
         if owners:
             raise UserError(f"runtime option {option!r} applies to {', '.join(owners)}, not to {name}"
-                            f"{f', which runs {source}' if source is not None else ''}: drop it or choose "
-                            f"--backend {owners[0]}")
+                            f"{f', which runs {source}' if source is not None else ''}: "
+                            f"{fix or f'drop it or choose --backend {owners[0]}'}")
         known = sorted(set().union(*(option_names(other) for other in _MODULES)))
         raise UserError(f"runtime option {option!r} is unknown: use one of {', '.join(known)}")
+
+
+def backend_options(name: str, options: dict, source=None):
+    """`options` as backend `name`'s Options; a name it does not take is an error, never silently dropped. Text
+    values (the CLI's, or the API's) go through the option's own parse, which refuses a bad one."""
+    check_options(name, options, source)
     kind = backend_module(name).Options
     specs = {f.name: f.metadata.get("option") for f in dataclasses.fields(kind)}
     return kind(**{option: specs[option].parse(value) if _parses(specs[option], value) else value
@@ -119,5 +125,5 @@ def _parses(spec, value) -> bool:
     return spec is not None and spec.parse is not None and isinstance(value, str)
 
 
-__all__ = ["ImageEncoding", "Runtime", "open", "available_backends", "backend_module", "backend_options", "choose_backend",
-           "is_artifact", "option_names", "throughput_options"]
+__all__ = ["ImageEncoding", "Runtime", "open", "available_backends", "backend_module", "backend_options",
+           "check_options", "choose_backend", "is_artifact", "option_names", "throughput_options"]
