@@ -320,7 +320,8 @@ def evaluate_command(source, images, masks_dir, classes, backend, limit, resampl
               "streams, and a windows/s column over a stream of windows (async requests where the backend has them).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the table as JSON here.")
 def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, batch, streams, json_path):
-    """Speed, size, memory and drift of each artifact, one row each."""
+    """Speed, size, memory and drift of each artifact, one row each; exits 1 when an artifact could not be
+    measured (its row says why)."""
     from .metrics.bench import BenchSettings, benchmark
     from .metrics.report import write_json
     from .segmentation.preprocess import list_images
@@ -331,6 +332,10 @@ def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, ba
     if json_path:
         write_json(report.data, json_path)
         click.echo(f"\nwrote {json_path}")
+    failures = report.failures()
+    if failures:
+        raise ValidationFailed(f"{len(failures)} of {len(report.data['rows'])} artifacts could not be measured "
+                               f"({'; '.join(failures)})")
 
 
 @cli.command(epilog="Example:\n\n  groupvit-edge tune artifacts/ov-int8 --images photos/ --max-drop 1.0 "

@@ -276,6 +276,12 @@ def prototype_count(labels) -> int | None:
     return None
 
 
+def check_vocabulary(labels) -> None:
+    """Refuse a bad --labels (class names, or prototypes:K) before any photo is encoded; None is the default one."""
+    if labels is not None and prototype_count(labels) is None:
+        parse_labels(labels)
+
+
 # ---------------------------------------------------------------------------------------------- the harness
 
 @dataclass
@@ -325,8 +331,7 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
     if not candidates:
         raise UserError("no --candidate given: pass at least one artifact to compare with the reference")
     check_number("confident margin", confident_margin, minimum=0.0, maximum=0.999)
-    if prototype_count(labels) is None and labels is not None:
-        parse_labels(labels)                 # a bad vocabulary is refused before any photo is encoded
+    check_vocabulary(labels)
     paths = list_images(images)
     candidate_runtimes = [_open(source) for source in candidates]
     size = (candidate_runtimes[0].manifest.preprocess.height, candidate_runtimes[0].manifest.preprocess.width)

@@ -54,16 +54,17 @@ def open(source, backend: str | None = None, **options) -> Runtime:  # noqa: A00
     return backend_module(name).open_runtime(target, backend_options(name, options, source))
 
 
-def choose_backend(source, backend: str | None = None) -> tuple[str, object]:
-    """(backend name, what its open_runtime takes: the verified manifest, or the model spec for the reference)."""
+def choose_backend(source, backend: str | None = None, verify: bool = True) -> tuple[str, object]:
+    """(backend name, what its open_runtime takes: the manifest — its files' sha256 checked unless `verify=False`
+    — or the model spec for the reference)."""
     if isinstance(source, (str, Path)) and Path(source).is_dir() and not (Path(source) / "config.json").is_file():
-        read_manifest(source)   # neither artifact nor checkpoint: let the manifest check say what is missing
+        read_manifest(source, verify)   # neither artifact nor checkpoint: let the manifest check say what is missing
     if not is_artifact(source):
         if backend not in (None, REFERENCE_BACKEND):
             raise UserError(f"{source} is a model, not an artifact: export it first "
                             f"(groupvit-edge export --model {source} --out DIR) or use --backend torch")
         return REFERENCE_BACKEND, source
-    manifest = read_manifest(source)
+    manifest = read_manifest(source, verify)
     candidates = [backend] if backend else list(ARTIFACT_BACKENDS)
     reasons = []
     for name in candidates:
