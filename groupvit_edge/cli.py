@@ -255,29 +255,25 @@ def drift(reference, candidates, images, labels, masks_dir, classes, max_drop, m
           min_group_cosine, margin, report_dir, json_path):
     """Compare candidate artifacts with a reference on the same photos: class-level and model-level drift."""
     from .metrics.classmaps import resolve
-    from .metrics.drift import DriftBudget, measure_drift
+    from .metrics.drift import budget_from_flags, measure_drift
     from .metrics.report import write_json
     check_number("--margin", margin, minimum=0.0, maximum=0.999)
-    for flag, value, low, high in (("--max-drop", max_drop, 0.0, 100.0),
-                                   ("--min-confident-agreement", min_confident_agreement, 0.0, 100.0),
-                                   ("--min-group-cosine", min_group_cosine, -1.0, 1.0)):
-        check_number(flag, value, low, high)
-    budget = DriftBudget(max_drop=max_drop, min_confident_group_agreement=min_confident_agreement,
-                         min_group_cosine=min_group_cosine)
+    budget = budget_from_flags(max_drop, min_confident_agreement, min_group_cosine)
     report = measure_drift(reference, list(candidates), list(images) or None, labels=labels, masks_dir=masks_dir,
                            class_map=resolve(classes) if masks_dir else None, confident_margin=margin,
-                           report_dir=report_dir, budget=budget if budget != DriftBudget() else None)
+                           report_dir=report_dir, budget=budget)
     click.echo(report.to_markdown())
     if json_path:
         write_json(report.data, json_path)
     written = [path for path in (json_path, report_dir and f"{report_dir}/") if path]
     if written:
         click.echo(f"\nwrote {' and '.join(written)}")
+    if budget is None:
+        return
     failures = report.failures(budget)
     if failures:
         raise ValidationFailed("; ".join(failures))
-    if budget != DriftBudget():
-        click.echo(f"every candidate is within the budget ({budget.describe()})")
+    click.echo(f"every candidate is within the budget ({budget.describe()})")
 
 
 @cli.command("eval", epilog="Example:\n\n  groupvit-edge eval artifacts/fp32 --images coco/eval2017/images "
@@ -345,7 +341,8 @@ def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, ba
 @click.option("--ref", "reference", help="fp32 reference: an artifact or the checkpoint (default: the artifact's own "
               "fp32 ONNX, else the model it was exported from).")
 @click.option("--labels", help="Vocabulary for class-level drift (default prototypes:16, reported but not gated).")
-@click.option("--max-drop", type=float, help="Largest mIoU drop (points) vs the reference; gated only with --labels.")
+@click.option("--max-drop", type=float, help="Largest mIoU drop (points) vs the reference; needs --labels, the "
+              "vocabulary that mIoU is measured with.")
 @click.option("--min-confident-agreement", type=float, help="Least confident-pixel group agreement, percent "
               "[default: 99.9].")
 @click.option("--min-group-cosine", type=float, help="Least mean group-embedding cosine [default: 0.995].")
@@ -356,20 +353,11 @@ def tune(artifact, images, reference, labels, max_drop, min_confident_agreement,
          dry_run):
     """Measure every backend × precision this device offers for ARTIFACT and record the fastest within the drift
     budget; `segment` and the Python API then use it on this device."""
-    from .metrics.drift import MODEL_LEVEL_BUDGET, DriftBudget
+    from .metrics.drift import MODEL_LEVEL_BUDGET, budget_from_flags
     from .metrics.tune import tune as tune_artifact
-    for flag, value, low, high in (("--max-drop", max_drop, 0.0, 100.0),
-                                   ("--min-confident-agreement", min_confident_agreement, 0.0, 100.0),
-                                   ("--min-group-cosine", min_group_cosine, -1.0, 1.0)):
-        check_number(flag, value, low, high)
-    budget = DriftBudget(
-        max_drop=max_drop if labels else None,
-        min_confident_group_agreement=(MODEL_LEVEL_BUDGET.min_confident_group_agreement
-                                       if min_confident_agreement is None else min_confident_agreement),
-        min_group_cosine=MODEL_LEVEL_BUDGET.min_group_cosine if min_group_cosine is None else min_group_cosine)
-    report = tune_artifact(artifact, list(images) or None, reference=reference, budget=budget,
-                           labels=labels or "prototypes:16", threads=threads, runs=runs, record=not dry_run,
-                           log=click.echo)
+    budget = budget_from_flags(max_drop, min_confident_agreement, min_group_cosine, defaults=MODEL_LEVEL_BUDGET)
+    report = tune_artifact(artifact, list(images) or None, reference=reference, budget=budget, labels=labels,
+                           threads=threads, runs=runs, record=not dry_run, log=click.echo)
     click.echo(report.to_markdown())
     if report.chosen is not None and not dry_run:
         click.echo(f"recorded in {artifact}/tuned.json for this device")
