@@ -195,18 +195,14 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, re
     from .segmentation import Segmenter
     from .segmentation.postprocess import BACKGROUND_THRESHOLD
     from .segmentation.preprocess import find_images, output_names
-    from .segmentation.segmenter import check_label_count
-    from .segmentation.vocabulary import parse_labels
     found = find_images(list(images) + list(more_images))
-    if labels is not None:      # the label PNG's limit, before any text or photo is encoded
-        check_label_count(len(parse_labels(labels)) + (0 if no_background else 1))
     if not images and not more_images:
         click.echo(f"no photos given: segmenting the {len(found)} sample photos shipped with groupvit-edge")
     unreadable = []
     with Segmenter.open(source, labels, backend=backend, tokenizer=tokenizer, resize=resize, resample=resample,
                         background_threshold=None if no_background else BACKGROUND_THRESHOLD,
                         **_runtime_values(values)) as segmenter:
-        segmenter.check_label_image()
+        segmenter.check_label_image()      # any vocabulary, given or the artifact's, before a photo is encoded
         click.echo(f"{segmenter.runtime.description}; classes: {', '.join(segmenter.class_names)}")
         for image, name in zip(found, output_names(found)):
             try:
@@ -249,7 +245,8 @@ def _summary(result, show: str) -> str:
 @click.option("--margin", type=float, default=CONFIDENT_MARGIN, show_default=True,
               help="Relative best-vs-second group margin below which a reference pixel is a near-tie.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
-              help="Write drift.json, drift.md and PNGs of the worst photos and per-class IoU here.")
+              help="Write report.html here (one self-contained page: tables, per-class chart, the worst photos; "
+                   "the file to attach to a pull request), beside drift.json, drift.md and the PNGs it shows.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write drift.json here.")
 def drift(reference, candidates, images, labels, masks_dir, classes, max_drop, min_confident_agreement,
           min_group_cosine, margin, report_dir, json_path):

@@ -49,6 +49,11 @@ def test_help_shows_an_example(command):
     assert done.returncode == 0 and "Example" in done.stdout and "groupvit-edge " + command in done.stdout
 
 
+def test_drift_help_names_the_report_it_writes():
+    done = run("drift", "--help")
+    assert done.returncode == 0 and "report.html" in done.stdout
+
+
 def _bad_inputs(artifact, image, tmp_path):
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("hello")
