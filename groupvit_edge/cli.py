@@ -131,8 +131,6 @@ def _runtime_values(values: dict) -> dict:
     given = _given({name: values.pop(name) for name in list(values) if name in names})
     if "threads" in given:
         given["threads"] = _threads(None, None, given["threads"])
-    if "streams" in given and str(given["streams"]).upper() != "AUTO":
-        given["streams"] = int(given["streams"]) if str(given["streams"]).isdigit() else given["streams"]
     return given
 
 
@@ -197,18 +195,14 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, re
     from .segmentation import Segmenter
     from .segmentation.postprocess import BACKGROUND_THRESHOLD
     from .segmentation.preprocess import find_images, output_names
-    from .segmentation.segmenter import check_label_count
-    from .segmentation.vocabulary import parse_labels
     found = find_images(list(images) + list(more_images))
-    if labels is not None:      # the label PNG's limit, before any text or photo is encoded
-        check_label_count(len(parse_labels(labels)) + (0 if no_background else 1))
     if not images and not more_images:
         click.echo(f"no photos given: segmenting the {len(found)} sample photos shipped with groupvit-edge")
     unreadable = []
     with Segmenter.open(source, labels, backend=backend, tokenizer=tokenizer, resize=resize, resample=resample,
                         background_threshold=None if no_background else BACKGROUND_THRESHOLD,
                         **_runtime_values(values)) as segmenter:
-        segmenter.check_label_image()
+        segmenter.check_label_image()      # any vocabulary, given or the artifact's, before a photo is encoded
         click.echo(f"{segmenter.runtime.description}; classes: {', '.join(segmenter.class_names)}")
         for image, name in zip(found, output_names(found)):
             try:
@@ -252,35 +246,32 @@ def _summary(result, show: str) -> str:
 @click.option("--margin", type=float, default=CONFIDENT_MARGIN, show_default=True,
               help="Relative best-vs-second group margin below which a reference pixel is a near-tie.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
-              help="Write drift.json, drift.md and PNGs of the worst photos and per-class IoU here.")
+              help="Write report.html here (one self-contained page: tables, per-class chart, the worst photos; "
+                   "the file to attach to a pull request), beside drift.json, drift.md and the PNGs it shows.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write drift.json here.")
 def drift(reference, candidates, images, labels, masks_dir, classes, max_drop, min_confident_agreement,
           min_group_cosine, margin, report_dir, json_path):
     """Compare candidate artifacts with a reference on the same photos: class-level and model-level drift."""
     from .metrics.classmaps import resolve
-    from .metrics.drift import DriftBudget, measure_drift
+    from .metrics.drift import budget_from_flags, measure_drift
     from .metrics.report import write_json
     check_number("--margin", margin, minimum=0.0, maximum=0.999)
-    for flag, value, low, high in (("--max-drop", max_drop, 0.0, 100.0),
-                                   ("--min-confident-agreement", min_confident_agreement, 0.0, 100.0),
-                                   ("--min-group-cosine", min_group_cosine, -1.0, 1.0)):
-        check_number(flag, value, low, high)
-    budget = DriftBudget(max_drop=max_drop, min_confident_group_agreement=min_confident_agreement,
-                         min_group_cosine=min_group_cosine)
+    budget = budget_from_flags(max_drop, min_confident_agreement, min_group_cosine)
     report = measure_drift(reference, list(candidates), list(images) or None, labels=labels, masks_dir=masks_dir,
                            class_map=resolve(classes) if masks_dir else None, confident_margin=margin,
-                           report_dir=report_dir, budget=budget if budget != DriftBudget() else None)
+                           report_dir=report_dir, budget=budget)
     click.echo(report.to_markdown())
     if json_path:
         write_json(report.data, json_path)
     written = [path for path in (json_path, report_dir and f"{report_dir}/") if path]
     if written:
         click.echo(f"\nwrote {' and '.join(written)}")
+    if budget is None:
+        return
     failures = report.failures(budget)
     if failures:
         raise ValidationFailed("; ".join(failures))
-    if budget != DriftBudget():
-        click.echo(f"every candidate is within the budget ({budget.describe()})")
+    click.echo(f"every candidate is within the budget ({budget.describe()})")
 
 
 @cli.command("eval", epilog="Example:\n\n  groupvit-edge eval artifacts/fp32 --images coco/eval2017/images "
@@ -323,7 +314,8 @@ def evaluate_command(source, images, masks_dir, classes, backend, limit, resampl
               "streams, and a windows/s column over a stream of windows (async requests where the backend has them).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the table as JSON here.")
 def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, batch, streams, json_path):
-    """Speed, size, memory and drift of each artifact, one row each."""
+    """Speed, size, memory and drift of each artifact, one row each; exits 1 when an artifact could not be
+    measured (its row says why)."""
     from .metrics.bench import BenchSettings, benchmark
     from .metrics.report import write_json
     from .segmentation.preprocess import list_images
@@ -334,6 +326,10 @@ def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, ba
     if json_path:
         write_json(report.data, json_path)
         click.echo(f"\nwrote {json_path}")
+    failures = report.failures()
+    if failures:
+        raise ValidationFailed(f"{len(failures)} of {len(report.data['rows'])} artifacts could not be measured "
+                               f"({'; '.join(failures)})")
 
 
 @cli.command(epilog="Example:\n\n  groupvit-edge tune artifacts/ov-int8 --images photos/ --max-drop 1.0 "
@@ -343,7 +339,8 @@ def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, ba
 @click.option("--ref", "reference", help="fp32 reference: an artifact or the checkpoint (default: the artifact's own "
               "fp32 ONNX, else the model it was exported from).")
 @click.option("--labels", help="Vocabulary for class-level drift (default prototypes:16, reported but not gated).")
-@click.option("--max-drop", type=float, help="Largest mIoU drop (points) vs the reference; gated only with --labels.")
+@click.option("--max-drop", type=float, help="Largest mIoU drop (points) vs the reference; needs --labels, the "
+              "vocabulary that mIoU is measured with.")
 @click.option("--min-confident-agreement", type=float, help="Least confident-pixel group agreement, percent "
               "[default: 99.9].")
 @click.option("--min-group-cosine", type=float, help="Least mean group-embedding cosine [default: 0.995].")
@@ -354,20 +351,11 @@ def tune(artifact, images, reference, labels, max_drop, min_confident_agreement,
          dry_run):
     """Measure every backend × precision this device offers for ARTIFACT and record the fastest within the drift
     budget; `segment` and the Python API then use it on this device."""
-    from .metrics.drift import MODEL_LEVEL_BUDGET, DriftBudget
+    from .metrics.drift import MODEL_LEVEL_BUDGET, budget_from_flags
     from .metrics.tune import tune as tune_artifact
-    for flag, value, low, high in (("--max-drop", max_drop, 0.0, 100.0),
-                                   ("--min-confident-agreement", min_confident_agreement, 0.0, 100.0),
-                                   ("--min-group-cosine", min_group_cosine, -1.0, 1.0)):
-        check_number(flag, value, low, high)
-    budget = DriftBudget(
-        max_drop=max_drop if labels else None,
-        min_confident_group_agreement=(MODEL_LEVEL_BUDGET.min_confident_group_agreement
-                                       if min_confident_agreement is None else min_confident_agreement),
-        min_group_cosine=MODEL_LEVEL_BUDGET.min_group_cosine if min_group_cosine is None else min_group_cosine)
-    report = tune_artifact(artifact, list(images) or None, reference=reference, budget=budget,
-                           labels=labels or "prototypes:16", threads=threads, runs=runs, record=not dry_run,
-                           log=click.echo)
+    budget = budget_from_flags(max_drop, min_confident_agreement, min_group_cosine, defaults=MODEL_LEVEL_BUDGET)
+    report = tune_artifact(artifact, list(images) or None, reference=reference, budget=budget, labels=labels,
+                           threads=threads, runs=runs, record=not dry_run, log=click.echo)
     click.echo(report.to_markdown())
     if report.chosen is not None and not dry_run:
         click.echo(f"recorded in {artifact}/tuned.json for this device")

@@ -49,6 +49,11 @@ def test_help_shows_an_example(command):
     assert done.returncode == 0 and "Example" in done.stdout and "groupvit-edge " + command in done.stdout
 
 
+def test_drift_help_names_the_report_it_writes():
+    done = run("drift", "--help")
+    assert done.returncode == 0 and "report.html" in done.stdout
+
+
 def _bad_inputs(artifact, image, tmp_path):
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("hello")
@@ -88,3 +93,27 @@ def test_export_end_to_end_from_the_cli(random_checkpoint, bpe_path, coco_images
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["validation"]["fp32_vs_pytorch"]["images"] == [coco_images[0].name]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("--labels", "a,,b", "--labels 'a,,b' has an empty class name"),
+    ("--labels", "prototypes:x", "--labels 'prototypes:x': write prototypes:K"),
+    ("--ref", "{tmp}", "has no manifest.json"),
+])
+def test_bench_refuses_bad_input_before_measuring_anything(option, value, needle, onnx_artifact, coco_images,
+                                                          tmp_path):
+    done = run("bench", onnx_artifact, "--images", coco_images[0], option, value.format(tmp=tmp_path))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "benchmarking" not in done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], done.stderr
+
+
+def test_bench_ends_with_a_user_error_found_while_measuring(onnx_artifact, coco_images, tmp_path):
+    """More prototypes than one photo has groups is found only once its windows are encoded: still exit 2."""
+    done = run("bench", onnx_artifact, "--images", coco_images[0], "--labels", "prototypes:100000", "--runs", "1",
+               "--warmup", "0", "--json", tmp_path / "bench.json")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --labels prototypes:100000 needs"), done.stderr
+    assert not (tmp_path / "bench.json").exists()

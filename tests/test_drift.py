@@ -189,8 +189,77 @@ def test_eval_and_bench_cli(onnx_artifact, tmp_path):
     (broken / "image.onnx").write_bytes(b"not onnx")
     done = run_cli("bench", onnx_artifact, broken, "--images", EVAL_IMAGES, "--limit", "2", "--runs", "2",
                    "--warmup", "1", "--json", tmp_path / "bench.json")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr       # the table is complete, and says one artifact failed
+    assert done.stderr.startswith("failed: 1 of 2 artifacts could not be measured") and "sha256" in done.stderr
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert rows[0]["status"] == "ok" and rows[0]["miou_vs_reference"] == 100.0
     assert rows[0]["image_graph_ms"]["p50"] > 0 and rows[0]["peak_rss_mb"] > 0 and rows[0]["size_mb"] > 100
     assert rows[1]["status"].startswith("failed: ") and "sha256" in rows[1]["status"]
+
+
+def test_a_bench_child_that_dies_becomes_a_failed_row(onnx_artifact, coco_images):
+    """A SIGKILL from outside, as the out-of-memory killer sends it: the row fails and the table goes on. Bench runs
+    in a thread so that a parent waiting forever fails this test instead of hanging it."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+    from groupvit_edge.metrics.bench import BenchSettings, benchmark
+    finished = {}
+
+    def bench():
+        finished["report"] = benchmark([onnx_artifact], coco_images[:1], reference=str(onnx_artifact),
+                                       settings=BenchSettings(warmup=0, runs=1, labels=None), log=lambda m: None)
+
+    thread = threading.Thread(target=bench, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (child,) = multiprocessing.active_children()
+    os.kill(child.pid, signal.SIGKILL)
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "bench is still waiting for a child that died"
+    (row,) = finished["report"].data["rows"]
+    assert row["status"] == "failed: killed by SIGKILL" and row["peak_rss_mb"] is None
+    assert "| failed: killed by SIGKILL |" in finished["report"].to_markdown()
+
+
+def test_bench_fails_a_row_for_the_backend_but_a_bug_stays_a_traceback(onnx_artifact, coco_images, monkeypatch):
+    from groupvit_edge import segmentation
+    from groupvit_edge.metrics.bench import BenchSettings, benchmark
+    settings = BenchSettings(warmup=0, runs=1, labels=None)
+    opened = runtimes.open
+
+    def open_failing_at_run(*args, **options):
+        runtime = opened(*args, **options)
+
+        def encode_image(pixels):
+            raise RuntimeError("RUNTIME_EXCEPTION: out of memory")
+        runtime.encode_image = encode_image
+        return runtime
+
+    monkeypatch.setattr(runtimes, "open", open_failing_at_run)
+    report = benchmark([onnx_artifact], coco_images[:1], settings=settings, isolate=False, log=lambda m: None)
+    assert report.data["rows"][0]["status"] == "failed: RUNTIME_EXCEPTION: out of memory"
+    monkeypatch.setattr(runtimes, "open", opened)
+
+    class MeasuringCodeWithABug:
+        def __init__(self, *args, **kwargs):
+            raise TypeError("a bug in the measuring code")
+
+    monkeypatch.setattr(segmentation, "Segmenter", MeasuringCodeWithABug)
+    with pytest.raises(TypeError, match="a bug in the measuring code"):
+        benchmark([onnx_artifact], coco_images[:1], settings=settings, isolate=False, log=lambda m: None)
+
+
+def test_bench_refuses_threads_for_a_backend_without_them_before_measuring(onnx_artifact, coco_images, monkeypatch):
+    from groupvit_edge.errors import UserError
+    from groupvit_edge.metrics.bench import BenchSettings, benchmark
+    monkeypatch.setattr(runtimes, "choose_backend", lambda source, backend=None, verify=True: ("tensorrt", None))
+    logged = []
+    with pytest.raises(UserError, match="'threads' applies to torch, onnxruntime, openvino, not to tensorrt"):
+        benchmark([onnx_artifact], coco_images[:1], settings=BenchSettings(warmup=0, runs=1, threads=1, labels=None),
+                  log=logged.append)
+    assert logged == []              # refused before the first artifact was measured

@@ -126,6 +126,26 @@ def test_bench_streams_runs_openvino_in_throughput_mode(ir_fp32, coco_images):
     assert "THROUGHPUT 2 streams" in row["backend"] and "inference precision f32" in row["backend"]
     assert row["stream_windows_per_s"] > 0
     assert "stream windows/s (2 streams)" in report.to_markdown()
+    assert runtimes.throughput_options("onnxruntime", 2) == {}      # its windows/s: one call after another
+
+
+def test_segment_takes_streams_auto_and_refuses_a_bad_count_in_one_sentence(ir_fp32, coco_images, tmp_path):
+    import subprocess
+    import sys
+
+    def segment(streams):
+        return subprocess.run([sys.executable, "-m", "groupvit_edge.cli", "segment", str(ir_fp32),
+                               str(coco_images[0]), "--out", str(tmp_path / streams), "--streams", streams,
+                               "--hint", "THROUGHPUT", "--cache-dir", ""],
+                              capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+
+    done = segment("auto")       # the help offers AUTO; any case
+    assert done.returncode == 0, done.stderr
+    assert "THROUGHPUT" in done.stdout and (tmp_path / "auto" / f"{coco_images[0].stem}.labels.png").is_file()
+    done = segment("many")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: --streams 'many' must be a whole number ≥ 1 or AUTO"]
+    assert not (tmp_path / "many").exists()
 
 
 def test_device_hint_and_precision_errors_are_one_sentence(ir_fp32):

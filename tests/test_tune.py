@@ -122,6 +122,57 @@ def test_tune_an_int8_onnx_artifact_against_its_checkpoint(dynamic_int8, photos)
     assert not (dynamic_int8 / "tuned.json").exists()                  # --dry-run
 
 
+def test_threads_for_a_backend_without_them_is_refused_before_anything_is_measured(dynamic_int8, photos,
+                                                                                   monkeypatch):
+    from groupvit_edge.errors import UserError
+    on_a_jetson = [Configuration("tensorrt", {}, "tensorrt, int8 engines"),
+                   Configuration("onnxruntime", {}, "onnxruntime, int8-dynamic ONNX")]
+    monkeypatch.setattr(tuning, "configurations", lambda manifest: on_a_jetson)
+    logged = []
+    with pytest.raises(UserError, match="'threads' applies to torch, onnxruntime, openvino, not to tensorrt"):
+        tuning.tune(dynamic_int8, photos[:1], threads=1, runs=1, record=False, log=logged.append)
+    assert logged == []          # nothing was measured
+
+
+def test_max_drop_without_labels_is_refused_before_anything_is_measured(dynamic_int8, photos):
+    done = subprocess.run([sys.executable, "-m", "groupvit_edge.cli", "tune", str(dynamic_int8), "--images",
+                           str(photos[0]), "--runs", "1", "--dry-run", "--max-drop", "1"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.strip().splitlines() == [
+        "error: --max-drop gates class mIoU, which needs a vocabulary to measure it with: add --labels with the "
+        "class names (or prototypes:K)"]
+    assert "measuring" not in done.stdout
+
+
+def test_a_bad_vocabulary_is_refused_before_anything_is_measured(dynamic_int8, photos):
+    from groupvit_edge.errors import UserError
+    logged = []
+    with pytest.raises(UserError, match="has an empty class name"):
+        tuning.tune(dynamic_int8, photos[:1], labels="cat,,dog", runs=1, record=False, log=logged.append)
+    assert logged == []
+
+
+def test_drift_tune_and_export_take_their_budget_from_one_function():
+    from groupvit_edge.errors import UserError
+    from groupvit_edge.exporters.drift_budget import budget_from
+    from groupvit_edge.exporters.options import ExportOptions
+    from groupvit_edge.metrics.drift import MODEL_LEVEL_BUDGET, budget_from_flags
+    assert budget_from_flags() is None and budget_from_flags(defaults=MODEL_LEVEL_BUDGET) is None
+    assert budget_from_flags(max_drop=1.0) == DriftBudget(max_drop=1.0)          # drift: what is given, only
+    assert budget_from_flags(min_group_cosine=0.99, defaults=MODEL_LEVEL_BUDGET) == DriftBudget(
+        min_confident_group_agreement=MODEL_LEVEL_BUDGET.min_confident_group_agreement, min_group_cosine=0.99)
+    # export: --max-drop without --drift-labels asks for the search, gated on the model-level limits
+    assert budget_from(ExportOptions.from_values({}, max_drop=1.0)) == MODEL_LEVEL_BUDGET
+    assert budget_from(ExportOptions.from_values({}, max_drop=1.0, drift_labels="cat,dog")).max_drop == 1.0
+    assert budget_from(ExportOptions.from_values({})) is None
+    for flags, needle in (({"max_drop": 101.0}, "--max-drop 101.0 is out of range"),
+                          ({"min_confident_agreement": -1.0}, "--min-confident-agreement -1.0 is out of range"),
+                          ({"min_group_cosine": float("nan")}, "--min-group-cosine nan is out of range")):
+        with pytest.raises(UserError, match=needle):
+            budget_from_flags(**flags)
+
+
 def test_nothing_within_the_budget_records_nothing(dynamic_int8, photos):
     (dynamic_int8 / "tuned.json").write_text("{}")
     impossible = DriftBudget(min_group_cosine=1.0, min_confident_group_agreement=100.0, max_abs_diff=0.0)

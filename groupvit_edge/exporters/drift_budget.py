@@ -17,7 +17,7 @@ import copy
 import numpy as np
 
 from ..errors import ValidationFailed
-from ..metrics.drift import MODEL_LEVEL_BUDGET, DriftBudget
+from ..metrics.drift import MODEL_LEVEL_BUDGET, DriftBudget, budget_from_flags
 from .records import BudgetSearch, DriftCheck, SearchStep
 
 CANDIDATE_FILE = "image.int8.candidate.onnx"
@@ -28,14 +28,8 @@ LATENCY_RUNS = 5
 def budget_from(options) -> DriftBudget | None:
     """The user's drift budget, or None when they gave none (then drift is measured and recorded, not gated)."""
     given = options.budget
-    if given.max_drop is None and given.min_confident_agreement is None and given.min_group_cosine is None:
-        return None
-    return DriftBudget(
-        max_drop=given.max_drop if given.drift_labels is not None else None,
-        min_confident_group_agreement=(given.min_confident_agreement if given.min_confident_agreement is not None
-                                       else MODEL_LEVEL_BUDGET.min_confident_group_agreement),
-        min_group_cosine=(given.min_group_cosine if given.min_group_cosine is not None
-                          else MODEL_LEVEL_BUDGET.min_group_cosine))
+    return budget_from_flags(given.max_drop, given.min_confident_agreement, given.min_group_cosine,
+                             defaults=MODEL_LEVEL_BUDGET, class_level=given.drift_labels is not None)
 
 
 def search(job, floats, fp32, quantized, policy, photos, budget: DriftBudget, first: DriftCheck) -> BudgetSearch:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..metrics.drift import BUDGET_BOUNDS
 from ..options import OptionSpec, check_value, option, spec_of
 
 FP16_TARGETS = ("onnx-fp16", "openvino-fp16", "trt-fp16")
@@ -110,13 +111,13 @@ class BudgetOptions:
         None, "Drift budget: search for the most-quantized graph within it (returning blocks to float, most "
               "harmful first). Gates class mIoU (points) when --drift-labels is given; the model-level limits "
               "below always apply.", targets=CALIBRATED_TARGETS, metavar="POINTS",
-        minimum=0.0, maximum=100.0)
+        **BUDGET_BOUNDS["max_drop"])
     min_confident_agreement: float | None = option(
         None, "Drift budget: least confident-pixel group agreement, percent (default 99.9 when searching).",
-        targets=CALIBRATED_TARGETS, metavar="PERCENT", minimum=0.0, maximum=100.0)
+        targets=CALIBRATED_TARGETS, metavar="PERCENT", **BUDGET_BOUNDS["min_confident_agreement"])
     min_group_cosine: float | None = option(
         None, "Drift budget: least mean group-embedding cosine (default 0.995 when searching).",
-        targets=CALIBRATED_TARGETS, minimum=-1.0, maximum=1.0)
+        targets=CALIBRATED_TARGETS, **BUDGET_BOUNDS["min_group_cosine"])
     search_steps: int = option(8, "Drift budget: most candidate graphs measured.", targets=CALIBRATED_TARGETS,
                                minimum=1)
     drift_labels: str | None = option(

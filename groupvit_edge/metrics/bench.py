@@ -1,12 +1,19 @@
 """`bench`: one row per artifact — speed, size, memory and accuracy against the fp32 reference, side by side.
 
-Each artifact runs in its own spawned process, so its peak RSS is its own and a crash in one backend becomes
-a "failed" row instead of ending the table.
+Everything the user gives (settings, photos, --labels, --ref, runtime options) is checked before the first artifact
+is measured. Each artifact then runs in its own spawned process, so its peak RSS is its own. What goes wrong with
+one artifact's backend becomes that artifact's "failed" row instead of ending the table, and `bench` exits 1:
+no backend installed here can run it, the backend refuses or fails to open it (a missing device, a file that
+fails its sha256 check), raises while running a graph, or its process dies. A user error found only while
+measuring (a prototypes:K larger than these photos allow) still ends bench with its sentence; an error in the
+measuring code itself is a bug and stays a traceback.
 """
 from __future__ import annotations
 
 import multiprocessing
+import queue as queues
 import resource
+import signal
 import statistics
 import time
 import traceback
@@ -16,8 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..options import check_number
+from ..runtimes.base import Runtime
 
 SCHEMA = "groupvit-edge/bench/1"
+POLL_SECONDS = 1.0      # how often the parent checks that a silent child is still alive
 
 
 @dataclass
@@ -26,7 +36,7 @@ class BenchSettings:
     runs: int = 20
     threads: int | None = None
     batch: int = 1
-    streams: int | None = None             # throughput mode: backends with streams (OpenVINO) use THROUGHPUT
+    streams: int | None = None             # throughput mode: each backend's own `throughput_options`
     labels: str | None = "prototypes:16"   # for mIoU vs the reference; prototypes need no trained weights
     segment_labels: tuple[str, ...] = ("person", "car", "dog", "tree", "sky")
 
@@ -53,19 +63,60 @@ def _size_mb(path: Path) -> float | None:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-def measure_artifact(artifact: str, images: list[str], reference: str | None, settings: BenchSettings) -> dict:
-    """Everything for one row, measured in the calling process (bench runs it in a child)."""
+class BackendFailed(Exception):
+    """The backend raised while running one of the artifact's graphs (the cause is its own exception)."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One row to measure, decided before any is: the backend that runs the artifact here and its options."""
+    artifact: str
+    backend: str | None        # None: no backend here can run the artifact
+    options: dict
+    unavailable: str = ""      # why not, when backend is None
+
+
+def _plan(artifact: str, settings: BenchSettings) -> _Plan:
     from .. import runtimes
+    try:
+        backend, _ = runtimes.choose_backend(artifact, verify=False)   # each child checks the files when it opens
+    except UserError as error:
+        return _Plan(artifact, None, {}, str(error))
+    given = {"threads": settings.threads} if settings.threads else {}
+    runtimes.check_options(backend, given, artifact, fix="drop it, or bench that artifact in a run without it")
+    throughput = runtimes.throughput_options(backend, settings.streams) if settings.streams else {}
+    return _Plan(artifact, backend, {**given, **throughput})
+
+
+def measure_artifact(plan: _Plan, images: list[str], reference: str | None, settings: BenchSettings) -> dict:
+    """Everything for one row, measured in the calling process (bench runs it in a child). Whatever the backend
+    raises while opening the artifact or running a graph makes a failed row; a UserError is the user's input,
+    found late, and anything else a bug: both propagate."""
+    from .. import runtimes
+    try:
+        runtime = _Guarded(runtimes.open(plan.artifact, plan.backend, **plan.options))
+    except Exception as error:
+        return _failed(plan.artifact, error)
+    try:
+        row = _measure(plan.artifact, runtime, images, reference, settings)
+    except BackendFailed as error:
+        return _failed(plan.artifact, error.__cause__)
+    finally:
+        runtime.close()
+    row["status"] = "ok"
+    return row
+
+
+def _failed(artifact: str, error: BaseException) -> dict:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return {"artifact": artifact, "status": f"failed: {reason}",
+            "traceback": "".join(traceback.format_exception(error))}
+
+
+def _measure(artifact: str, runtime: Runtime, images: list[str], reference: str | None,
+             settings: BenchSettings) -> dict:
     from ..segmentation import Segmenter
     from ..segmentation.preprocess import load_image, prepare
-
-    backend, _ = runtimes.choose_backend(artifact)
-    options = {"threads": settings.threads} if settings.threads else {}
-    if settings.streams:
-        options.update(hint="THROUGHPUT", streams=settings.streams)
-    # A bench row runs each artifact as its best backend would; options that backend does not have do not apply.
-    accepted = runtimes.option_names(backend)
-    runtime = runtimes.open(artifact, backend, **{k: v for k, v in options.items() if k in accepted})
     row = {"artifact": artifact, "target": runtime.manifest.data["precision"]["target"],
            "backend": runtime.description, "size_mb": _size_mb(Path(artifact))}
     windows = np.concatenate([prepare(load_image(p), runtime.manifest.preprocess).windows for p in images])
@@ -93,13 +144,54 @@ def measure_artifact(artifact: str, images: list[str], reference: str | None, se
     row["images_per_s"] = 1000.0 / statistics.median(end_to_end_ms)
     row["windows_per_image"] = len(windows) / len(images)
 
-    if reference is not None and settings.labels:
+    if reference is not None and settings.labels is not None:
         from .drift import validate_candidate
         drift = validate_candidate(reference, runtime, images, labels=settings.labels)
         row["miou_vs_reference"] = drift.class_level.miou_vs_reference
         row["group_agreement_confident"] = drift.model_level.group_agreement_confident
         row["group_embed_cosine_mean"] = drift.model_level.group_embed_cosine.mean
     return row
+
+
+class _Guarded(Runtime):
+    """The runtime a row measures. What it raises while running a graph is the backend's failure (BackendFailed),
+    told apart from errors in the measuring code around it, which are bugs."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime, self.name, self.manifest = runtime, runtime.name, runtime.manifest
+        if hasattr(runtime, "encode_images_async"):
+            self.encode_images_async = self._encode_stream
+
+    @property
+    def description(self) -> str:
+        return _backend_call(lambda: self.runtime.description)
+
+    def encode_image(self, pixels):
+        return _backend_call(self.runtime.encode_image, pixels)
+
+    def encode_text(self, token_ids):
+        return _backend_call(self.runtime.encode_text, token_ids)
+
+    def _encode_stream(self, windows):
+        encodings = self.runtime.encode_images_async(windows)
+        while True:
+            try:
+                encoding = next(encodings)
+            except StopIteration:
+                return
+            except Exception as error:
+                raise BackendFailed(str(error)) from error
+            yield encoding
+
+    def close(self) -> None:
+        self.runtime.close()
+
+
+def _backend_call(call, *args):
+    try:
+        return call(*args)
+    except Exception as error:
+        raise BackendFailed(str(error)) from error
 
 
 def stream_throughput(runtime, windows: np.ndarray, warmup: int) -> float:
@@ -116,47 +208,77 @@ def stream_throughput(runtime, windows: np.ndarray, warmup: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def _child(artifact, images, reference, settings, queue):
-    try:
-        row = measure_artifact(artifact, images, reference, settings)
-        row["status"] = "ok"
-    except Exception as error:  # a failed backend is a row, not the end of the table
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        row = {"artifact": artifact, "status": f"failed: {reason}", "traceback": traceback.format_exc()}
+def _row(plan: _Plan, images, reference, settings) -> dict:
+    row = measure_artifact(plan, images, reference, settings)
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put(row)
+    return row
+
+
+def _child(plan, images, reference, settings, queue):
+    """The spawned side sends ("row", row), ("user_error", sentence) or ("bug", traceback)."""
+    try:
+        message = ("row", _row(plan, images, reference, settings))
+    except UserError as error:
+        message = ("user_error", str(error))
+    except Exception:
+        message = ("bug", traceback.format_exc())
+    queue.put(message)
+
+
+def _row_in_child(plan: _Plan, images, reference, settings) -> dict:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(plan, images, reference, settings, queue))
+    process.start()
+    try:
+        message = _receive(process, queue)
+    except BaseException:
+        process.kill()
+        raise
+    finally:
+        process.join()
+    if message is None:
+        return {"artifact": plan.artifact, "status": f"failed: {_death(process.exitcode)}", "peak_rss_mb": None}
+    kind, payload = message
+    if kind == "user_error":
+        raise UserError(payload)
+    if kind == "bug":
+        raise RuntimeError(f"measuring {plan.artifact} raised in its process:\n{payload}")
+    return payload
 
 
 def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | None = None,
               isolate: bool = True, log=print) -> "BenchReport":
-    from ..runtimes import is_artifact
-    from ..segmentation.preprocess import list_images
+    """One row per artifact (see the module's docstring for what fails a row and what ends bench)."""
+    from ..segmentation.preprocess import list_images, load_image
+    from ..segmentation.vocabulary import parse_labels
+    from .drift import check_vocabulary
     settings = settings or BenchSettings()
-    artifacts = [str(a) for a in artifacts]
-    if not artifacts:
-        raise UserError("bench needs at least one artifact directory")
-    for artifact in artifacts:
-        if not is_artifact(artifact):
-            raise UserError(f"{artifact} is not an artifact directory (no manifest.json): pass directories made "
-                            f"by `groupvit-edge export`")
+    for flag, value, least in (("--warmup", settings.warmup, 0), ("--runs", settings.runs, 1),
+                               ("--batch", settings.batch, 1), ("--threads", settings.threads, 1),
+                               ("--streams", settings.streams, 1)):
+        check_number(flag, value, minimum=least)
+    check_vocabulary(settings.labels)
+    parse_labels(settings.segment_labels)
+    manifests = _manifests([str(a) for a in artifacts])
     paths = [str(p) for p in list_images(images)]
+    for path in paths:
+        load_image(path)        # an unreadable photo is refused here, not inside every row
     if reference is None:
-        reference = next((a for a in artifacts if is_artifact(a) and _is_fp32(a)), None)
+        reference = next((a for a, m in manifests.items() if m.data["precision"].get("compute") == "fp32"), None)
+    if reference is not None and settings.labels is not None:
+        _check_reference(str(reference), manifests)
+    plans = [_plan(artifact, settings) for artifact in manifests]
     rows = []
-    for artifact in artifacts:
-        log(f"benchmarking {artifact}")
-        if isolate:
-            context = multiprocessing.get_context("spawn")
-            queue = context.Queue()
-            process = context.Process(target=_child, args=(artifact, paths, reference, settings, queue))
-            process.start()
-            row = queue.get()
-            process.join()
+    for plan in plans:
+        log(f"benchmarking {plan.artifact}")
+        if plan.backend is None:
+            row = {"artifact": plan.artifact, "status": f"failed: {plan.unavailable}", "peak_rss_mb": None}
+        elif isolate:
+            row = _row_in_child(plan, paths, reference, settings)
         else:
-            queue = _ListQueue()
-            _child(artifact, paths, reference, settings, queue)
-            row = queue.items[0]
-        if reference is not None and artifact == str(reference) and row["status"] == "ok":
+            row = _row(plan, paths, reference, settings)
+        if reference is not None and plan.artifact == str(reference) and row["status"] == "ok":
             row["miou_vs_reference"] = 100.0
         rows.append(row)
     return BenchReport({"schema": SCHEMA, "reference": reference, "images": len(paths),
@@ -166,22 +288,67 @@ def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | No
                         "rows": rows})
 
 
-class _ListQueue:
-    def __init__(self):
-        self.items = []
-
-    def put(self, item):
-        self.items.append(item)
-
-
-def _is_fp32(artifact: str) -> bool:
+def _manifests(artifacts: list[str]) -> dict:
+    """Each artifact's manifest, read without hashing its files (each row's process does that when it opens it)."""
     from ..artifact import read_manifest
-    return read_manifest(artifact).data["precision"].get("compute") == "fp32"
+    from ..runtimes import is_artifact
+    if not artifacts:
+        raise UserError("bench needs at least one artifact directory")
+    for artifact in artifacts:
+        if not is_artifact(artifact):
+            raise UserError(f"{artifact} is not an artifact directory (no manifest.json): pass directories made "
+                            f"by `groupvit-edge export`")
+    return {artifact: read_manifest(artifact, verify=False) for artifact in artifacts}
+
+
+def _check_reference(reference: str, manifests: dict) -> None:
+    """Refuse, before anything is measured, a reference that cannot run here or be compared with every artifact."""
+    from .. import runtimes
+    backend, manifest = runtimes.choose_backend(reference, verify=False)
+    if backend == runtimes.REFERENCE_BACKEND:     # a checkpoint runs at each artifact's size
+        if not runtimes.backend_module(backend).is_installed():
+            raise UserError(f"--ref {reference} is a checkpoint, which runs in PyTorch, and torch is not installed "
+                            f"here: pass an fp32 artifact as --ref, or pip install groupvit-edge[export]")
+        return
+    size = (manifest.preprocess.height, manifest.preprocess.width)
+    for artifact, theirs in manifests.items():
+        if (theirs.preprocess.height, theirs.preprocess.width) != size:
+            raise UserError(f"{artifact} was exported at {theirs.preprocess.height}x{theirs.preprocess.width} but "
+                            f"the reference {reference} at {size[0]}x{size[1]}: bench artifacts of one size "
+                            f"together, or pass --ref the checkpoint (it runs at any size)")
+
+
+def _receive(process, queue):
+    """What the child sent, or None when it died without sending anything (a crash in native code, a kill, the
+    out-of-memory killer)."""
+    while process.is_alive():
+        try:
+            return queue.get(timeout=POLL_SECONDS)
+        except queues.Empty:
+            continue
+    try:        # it may have sent its message just before it exited
+        return queue.get(timeout=POLL_SECONDS)
+    except queues.Empty:
+        return None
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit {exitcode}"
 
 
 @dataclass
 class BenchReport:
     data: dict
+
+    def failures(self) -> list[str]:
+        """"artifact: why" for every row that failed."""
+        return [f"{row['artifact']}: {row['status'].removeprefix('failed: ')}" for row in self.data["rows"]
+                if row["status"] != "ok"]
 
     def to_markdown(self) -> str:
         s = self.data["settings"]
@@ -198,8 +365,8 @@ class BenchReport:
             stream_cell = "" if not streams else (f" {r['stream_windows_per_s']:.2f} |" if r["status"] == "ok"
                                                   else " |")
             if r["status"] != "ok":
-                lines.append(f"| {r['artifact']} | | | {r['status']} | | | | |{stream_cell} {r['peak_rss_mb']:.0f} "
-                             f"| | | |")
+                rss = "" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
+                lines.append(f"| {r['artifact']} | | | {r['status']} | | | | |{stream_cell} {rss} | | | |")
                 continue
             miou = r.get("miou_vs_reference")
             confident = r.get("group_agreement_confident")

@@ -236,6 +236,31 @@ class DriftBudget:
         return ", ".join(part for part in parts if part) or "no limits"
 
 
+# The budget flags' ranges: mIoU points and agreement percentages in [0, 100], cosines in [-1, 1].
+BUDGET_BOUNDS = {"max_drop": {"minimum": 0.0, "maximum": 100.0},
+                 "min_confident_agreement": {"minimum": 0.0, "maximum": 100.0},
+                 "min_group_cosine": {"minimum": -1.0, "maximum": 1.0}}
+
+
+def budget_from_flags(max_drop=None, min_confident_agreement=None, min_group_cosine=None, *,
+                      defaults: DriftBudget | None = None, class_level: bool = True) -> DriftBudget | None:
+    """The budget that --max-drop, --min-confident-agreement and --min-group-cosine ask for, each checked against
+    its range; None when none is given. Once one is, the model-level limits not given come from `defaults`.
+    `class_level=False` (no vocabulary named) keeps --max-drop out of the budget it still asks for."""
+    given = {"max_drop": max_drop, "min_confident_agreement": min_confident_agreement,
+             "min_group_cosine": min_group_cosine}
+    for name, value in given.items():
+        check_number("--" + name.replace("_", "-"), value, **BUDGET_BOUNDS[name])
+    if all(value is None for value in given.values()):
+        return None
+    defaults = defaults or DriftBudget()
+    return DriftBudget(
+        max_drop=max_drop if class_level else None,
+        min_confident_group_agreement=(defaults.min_confident_group_agreement if min_confident_agreement is None
+                                       else min_confident_agreement),
+        min_group_cosine=defaults.min_group_cosine if min_group_cosine is None else min_group_cosine)
+
+
 # fp32 graphs in any backend must agree with eager PyTorch up to float reassociation (measured ≤ 5e-7 on every
 # output); larger gaps mean a broken graph or a backend silently computing in lower precision.
 FP32_TOLERANCE = DriftBudget(max_abs_diff=1e-3, min_group_agreement=99.0)
@@ -284,6 +309,12 @@ def prototype_count(labels) -> int | None:
             raise UserError(f"--labels {labels!r}: write prototypes:K with a whole K ≥ 1, e.g. prototypes:16")
         return count
     return None
+
+
+def check_vocabulary(labels) -> None:
+    """Refuse a bad --labels (class names, or prototypes:K) before any photo is encoded; None is the default one."""
+    if labels is not None and prototype_count(labels) is None:
+        parse_labels(labels)
 
 
 # ---------------------------------------------------------------------------------------------- the harness
@@ -336,8 +367,7 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
     if not candidates:
         raise UserError("no --candidate given: pass at least one artifact to compare with the reference")
     check_number("confident margin", confident_margin, minimum=0.0, maximum=0.999)
-    if prototype_count(labels) is None and labels is not None:
-        parse_labels(labels)                 # a bad vocabulary is refused before any photo is encoded
+    check_vocabulary(labels)
     paths = list_images(images)
     candidate_runtimes = [_open(source) for source in candidates]
     size = (candidate_runtimes[0].manifest.preprocess.height, candidate_runtimes[0].manifest.preprocess.width)

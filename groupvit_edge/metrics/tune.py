@@ -19,9 +19,10 @@ from ..artifact import TUNED_NAME
 from ..errors import UserError
 from ..hardware import cpu_header, device_identity
 from ..runtimes.base import Configuration
-from .drift import MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget, measure_drift
+from .drift import MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget, check_vocabulary, measure_drift
 
 SCHEMA = "groupvit-edge/tune/1"
+DEFAULT_LABELS = "prototypes:16"    # label-free, so meaningful with any weights: reported, never gated
 LATENCY_WINDOWS = 4
 
 
@@ -109,9 +110,11 @@ def choose(measured: list[Measured]) -> Measured | None:
     return min(fitting, key=lambda m: m.latency_ms) if fitting else None
 
 
-def tune(artifact, images=None, *, reference=None, budget: DriftBudget | None = None, labels="prototypes:16",
+def tune(artifact, images=None, *, reference=None, budget: DriftBudget | None = None, labels=None,
          threads: int | None = None, runs: int = 10, record: bool = True, log=print) -> TuneReport:
-    """Measure every configuration of `artifact` on this machine and record the fastest within `budget`."""
+    """Measure every configuration of `artifact` on this machine and record the fastest within `budget`
+    (default MODEL_LEVEL_BUDGET). `labels` is the vocabulary class-level drift is measured with; without it,
+    prototypes:16 is reported but not gated, so a budget with a max_drop needs it."""
     from .. import runtimes
     from ..artifact import read_manifest
     from ..segmentation.preprocess import list_images, load_image, prepare
@@ -120,17 +123,23 @@ def tune(artifact, images=None, *, reference=None, budget: DriftBudget | None = 
     found = configurations(manifest)
     if not found:
         raise UserError(f"no installed backend can run {artifact} here: `groupvit-edge doctor` shows what is missing")
+    given = {"threads": threads} if threads else {}
+    for configuration in found:     # no configuration runs without an option the user gave: refuse it up front
+        runtimes.check_options(configuration.backend, given, artifact,
+                               fix="drop it (tune measures every backend this device has for the artifact)")
     budget = budget or MODEL_LEVEL_BUDGET
+    if budget.max_drop is not None and labels is None:
+        raise UserError("--max-drop gates class mIoU, which needs a vocabulary to measure it with: add --labels "
+                        "with the class names (or prototypes:K)")
+    check_vocabulary(labels)
     reference = reference or default_reference(manifest)
     paths = list_images(images)
     windows = np.concatenate([prepare(load_image(p), manifest.preprocess).windows for p in paths[:LATENCY_WINDOWS]])
     measured, opened = [], []
     for configuration in found:
-        options = {**configuration.options, **({"threads": threads} if threads else {})}
-        options = {k: v for k, v in options.items() if k in runtimes.option_names(configuration.backend)}
         log(f"measuring {configuration.label}")
         try:
-            runtime = runtimes.open(artifact, configuration.backend, **options)
+            runtime = runtimes.open(artifact, configuration.backend, **{**configuration.options, **given})
         except UserError as error:
             measured.append(Measured(configuration, error=str(error)))
             continue
@@ -139,7 +148,8 @@ def tune(artifact, images=None, *, reference=None, budget: DriftBudget | None = 
     log(f"measuring drift against {reference} on {len(paths)} photos")
     # The artifact as its own reference runs its fp32 ONNX in ONNX Runtime, whatever was tuned before.
     truth = runtimes.open(reference, "onnxruntime") if str(reference) == str(manifest.directory) else reference
-    report = measure_drift(truth, [runtime for _, runtime in opened], paths, labels=labels, progress=False)
+    report = measure_drift(truth, [runtime for _, runtime in opened], paths, labels=labels or DEFAULT_LABELS,
+                           progress=False)
     for (entry, runtime), drift in zip(opened, report.candidates):
         entry.drift, entry.failures = drift, budget.failures(drift)
         runtime.close()

@@ -3,8 +3,9 @@
 Each backend module defines NAME, EXTRA (the pip extra that installs it), `Options` (a dataclass of its runtime
 options), `is_installed()`, `install_hint() -> str` (how to get it onto this machine), `devices() -> list[str]`
 (what this machine offers it: providers, devices, GPUs; called only when installed; a UserError says why there is
-none), `unsupported_reason(manifest) -> str | None` and `open_runtime(manifest, options) -> Runtime`. No code
-outside a backend's module knows anything about that backend.
+none), `unsupported_reason(manifest) -> str | None` and `open_runtime(manifest, options) -> Runtime`; a backend
+with a throughput mode also defines `throughput_options(streams) -> dict`. No code outside a backend's module knows
+anything about that backend.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from ..artifact import MANIFEST_NAME, read_manifest
 from ..errors import UserError
-from ..options import check_value, spec_of
+from ..options import check_value
 from .base import ImageEncoding, Runtime
 
 # Artifact backends in order of preference: the fastest one the artifact and the machine support wins.
@@ -51,16 +52,17 @@ def open(source, backend: str | None = None, **options) -> Runtime:  # noqa: A00
     return backend_module(name).open_runtime(target, backend_options(name, options, source))
 
 
-def choose_backend(source, backend: str | None = None) -> tuple[str, object]:
-    """(backend name, what its open_runtime takes: the verified manifest, or the model spec for the reference)."""
+def choose_backend(source, backend: str | None = None, verify: bool = True) -> tuple[str, object]:
+    """(backend name, what its open_runtime takes: the manifest — its files' sha256 checked unless `verify=False`
+    — or the model spec for the reference)."""
     if isinstance(source, (str, Path)) and Path(source).is_dir() and not (Path(source) / "config.json").is_file():
-        read_manifest(source)   # neither artifact nor checkpoint: let the manifest check say what is missing
+        read_manifest(source, verify)   # neither artifact nor checkpoint: let the manifest check say what is missing
     if not is_artifact(source):
         if backend not in (None, REFERENCE_BACKEND):
             raise UserError(f"{source} is a model, not an artifact: export it first "
                             f"(groupvit-edge export --model {source} --out DIR) or use --backend torch")
         return REFERENCE_BACKEND, source
-    manifest = read_manifest(source)
+    manifest = read_manifest(source, verify)
     candidates = [backend] if backend else list(ARTIFACT_BACKENDS)
     reasons = []
     for name in candidates:
@@ -81,8 +83,16 @@ def option_names(name: str) -> set[str]:
     return {f.name for f in dataclasses.fields(backend_module(name).Options)}
 
 
-def backend_options(name: str, options: dict, source=None):
-    """`options` as backend `name`'s Options; a name it does not take is an error, never silently dropped."""
+def throughput_options(name: str, streams) -> dict:
+    """Backend `name`'s runtime options for `streams` windows in flight at once; none for a backend without a
+    throughput mode (calls one window after another are then its throughput)."""
+    declared = getattr(backend_module(name), "throughput_options", None)
+    return declared(streams) if declared is not None else {}
+
+
+def check_options(name: str, options, source=None, fix: str | None = None) -> None:
+    """A UserError for the first of `options` that backend `name` does not take, naming the backends that take it;
+    `fix` says what to do instead (default: drop it or choose one of those backends)."""
     accepted = option_names(name)
     for option in options:
         if option in accepted:
@@ -90,16 +100,30 @@ def backend_options(name: str, options: dict, source=None):
         owners = [other for other in _MODULES if option in option_names(other)]
         if owners:
             raise UserError(f"runtime option {option!r} applies to {', '.join(owners)}, not to {name}"
-                            f"{f', which runs {source}' if source is not None else ''}: drop it or choose "
-                            f"--backend {owners[0]}")
+                            f"{f', which runs {source}' if source is not None else ''}: "
+                            f"{fix or f'drop it or choose --backend {owners[0]}'}")
         known = sorted(set().union(*(option_names(other) for other in _MODULES)))
         raise UserError(f"runtime option {option!r} is unknown: use one of {', '.join(known)}")
-    fields = {f.name: f for f in dataclasses.fields(backend_module(name).Options)}
-    for option, value in options.items():
-        if "option" in fields[option].metadata:      # the reference's Options are not CLI options
-            check_value(option, value, spec_of(fields[option]))
-    return backend_module(name).Options(**options)
+
+
+def backend_options(name: str, options: dict, source=None):
+    """`options` as backend `name`'s Options; a name it does not take is an error, never silently dropped. Text
+    values (the CLI's, or the API's) go through the option's own parse, and every value is checked against the
+    option's choices and bounds."""
+    check_options(name, options, source)
+    kind = backend_module(name).Options
+    specs = {f.name: f.metadata.get("option") for f in dataclasses.fields(kind)}
+    parsed = {option: specs[option].parse(value) if _parses(specs[option], value) else value
+              for option, value in options.items()}
+    for option, value in parsed.items():
+        if specs[option] is not None:        # the reference's Options are not CLI options
+            check_value(option, value, specs[option])
+    return kind(**parsed)
+
+
+def _parses(spec, value) -> bool:
+    return spec is not None and spec.parse is not None and isinstance(value, str)
 
 
 __all__ = ["BACKENDS", "ImageEncoding", "Runtime", "open", "available_backends", "backend_module", "backend_options",
-           "choose_backend", "is_artifact", "option_names"]
+           "check_options", "choose_backend", "is_artifact", "option_names", "throughput_options"]

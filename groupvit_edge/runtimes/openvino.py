@@ -70,17 +70,29 @@ def default_cache_dir() -> Path:
     return root / "openvino"
 
 
+def parse_streams(value) -> int | str:
+    """--streams as OpenVINO takes it: a whole number ≥ 1, or AUTO (any case) for the plugin's own choice."""
+    count = _count("streams", value, allow_auto=True)
+    return count if count == "AUTO" else int(count)
+
+
 @dataclass(frozen=True)
 class Options:
     device: str = option("CPU", "openvino: device — CPU, GPU, NPU, AUTO or AUTO:GPU,CPU.")
     hint: str = option("LATENCY", "openvino: performance hint.", choices=HINTS)
-    streams: int | str | None = option(None, "openvino: THROUGHPUT streams, a number or AUTO.")
+    streams: int | str | None = option(None, "openvino: THROUGHPUT streams, a number or AUTO.", parse=parse_streams,
+                                       metavar="N|AUTO")
     threads: int | None = option(None, "CPU threads (default: one per core).", minimum=1)
     cache_dir: str | None = option(None, "openvino: compiled-model cache directory ('' for none; default "
                                          "$GROUPVIT_EDGE_CACHE/openvino).", metavar="DIR")
     inference_precision: str | None = option(None, "openvino: compute precision — f32, bf16 or f16 (default: the "
                                                    "precision the artifact was validated at).",
                                              choices=tuple(PRECISION_CAPABILITY))
+
+
+def throughput_options(streams) -> dict:
+    """The runtime options that keep `streams` windows in flight at once (`bench --streams`)."""
+    return {"hint": "THROUGHPUT", "streams": streams}
 
 
 def configurations(manifest: Manifest, device: str = "CPU") -> list[Configuration]:
