@@ -195,9 +195,13 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, re
     from .segmentation import Segmenter
     from .segmentation.postprocess import BACKGROUND_THRESHOLD
     from .segmentation.preprocess import find_images, output_names
+    from .segmentation.segmenter import check_label_count
+    from .segmentation.vocabulary import parse_labels
     found = find_images(list(images) + list(more_images))
     if not images and not more_images:
         click.echo(f"no photos given: segmenting the {len(found)} sample photos shipped with groupvit-edge")
+    if labels is not None:      # given names are counted before their text is encoded
+        check_label_count(len(parse_labels(labels)) + (0 if no_background else 1))
     unreadable = []
     with Segmenter.open(source, labels, backend=backend, tokenizer=tokenizer, resize=resize, resample=resample,
                         background_threshold=None if no_background else BACKGROUND_THRESHOLD,
