@@ -153,9 +153,9 @@ def test_device_hint_and_precision_errors_are_one_sentence(ir_fp32):
     absent = next(name for name in ("NPU", "GPU", "CPU") if not any(d.startswith(name) for d in available))
     for options, needle in (({"device": absent}, f"device {absent} is not available here"),
                             ({"device": f"AUTO:{absent},CPU"}, f"device {absent} is not available here"),
-                            ({"hint": "FAST"}, "LATENCY or THROUGHPUT"),
+                            ({"hint": "FAST"}, "--hint 'FAST' is not one of LATENCY, THROUGHPUT"),
                             ({"streams": "many"}, "whole number"),
-                            ({"inference_precision": "int4"}, "is unknown")):
+                            ({"inference_precision": "int4"}, "--inference-precision 'int4' is not one of")):
         with pytest.raises(UserError, match=needle) as error:
             runtimes.open(ir_fp32, cache_dir="", **options)
         assert "\n" not in str(error.value) and str(error.value).count(". ") == 0
