@@ -196,6 +196,29 @@ def test_fp16_ir_halves_the_weights_and_records_its_drift(ir_fp32, tmp_path, ran
     assert drift["group_embed_cosine"]["mean"] >= 0.9999 and drift["group_agreement_confident"] >= 99.99
 
 
+def test_bf16_target_is_measured_in_bf16_and_refused_on_a_cpu_without_it(tmp_path, random_checkpoint, bpe_path,
+                                                                          monkeypatch):
+    """openvino-bf16 proves its drift in the precision it will run in, so a CPU without bf16 arithmetic refuses it
+    before tracing; on a bf16 CPU the IR keeps fp32 weights and records bf16 as what ran."""
+    monkeypatch.setattr(openvino_exporter, "cpu_computes", lambda precision: False)
+    with pytest.raises(UserError, match="openvino-bf16 is measured in bf16 at export"):
+        _export(tmp_path / "refused", "openvino-bf16", random_checkpoint, bpe_path)
+    assert not (tmp_path / "refused").exists()
+    monkeypatch.undo()
+    if not openvino_exporter.cpu_computes("bf16"):
+        pytest.skip("this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX): the export itself needs one")
+    out = _export(tmp_path / "bf16", "openvino-bf16", random_checkpoint, bpe_path)
+    manifest = read_manifest(out)
+    assert manifest.data["precision"]["compute"] == "bf16"
+    assert manifest.graphs["image_ir"]["precision"] == "fp32"
+    assert manifest.graphs["image_ir"]["inference_precision"] == "bf16"
+    drift = manifest.data["validation"]["drift_vs_fp32"]
+    assert drift["inference_precision"] == "bf16"
+    assert drift["model_level"]["group_embed_cosine"]["mean"] > 0.99
+    runtime = runtimes.open(out, cache_dir="")
+    assert runtime.inference_precision == "bf16" and "bf16" in runtime.description
+
+
 @pytest.fixture(scope="module")
 def int8_artifacts(tmp_path_factory, random_checkpoint, bpe_path, coco_images):
     cache = tmp_path_factory.mktemp("calibration-cache")
