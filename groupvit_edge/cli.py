@@ -177,7 +177,8 @@ def export(model_spec, target, out_dir, **values):
 @click.argument("source")
 @click.argument("images", nargs=-1)
 @click.option("--images", "more_images", multiple=True, help=IMAGES_HELP + " Photos may also follow SOURCE.")
-@click.option("--labels", help="Comma-separated class names (default: the artifact's precomputed vocabulary).")
+@click.option("--labels", help="Comma-separated class names (default: the artifact's precomputed vocabulary, else "
+              "the 80 COCO object classes).")
 @click.option("--out", "out_dir", default="segmented", show_default=True, type=click.Path(file_okay=False),
               help="Where the overlay and label PNGs go.")
 @click.option("--backend", help="Force a backend: onnxruntime, openvino, tensorrt or torch.")
@@ -207,7 +208,9 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, re
                         background_threshold=None if no_background else BACKGROUND_THRESHOLD,
                         **_runtime_values(values)) as segmenter:
         segmenter.check_label_image()      # any vocabulary, given or the artifact's, before a photo is encoded
-        click.echo(f"{segmenter.runtime.description}; classes: {', '.join(segmenter.class_names)}")
+        if labels is None and segmenter.manifest.vocabulary_path() is None:
+            click.echo("no --labels and no vocabulary in the artifact: segmenting with the 80 COCO object classes")
+        click.echo(f"{segmenter.runtime.description}; classes: {_listed(segmenter.class_names)}")
         for image, name in zip(found, output_names(found)):
             try:
                 result = segmenter.segment(image.path)
@@ -220,6 +223,10 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, re
     if unreadable:
         raise UserError(f"{len(unreadable)} of {len(found)} photos could not be segmented (first: {unreadable[0]}); "
                         f"the other {len(found) - len(unreadable)} were written to {out_dir}")
+
+
+def _listed(names: list[str], shown: int = 12) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _summary(result, show: str) -> str:

@@ -37,6 +37,23 @@ def test_segment_with_the_precomputed_vocabulary_and_letterbox(onnx_artifact, co
     assert "classes: cat, dog, grass" in done.stdout
 
 
+def test_segment_without_labels_or_a_vocabulary_uses_the_coco_classes(onnx_artifact, coco_images, tmp_path):
+    """`segment ART` is what a user types first: with neither --labels nor a vocabulary in the artifact it segments
+    with COCO's 80 object classes instead of refusing."""
+    import shutil
+    from groupvit_edge.segmentation.vocabulary import DEFAULT_LABELS
+    bare = tmp_path / "bare"
+    shutil.copytree(onnx_artifact, bare)
+    manifest = json.loads((bare / "manifest.json").read_text())
+    (bare / manifest.pop("vocabulary")["file"]).unlink()
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    done = run("segment", bare, coco_images[0], "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "80 COCO object classes" in done.stdout and "classes: background, person, bicycle" in done.stdout
+    assert "and 69 more" in done.stdout and len(DEFAULT_LABELS) == 80
+    assert np.asarray(Image.open(tmp_path / "out" / f"{coco_images[0].stem}.labels.png")).max() <= 80
+
+
 def test_doctor_reports_backends():
     done = run("doctor")
     assert done.returncode == 0, done.stderr
