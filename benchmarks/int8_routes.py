@@ -55,6 +55,7 @@ def off_the_shelf_openvino(fp32_dir: Path, windows: np.ndarray, threads: int = 2
     import openvino as ov
     from groupvit_edge.artifact import read_manifest
     from groupvit_edge.runtimes.base import ImageEncoding, Runtime
+    from groupvit_edge.runtimes.onnxruntime import OnnxRuntime
     model = ov.convert_model(str(fp32_dir / "image.onnx"))
     model.reshape({"pixels": [1, 3, *windows.shape[2:]]})
     quantized = nncf.quantize(model, nncf.Dataset(list(windows), lambda w: w[None]), subset_size=len(windows))
@@ -67,6 +68,7 @@ def off_the_shelf_openvino(fp32_dir: Path, windows: np.ndarray, threads: int = 2
 
         def __init__(self):
             self.manifest, self.request = manifest, compiled.create_infer_request()
+            self.text = OnnxRuntime(manifest, threads=threads)    # the route quantizes the image graph only
 
         def encode_image(self, pixels):
             parts = [self.request.infer({"pixels": window[None]}) for window in pixels]
@@ -74,7 +76,7 @@ def off_the_shelf_openvino(fp32_dir: Path, windows: np.ndarray, threads: int = 2
                                    for name in ("group_embeds", "image_embed", "grouping")))
 
         def encode_text(self, token_ids):
-            raise NotImplementedError("the image graph only")
+            return self.text.encode_text(token_ids)
 
         @property
         def description(self):
