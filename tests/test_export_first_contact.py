@@ -169,6 +169,7 @@ def test_an_unreachable_budget_exits_1_with_the_table_and_no_artifact(tmp_path):
     assert not (tmp_path / "art").exists() and not list(tmp_path.glob(".art*"))
 
 
+@pytest.mark.slow
 def test_a_budget_search_keeps_the_fewest_float_blocks_that_fit(tmp_path):
     """Between the fully quantized graph's cosine and fp32's, a budget is met by returning some blocks."""
     common = dict(image_size=SIZE, calib_method="minmax", cache_dir=tmp_path / "cache", log=quiet)

@@ -263,6 +263,7 @@ def test_info_on_a_manifest_without_a_field_it_shows_is_one_sentence(onnx_artifa
 
 # ---------------------------------------------------------------------------------- writers and leftovers
 
+@pytest.mark.slow
 def test_replacing_an_artifact_says_so_refuses_user_files_and_force_keeps_them(tmp_path):
     """A re-export into an existing artifact says it replaces it (the old vocab.npz goes with it), refuses when the
     directory holds files that are not part of the artifact (NOTES.txt, results/), and with --force keeps them:
