@@ -15,8 +15,9 @@ import numpy as np
 from ..artifact import Manifest
 from ..errors import UserError
 from ..hardware import is_x86
+from ..imports import require
 from ..options import option
-from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe, image_graph, installed, probe_graph
+from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe, image_graph, probe_graph
 from .base import IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS, Configuration, ImageEncoding, Runtime, importable
 
 NAME = "onnxruntime"
@@ -46,20 +47,12 @@ def unsupported_reason(manifest: Manifest) -> str | None:
 
 
 def _import():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise UserError(f"onnxruntime is not installed: {install_hint()}") from None
-    return onnxruntime
+    return require("onnxruntime", EXTRA)
 
 
 def _import_onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise UserError("running an INT8 graph with U8 activations needs onnx: pip install groupvit-edge[onnxruntime] "
-                        "or pass --int8-activations s8") from None
-    return onnx
+    return require("onnx", EXTRA, what="running an INT8 graph with U8 activations",
+                   otherwise=" or pass --int8-activations s8")
 
 
 @dataclass(frozen=True)
@@ -197,7 +190,7 @@ def block_probe(manifest: Manifest, outputs, forced, options: Options) -> "Block
 
 class BlockProbe(Probe):
     def __init__(self, manifest: Manifest, outputs, forced, options):
-        self._ort = installed("onnxruntime", EXTRA)
+        self._ort = _import()
         self._options, self._providers = options, list(options.providers or ["CPUExecutionProvider"])
         self._free, self.missing = self._session(manifest, outputs)
         self._forced, _ = self._session(manifest, outputs, forced) if forced else (None, [])

@@ -25,8 +25,9 @@ import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
+from ..imports import require
 from ..options import option
-from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe, installed
+from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe
 from .base import IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS, Configuration, ImageEncoding, Runtime, importable
 
 NAME = "openvino"
@@ -57,11 +58,7 @@ def unsupported_reason(manifest: Manifest) -> str | None:
 
 
 def _import():
-    try:
-        import openvino
-    except ImportError:
-        raise UserError(f"openvino is not installed: {install_hint()}") from None
-    return openvino
+    return require("openvino", EXTRA)
 
 
 def default_cache_dir() -> Path:
@@ -325,7 +322,7 @@ def block_probe(manifest: Manifest, outputs, forced, options: Options) -> "Block
 
 class BlockProbe(Probe):
     def __init__(self, manifest: Manifest, outputs, forced, options):
-        self._ov = installed("openvino", EXTRA)
+        self._ov = _import()
         self._core = self._ov.Core()
         device = check_device(list(self._core.available_devices), options.device)
         if device.partition(":")[0] in VIRTUAL_DEVICES:
