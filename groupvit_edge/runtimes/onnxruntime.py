@@ -126,6 +126,16 @@ def unsigned_activations(model):
     return model
 
 
+def _session_options(ort, threads: int | None):
+    """Every session of this backend: all graph optimizations, `threads` CPU threads (default: one per core)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3     # errors only: warnings would break one-line CLI output
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
 class OnnxRuntime(Runtime):
     name = NAME
 
@@ -134,11 +144,7 @@ class OnnxRuntime(Runtime):
         ort = _import()
         self.manifest = manifest
         self.int8_activations = activation_form(manifest, int8_activations)
-        self._options = ort.SessionOptions()
-        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._options.log_severity_level = 3     # errors only: warnings would break one-line CLI output
-        if threads:
-            self._options.intra_op_num_threads = threads
+        self._options = _session_options(ort, threads)
         available = ort.get_available_providers()
         self.providers = list(providers or ["CPUExecutionProvider"])
         missing = [p for p in self.providers if p not in available]
@@ -203,11 +209,7 @@ class BlockProbe(Probe):
         missing = probe_graph(model, outputs, forced)
         if activation_form(manifest, self._options.int8_activations) == "u8":
             model = unsigned_activations(model)
-        settings = self._ort.SessionOptions()
-        settings.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        settings.log_severity_level = 3
-        if self._options.threads:
-            settings.intra_op_num_threads = self._options.threads
+        settings = _session_options(self._ort, self._options.threads)
         return self._ort.InferenceSession(model.SerializeToString(), settings, providers=self._providers), missing
 
     def run(self, window: np.ndarray, reference: dict | None = None) -> dict[str, np.ndarray]:
