@@ -63,8 +63,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..artifact import GraphRecord
-from ..calibration.cache import cache_root, calibration_key, changed_fields
+from ..calibration.cache import calibration_key, changed_fields
 from ..errors import UserError, ValidationFailed
+from ..files import cache_root
 from ..runtimes.tensorrt import version_parts
 from .options import option
 from .plan import Step, Target

@@ -14,7 +14,6 @@ borrows a request queue of its own.
 from __future__ import annotations
 
 import dataclasses
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
+from ..files import cache_root
 from ..imports import require
 from ..options import option
 from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe
@@ -63,8 +63,7 @@ def _import():
 
 def default_cache_dir() -> Path:
     """Compiled-model cache shared by every artifact: OpenVINO keys its entries by model, device and config."""
-    root = Path(os.environ.get("GROUPVIT_EDGE_CACHE", Path.home() / ".cache" / "groupvit-edge"))
-    return root / "openvino"
+    return cache_root() / "openvino"
 
 
 def parse_streams(value) -> int | str:
