@@ -5,6 +5,8 @@
 - `replace_directory`: a directory (an artifact, a drift report) is built in a staging sibling and swapped in by
   rename. While it runs, a lock beside the destination keeps a second writer out. Staging siblings left by a
   killed process are removed by the next writer, unless they hold files that are not ours.
+- `cache_root`: the one directory of caches shared by every artifact (calibrations, TensorRT timing caches,
+  OpenVINO compiled models).
 """
 from __future__ import annotations
 
@@ -27,6 +29,10 @@ _STAGING_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<kind>partial|old
 # What this process is writing right now, for `exit_on_signal` to remove.
 _STAGING: set[Path] = set()
 _LOCKS: set[Path] = set()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GROUPVIT_EDGE_CACHE", Path.home() / ".cache" / "groupvit-edge"))
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:

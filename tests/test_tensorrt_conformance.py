@@ -197,7 +197,7 @@ def test_plans_and_flags_with_the_real_module(real):
         assert result["missing"] == [], (choice, result)
         assert result["bits"] in (0, strong_bit), (choice, result)
     assert real["plans"]["trt-int8/auto/explicit"] == {"source": "qdq-fp16", "missing": [], "bits": strong_bit}
-    strong_fp16 = engines.parse_version(version)[:2] >= engines.STRONG_BY_DEFAULT_FROM
+    strong_fp16 = trt_runtime.version_parts(version)[:2] >= engines.STRONG_BY_DEFAULT_FROM
     assert real["plans"]["trt-fp16/auto/explicit"]["source"] == ("fp16" if strong_fp16 else "fp32")
 
 

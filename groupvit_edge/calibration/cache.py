@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
 import onnx
 
-
-def cache_root() -> Path:
-    return Path(os.environ.get("GROUPVIT_EDGE_CACHE", Path.home() / ".cache" / "groupvit-edge"))
-
+from ..files import cache_root
 
 # Bumped whenever what we do around a calibrator changes its result (e.g. keeping policy-float nodes float).
 REVISION = 2

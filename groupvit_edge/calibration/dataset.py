@@ -16,6 +16,7 @@ import numpy as np
 
 from ..artifact import Preprocess
 from ..errors import UserError
+from ..progress import progress_bar
 from ..segmentation.preprocess import IMAGE_SUFFIXES, load_image, prepare
 
 DEFAULT_HELD_OUT = 8
@@ -95,11 +96,7 @@ class CalibrationSet:
 
     def iter_windows(self, progress: bool = True) -> Iterator[np.ndarray]:
         """Every window of every calibration image, [3, H, W] float32; unreadable files are skipped, counted."""
-        iterator = self.images
-        if progress:
-            from tqdm import tqdm
-            iterator = tqdm(self.images, desc="calibration images", unit="image", leave=False, disable=None)
-        for path in iterator:
+        for path in progress_bar(self.images, progress, "calibration images"):
             try:
                 prepared = prepare(load_image(path), self.preprocess)
             except UserError:

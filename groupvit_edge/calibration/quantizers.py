@@ -18,6 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import UserError
+from ..imports import require
 from .policy import Policy
 
 METHODS = ("nncf", "minmax", "entropy", "percentile")
@@ -72,10 +73,7 @@ def _quantize_nncf(model, windows, policy: Policy, options: MethodOptions, log) 
 
 
 def _nncf():
-    try:
-        import nncf
-    except ImportError:
-        raise UserError("--calib-method nncf needs NNCF: pip install nncf (or choose --calib-method minmax)") from None
+    nncf = require("nncf", what="--calib-method nncf", package="NNCF", otherwise=" (or choose --calib-method minmax)")
     logging.getLogger("nncf").setLevel(logging.WARNING)
     return nncf
 

@@ -63,6 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..imports import require
 
 DYNAMIC_AXES = ("batch", "classes")       # the manifest's profiled axis names (image, text)
 OPERATOR_TABLE = Path(__file__).resolve().parents[1] / "exporters" / "data" / "onnx_tensorrt_10_3_operators.json"
@@ -144,11 +145,7 @@ def _supported_types(entry: dict) -> set[str]:
 
 
 def _import_onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise UserError("checking graphs for TensorRT needs onnx: pip install groupvit-edge[export]") from None
-    return onnx
+    return require("onnx", "export", what="checking graphs for TensorRT")
 
 
 class _Graph:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifact import GraphRecord
-from ..errors import UserError, ValidationFailed
+from ..errors import ValidationFailed
+from ..imports import require
 from . import precision
 from .options import option
 from .plan import Step, Target
@@ -86,11 +87,7 @@ def problems(export_plan) -> list[str]:
 
 
 def _openvino():
-    try:
-        import openvino
-    except ImportError:
-        raise UserError("the openvino targets need OpenVINO: pip install groupvit-edge[openvino]") from None
-    return openvino
+    return require("openvino", "openvino", what="the openvino targets", package="OpenVINO")
 
 
 def build(job, floats) -> ArtifactParts:

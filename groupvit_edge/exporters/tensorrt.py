@@ -63,8 +63,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..artifact import GraphRecord
-from ..calibration.cache import cache_root, calibration_key, changed_fields
+from ..calibration.cache import calibration_key, changed_fields
 from ..errors import UserError, ValidationFailed
+from ..files import cache_root
+from ..runtimes.tensorrt import version_parts
 from .options import option
 from .plan import Step, Target
 from .records import ArtifactParts, DriftCheck, PrecisionRecord, ReducedImageGraph
@@ -117,15 +119,6 @@ CALIBRATOR_API = (
 )
 
 
-def parse_version(version: str) -> tuple[int, ...]:
-    """"10.3.0" / "10.12.0.36" / "11.0.0.1" → (10, 3, 0) …; a UserError for anything else."""
-    match = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", str(version))
-    if not match:
-        raise UserError(f"cannot read the TensorRT version {version!r}: reinstall TensorRT "
-                        f"(`groupvit-edge doctor` says how on this machine)")
-    return tuple(int(part) for part in match.groups(default="0"))
-
-
 @dataclass(frozen=True)
 class BuildPlan:
     """How one engine is built: which ONNX it parses and with which network/builder flags."""
@@ -150,7 +143,10 @@ class BuildPlan:
 
 def plan_build(target: str, version: str, typing: str = "auto", int8_route: str = "explicit") -> BuildPlan:
     """The image engine's plan for `target` on TensorRT `version` (see the module table)."""
-    parsed = parse_version(version)
+    parsed = version_parts(version)
+    if len(parsed) < 2:
+        raise UserError(f"cannot read the TensorRT version {version!r}: reinstall TensorRT "
+                        f"(`groupvit-edge doctor` says how on this machine)")
     if parsed[:2] < MIN_VERSION:
         raise UserError(f"TensorRT {version} is older than {MIN_VERSION[0]}.{MIN_VERSION[1]}, the oldest this "
                         f"toolkit builds for (JetPack 6.1+; JetPack 6.0 has TensorRT 8.6): upgrade TensorRT")

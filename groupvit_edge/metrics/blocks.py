@@ -37,6 +37,7 @@ from ..artifact import Manifest
 from ..errors import UserError
 from ..model.blocks import BlockTensors, block_tensors, forward_order, is_block_name
 from ..options import check_number
+from ..progress import progress_bar
 from ..runtimes.probes import IMAGE_INPUT, image_graph
 
 SCHEMA = "groupvit-edge/blocks/1"
@@ -303,7 +304,7 @@ def per_block_divergence(reference, candidate, images=None, *, backend: str | No
         candidate_probe = stack.enter_context(backend_module(candidate_name).block_probe(
             candidate_manifest, outputs, forced, backend_options(candidate_name, options)))
         measured = [tensor for tensor in outputs if tensor not in reference_probe.missing + candidate_probe.missing]
-        windows = (window for path in _progress(paths, progress)
+        windows = (window for path in progress_bar(paths, progress, "per block")
                    for window in prepare(load_image(path), preprocess).windows)
         free, teacher_forced, count = _compare(reference_probe, candidate_probe, windows, measured)
         described = (reference_probe.description, candidate_probe.description)
@@ -357,10 +358,3 @@ def _check_comparable(reference, candidate, reference_manifest: Manifest, candid
 
 def _float_blocks(manifest: Manifest) -> list[str]:
     return [name for name in manifest.data.get("precision", {}).get("kept_float", []) if is_block_name(name)]
-
-
-def _progress(items, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-    return tqdm(items, desc="per block", unit="image", leave=False, disable=None)

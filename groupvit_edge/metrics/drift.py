@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..options import check_number
+from ..progress import progress_bar
 from ..runtimes import Runtime
 from ..runtimes import open as open_runtime
 from ..runtimes.base import ImageEncoding
@@ -384,7 +385,7 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
 
     encode_seconds = [0.0] * len(runtimes_)
     encoded: list[_Encoded] = []
-    for path in _progress(paths, progress, "encoding"):
+    for path in progress_bar(paths, progress, "encoding"):
         prepared = prepare(load_image(path), preprocess)
         encodings = []
         for index, runtime in enumerate(runtimes_):
@@ -454,13 +455,6 @@ def _describe(source, runtime: Runtime) -> dict:
     return {"source": str(getattr(source, "model_id", source)) if not isinstance(source, Runtime) else runtime.name,
             "backend": runtime.description, "target": manifest.data["precision"]["target"],
             "model_sha256": manifest.data["model"]["weights_sha256"]}
-
-
-def _progress(items, enabled: bool, description: str):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-    return tqdm(items, desc=description, unit="image", leave=False, disable=None)   # None: only on a terminal
 
 
 def _ground_truth(masks_dir, image_path: Path, class_map: ClassMap, size) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
+from ..progress import progress_bar
 from ..segmentation import Segmenter
 from ..segmentation.postprocess import BACKGROUND_THRESHOLD
 from ..segmentation.preprocess import list_images
@@ -69,11 +70,7 @@ def evaluate(source, images, masks, classes: str | ClassMap = "coco-object", *, 
     started = time.perf_counter()
     with Segmenter.open(source, class_map.foreground, backend=backend, resize=resize, resample=resample,
                         background_threshold=BACKGROUND_THRESHOLD, **runtime_options) as segmenter:
-        iterator = pairs
-        if progress:
-            from tqdm import tqdm
-            iterator = tqdm(pairs, desc="evaluating", unit="image", leave=False, disable=None)
-        for image_path, mask_path in iterator:
+        for image_path, mask_path in progress_bar(pairs, progress, "evaluating"):
             prediction = segmenter.segment(image_path).labels
             truth = class_map.convert(read_mask(mask_path))
             if truth.shape != prediction.shape:

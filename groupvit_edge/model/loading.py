@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..imports import require
 from .config import GroupViTConfig
 from .groupvit import GroupViT, init_weights
 from .nvlabs_keys import is_nvlabs_state_dict, nvlabs_to_hf
@@ -197,11 +198,8 @@ class _InertConfig:
 
 
 def _download_from_hub(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise UserError(f"loading {repo_id} from the Hub needs huggingface_hub: pip install "
-                        f"groupvit-edge[export], or pass a local checkpoint directory") from None
+    snapshot_download = require("huggingface_hub", "export", what=f"loading {repo_id} from the Hub",
+                                otherwise=", or pass a local checkpoint directory").snapshot_download
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except Exception as error:

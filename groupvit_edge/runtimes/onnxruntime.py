@@ -15,8 +15,9 @@ import numpy as np
 from ..artifact import Manifest
 from ..errors import UserError
 from ..hardware import is_x86
+from ..imports import require
 from ..options import option
-from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe, image_graph, installed, probe_graph
+from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe, image_graph, probe_graph
 from .base import IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS, Configuration, ImageEncoding, Runtime, importable
 
 NAME = "onnxruntime"
@@ -46,20 +47,12 @@ def unsupported_reason(manifest: Manifest) -> str | None:
 
 
 def _import():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise UserError(f"onnxruntime is not installed: {install_hint()}") from None
-    return onnxruntime
+    return require("onnxruntime", EXTRA)
 
 
 def _import_onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise UserError("running an INT8 graph with U8 activations needs onnx: pip install groupvit-edge[onnxruntime] "
-                        "or pass --int8-activations s8") from None
-    return onnx
+    return require("onnx", EXTRA, what="running an INT8 graph with U8 activations",
+                   otherwise=" or pass --int8-activations s8")
 
 
 @dataclass(frozen=True)
@@ -133,6 +126,16 @@ def unsigned_activations(model):
     return model
 
 
+def _session_options(ort, threads: int | None):
+    """Every session of this backend: all graph optimizations, `threads` CPU threads (default: one per core)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3     # errors only: warnings would break one-line CLI output
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
 class OnnxRuntime(Runtime):
     name = NAME
 
@@ -141,11 +144,7 @@ class OnnxRuntime(Runtime):
         ort = _import()
         self.manifest = manifest
         self.int8_activations = activation_form(manifest, int8_activations)
-        self._options = ort.SessionOptions()
-        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._options.log_severity_level = 3     # errors only: warnings would break one-line CLI output
-        if threads:
-            self._options.intra_op_num_threads = threads
+        self._options = _session_options(ort, threads)
         available = ort.get_available_providers()
         self.providers = list(providers or ["CPUExecutionProvider"])
         missing = [p for p in self.providers if p not in available]
@@ -197,7 +196,7 @@ def block_probe(manifest: Manifest, outputs, forced, options: Options) -> "Block
 
 class BlockProbe(Probe):
     def __init__(self, manifest: Manifest, outputs, forced, options):
-        self._ort = installed("onnxruntime", EXTRA)
+        self._ort = _import()
         self._options, self._providers = options, list(options.providers or ["CPUExecutionProvider"])
         self._free, self.missing = self._session(manifest, outputs)
         self._forced, _ = self._session(manifest, outputs, forced) if forced else (None, [])
@@ -210,11 +209,7 @@ class BlockProbe(Probe):
         missing = probe_graph(model, outputs, forced)
         if activation_form(manifest, self._options.int8_activations) == "u8":
             model = unsigned_activations(model)
-        settings = self._ort.SessionOptions()
-        settings.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        settings.log_severity_level = 3
-        if self._options.threads:
-            settings.intra_op_num_threads = self._options.threads
+        settings = _session_options(self._ort, self._options.threads)
         return self._ort.InferenceSession(model.SerializeToString(), settings, providers=self._providers), missing
 
     def run(self, window: np.ndarray, reference: dict | None = None) -> dict[str, np.ndarray]:

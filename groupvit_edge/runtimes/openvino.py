@@ -14,7 +14,6 @@ borrows a request queue of its own.
 from __future__ import annotations
 
 import dataclasses
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -25,8 +24,10 @@ import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
+from ..files import cache_root
+from ..imports import require
 from ..options import option
-from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe, installed
+from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe
 from .base import IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS, Configuration, ImageEncoding, Runtime, importable
 
 NAME = "openvino"
@@ -57,17 +58,12 @@ def unsupported_reason(manifest: Manifest) -> str | None:
 
 
 def _import():
-    try:
-        import openvino
-    except ImportError:
-        raise UserError(f"openvino is not installed: {install_hint()}") from None
-    return openvino
+    return require("openvino", EXTRA)
 
 
 def default_cache_dir() -> Path:
     """Compiled-model cache shared by every artifact: OpenVINO keys its entries by model, device and config."""
-    root = Path(os.environ.get("GROUPVIT_EDGE_CACHE", Path.home() / ".cache" / "groupvit-edge"))
-    return root / "openvino"
+    return cache_root() / "openvino"
 
 
 def parse_streams(value) -> int | str:
@@ -148,6 +144,29 @@ def precision_for(artifact_precision: str, capabilities: list[str], requested: s
     return "f32"
 
 
+def device_precisions(core, devices: list[str], artifact_precision: str, requested: str | None) -> dict[str, str]:
+    """`precision_for` each of the physical `devices`, asked for its capabilities."""
+    return {device: precision_for(artifact_precision, list(core.get_property(device, "OPTIMIZATION_CAPABILITIES")),
+                                  requested, device)
+            for device in devices}
+
+
+def compile_config(device: str, precisions: dict[str, str], hint: str, streams=None, threads=None) -> dict:
+    """The config every model of this backend is compiled with: the performance hint, streams and threads when
+    given, and the inference precision of each physical device (always set, see the module docstring)."""
+    config = {"PERFORMANCE_HINT": hint}
+    if streams is not None:
+        config["NUM_STREAMS"] = _count("streams", streams, allow_auto=True)
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(_count("threads", threads))
+    if device in precisions:
+        config["INFERENCE_PRECISION_HINT"] = precisions[device]
+    else:   # a virtual device forwards per-device settings only through DEVICE_PROPERTIES
+        config["DEVICE_PROPERTIES"] = {target: {"INFERENCE_PRECISION_HINT": precision}
+                                       for target, precision in precisions.items()}
+    return config
+
+
 def _count(what: str, value, allow_auto: bool = False) -> str:
     if allow_auto and str(value).upper() == "AUTO":
         return "AUTO"
@@ -187,17 +206,10 @@ class OpenVinoRuntime(Runtime):
         self._physical = physical_devices(available, self.device)
         record = manifest.graphs["image_ir"]
         self.artifact_precision = record.get("inference_precision", "f32")
-        self._precisions = {}
-        for target in self._physical:
-            capabilities = list(self._core.get_property(target, "OPTIMIZATION_CAPABILITIES"))
-            self._precisions[target] = precision_for(self.artifact_precision, capabilities, inference_precision,
-                                                     target)
-        config = {"PERFORMANCE_HINT": self.hint}
-        if streams is not None:
-            config["NUM_STREAMS"] = _count("streams", streams, allow_auto=True)
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(_count("threads", threads))
-        self._image = self._compile("image_ir", config, static_batch=True)
+        self._precisions = device_precisions(self._core, self._physical, self.artifact_precision,
+                                             inference_precision)
+        self._image = self._compile("image_ir", compile_config(self.device, self._precisions, self.hint, streams,
+                                                               threads), static_batch=True)
         self.inference_precision = self._ran_precision(self._image)
         known = IMAGE_OUTPUTS + OPTIONAL_IMAGE_OUTPUTS
         self._output_names = [name for output in self._image.outputs for name in output.get_names() if name in known]
@@ -207,11 +219,13 @@ class OpenVinoRuntime(Runtime):
         self._idle_queues: queue.SimpleQueue = queue.SimpleQueue()
         self._text = None    # built on first use: a precomputed vocabulary never needs it
         self._text_lock = threading.Lock()
-        self._text_config = {k: v for k, v in config.items() if k != "NUM_STREAMS"}
+        # The text graph runs once per vocabulary: always f32, whatever the image graph runs in.
+        self._text_config = compile_config(self.device, {target: "f32" for target in self._physical}, self.hint,
+                                           threads=threads)
 
     # ------------------------------------------------------------------------------------------- compiling
 
-    def _compile(self, graph: str, config: dict, static_batch: bool, precisions: dict | None = None):
+    def _compile(self, graph: str, config: dict, static_batch: bool):
         xml, weights = self.manifest.graph_path(graph), self.manifest.graph_path(graph, "weights")
         if not weights.is_file():
             raise UserError(f"{self.manifest.directory} is missing {weights.name} ({graph} weights) that its "
@@ -224,17 +238,9 @@ class OpenVinoRuntime(Runtime):
         if static_batch:
             preprocess = self.manifest.preprocess
             model.reshape({"pixels": [1, 3, preprocess.height, preprocess.width]})
-        config = {**config, **self._precision_config(precisions or self._precisions)}
         if self.cache_dir is not None:
-            config["CACHE_DIR"] = str(self.cache_dir)
+            config = {**config, "CACHE_DIR": str(self.cache_dir)}
         return self._core.compile_model(model, self.device, config)
-
-    def _precision_config(self, precisions: dict) -> dict:
-        if self.device in precisions:
-            return {"INFERENCE_PRECISION_HINT": precisions[self.device]}
-        # A virtual device forwards per-device settings only through DEVICE_PROPERTIES.
-        return {"DEVICE_PROPERTIES": {target: {"INFERENCE_PRECISION_HINT": precision}
-                                      for target, precision in precisions.items()}}
 
     def _ran_precision(self, compiled) -> str:
         """What the compiled model computes in, asked of the compiled model itself (not what was requested)."""
@@ -289,9 +295,7 @@ class OpenVinoRuntime(Runtime):
     def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
         with self._text_lock:
             if self._text is None:
-                # The text graph runs once per vocabulary: always f32, whatever the image graph runs in.
-                self._text = self._compile("text_ir", self._text_config, static_batch=False,
-                                           precisions={target: "f32" for target in self._physical})
+                self._text = self._compile("text_ir", self._text_config, static_batch=False)
         dtype = np.dtype(self.manifest.graphs["text_ir"]["inputs"][0]["dtype"])
         request = self._text.create_infer_request()
         request.infer({"token_ids": np.ascontiguousarray(token_ids, dtype)})
@@ -325,18 +329,16 @@ def block_probe(manifest: Manifest, outputs, forced, options: Options) -> "Block
 
 class BlockProbe(Probe):
     def __init__(self, manifest: Manifest, outputs, forced, options):
-        self._ov = installed("openvino", EXTRA)
+        self._ov = _import()
         self._core = self._ov.Core()
         device = check_device(list(self._core.available_devices), options.device)
         if device.partition(":")[0] in VIRTUAL_DEVICES:
             raise UserError(f"per-block divergence runs on one device, not {device}: choose CPU, GPU or NPU")
         record = manifest.graphs["image_ir"]
-        capabilities = list(self._core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
-        precision = precision_for(record.get("inference_precision", "f32"), capabilities,
-                                          options.inference_precision, device)
-        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-        if options.threads:
-            config["INFERENCE_NUM_THREADS"] = int(options.threads)
+        precisions = device_precisions(self._core, [device], record.get("inference_precision", "f32"),
+                                       options.inference_precision)
+        precision = precisions[device]
+        config = compile_config(device, precisions, "LATENCY", threads=options.threads)
         self._free, self.missing = self._compile(manifest, outputs, (), device, config)
         self._forced = self._compile(manifest, outputs, forced, device, config)[0] if forced else None
         self._names = [tensor for tensor in outputs if tensor not in self.missing]

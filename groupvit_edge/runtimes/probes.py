@@ -8,10 +8,8 @@ the tensors the graph does not have.
 """
 from __future__ import annotations
 
-import importlib
-
 from ..artifact import Manifest
-from ..errors import UserError
+from ..imports import require
 
 IMAGE_INPUT = "pixels"
 REFERENCE_SUFFIX = "::reference"   # a teacher-forced graph reads tensor T from the graph input T::reference
@@ -32,12 +30,7 @@ class Probe:
 
 
 def onnx_module():
-    try:
-        import onnx
-    except ImportError:
-        raise UserError("per-block divergence reads the image graph with the onnx package, which is not "
-                        "installed: pip install onnx") from None
-    return onnx
+    return require("onnx", what="reading the image graph for per-block divergence")
 
 
 def image_graph(manifest: Manifest, with_weights: bool = False):
@@ -80,10 +73,3 @@ def _declared(onnx, inferred: dict, tensor: str, name: str):
     if len(dims):
         dims[0].dim_param = "batch"
     return declared
-
-
-def installed(module: str, extra: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(f"{module} is not installed: pip install groupvit-edge[{extra}]") from None

@@ -196,21 +196,18 @@ def cuda_python_failure(error: CudaError, device: int = 0) -> str:
 
 # --------------------------------------------------------------------------------------------- pure checks
 
-def _version_parts(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in str(version).split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+def version_parts(version: str) -> tuple[int, ...]:
+    """The dotted numbers a TensorRT version starts with: "10.3.0" → (10, 3, 0), "10.12.0.36" → (10, 12, 0, 36),
+    "10.3.0rc1" → (10, 3, 0); () for a string that starts with none."""
+    match = re.match(r"\s*\d+(?:\.\d+)*", str(version))
+    return tuple(int(part) for part in match.group().split(".")) if match else ()
 
 
 def versions_match(built: str, installed: str) -> bool:
     """Same TensorRT release. The standard runtime needs major, minor, patch (and build where both have one) to
     match (DRIVE OS TensorRT release notes; "By default, TensorRT engines are compatible only with the version of
     TensorRT used to build them", 10.16 version-compatibility page); `tensorrt.__version__` has 3 or 4 parts."""
-    a, b = _version_parts(built), _version_parts(installed)
+    a, b = version_parts(built), version_parts(installed)
     common = min(len(a), len(b))
     return common >= 3 and a[:common] == b[:common]
 

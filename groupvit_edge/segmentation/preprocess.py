@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..artifact import Preprocess
 from ..errors import UserError
+from ..imports import require
 
 RESIZE_MODES = ("slide", "letterbox")
 # mmseg's test pipeline for GroupViT: img_scale=(2048, 448), keep_ratio — the long side may reach 2048/448×short.
@@ -95,10 +96,7 @@ def resize_image(image: Image.Image, size: tuple[int, int], resample: str = "pil
     if resample == "pillow":
         return np.asarray(image.resize(size, Image.BILINEAR))
     if resample == "opencv":
-        try:
-            import cv2
-        except ImportError:
-            raise UserError("--resample opencv needs OpenCV: pip install groupvit-edge[opencv]") from None
+        cv2 = require("cv2", "opencv", what="--resample opencv", package="OpenCV")
         return cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_LINEAR)
     raise UserError(f"--resample {resample!r} is unknown: use one of {', '.join(RESAMPLES)}")
 
