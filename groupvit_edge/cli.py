@@ -207,7 +207,8 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, re
     with Segmenter.open(source, labels, backend=backend, tokenizer=tokenizer, resize=resize, resample=resample,
                         background_threshold=None if no_background else BACKGROUND_THRESHOLD,
                         **_runtime_values(values)) as segmenter:
-        segmenter.check_label_image()      # any vocabulary, given or the artifact's, before a photo is encoded
+        if labels is None:                  # the artifact's vocabulary; given labels were counted above
+            segmenter.check_label_image()
         if labels is None and segmenter.manifest.vocabulary_path() is None:
             click.echo("no --labels and no vocabulary in the artifact: segmenting with the 80 COCO object classes")
         click.echo(f"{segmenter.runtime.description}; classes: {_listed(segmenter.class_names)}")

@@ -33,6 +33,14 @@ def spec_of(f: dataclasses.Field) -> OptionSpec:
     return f.metadata["option"]
 
 
+def parse_value(name: str, value, spec: OptionSpec):
+    """`value` for option `name`: text goes through the option's parse, then choices and bounds are checked."""
+    if spec.parse is not None and isinstance(value, str):
+        value = spec.parse(value)
+    check_value(name, value, spec)
+    return value
+
+
 def check_value(name: str, value, spec: OptionSpec) -> None:
     """A UserError naming the option when `value` is not one of its choices or outside its bounds."""
     if spec.choices is not None and value is not None and str(value) not in spec.choices:

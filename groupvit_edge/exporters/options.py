@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..metrics.drift import BUDGET_BOUNDS
-from ..options import OptionSpec, check_value, option, spec_of
+from ..options import OptionSpec, option, parse_value, spec_of
 
 FP16_TARGETS = ("onnx-fp16", "openvino-fp16", "trt-fp16")
 CALIBRATED_TARGETS = ("onnx-int8", "openvino-int8", "trt-int8")
@@ -166,8 +166,6 @@ class ExportOptions:
 
 
 def _parse(name: str, value, spec: OptionSpec):
-    if spec.parse is not None and (isinstance(value, str) or spec.parse in (image_size, paths, labels_list,
-                                                                            block_names)):
-        value = spec.parse(value)
-    check_value(name, value, spec)
-    return value
+    if spec.parse in (image_size, paths, labels_list, block_names) and not isinstance(value, str):
+        value = spec.parse(value)      # these also normalise what the API passes as Python values
+    return parse_value(name, value, spec)

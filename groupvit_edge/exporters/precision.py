@@ -98,14 +98,14 @@ def measure_graph_drift(job, floats, candidate_file: str, photos, budget=None, p
     """Drift of the image graph `candidate_file` against the fp32 image graph, both in ONNX Runtime, the candidate
     run as ONNX Runtime runs a graph of `precision` on this machine."""
     from ..metrics.drift import validate_candidate
-    from ..runtimes.onnxruntime import OnnxRuntime
+    from ..runtimes.onnxruntime import OnnxRuntime, activation_label
     from .onnx import onnx_record
     reference = OnnxRuntime(job.working_manifest({"image": floats.image, "text": floats.text}))
     candidate = OnnxRuntime(job.working_manifest({"image": onnx_record(job.staging, candidate_file, precision),
                                                   "text": floats.text}))
     labels = drift_labels(job.options)
     drift = validate_candidate(reference, candidate, list(photos.paths), labels=labels)
-    form = f", {candidate.int8_activations.upper()} activations" if candidate.int8_activations else ""
+    form = activation_label(candidate.int8_activations)
     return DriftCheck(f"{floats.image.file} in ONNX Runtime", f"{candidate_file} in ONNX Runtime{form}", photos,
                       labels, drift, budget)
 

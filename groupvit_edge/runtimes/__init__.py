@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..artifact import MANIFEST_NAME, read_manifest
 from ..errors import UserError
-from ..options import check_value
+from ..options import parse_value
 from .base import ImageEncoding, Runtime
 
 # Artifact backends in order of preference: the fastest one the artifact and the machine support wins.
@@ -113,16 +113,9 @@ def backend_options(name: str, options: dict, source=None):
     check_options(name, options, source)
     kind = backend_module(name).Options
     specs = {f.name: f.metadata.get("option") for f in dataclasses.fields(kind)}
-    parsed = {option: specs[option].parse(value) if _parses(specs[option], value) else value
-              for option, value in options.items()}
-    for option, value in parsed.items():
-        if specs[option] is not None:        # the reference's Options are not CLI options
-            check_value(option, value, specs[option])
-    return kind(**parsed)
-
-
-def _parses(spec, value) -> bool:
-    return spec is not None and spec.parse is not None and isinstance(value, str)
+    # The reference's Options are not CLI options: their values pass as given.
+    return kind(**{option: value if specs[option] is None else parse_value(option, value, specs[option])
+                   for option, value in options.items()})
 
 
 __all__ = ["BACKENDS", "ImageEncoding", "Runtime", "open", "available_backends", "backend_module", "backend_options",

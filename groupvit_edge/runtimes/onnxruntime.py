@@ -73,8 +73,8 @@ def configurations(manifest: Manifest) -> list[Configuration]:
     precision = manifest.graphs["image"].get("precision", "fp32")
     if precision != STATIC_INT8:
         return [Configuration(NAME, {}, f"onnxruntime, {precision} ONNX")]
-    return [Configuration(NAME, {"int8_activations": form}, f"onnxruntime, {precision} ONNX, {form.upper()} "
-                                                             f"activations") for form in ("s8", "u8")]
+    return [Configuration(NAME, {"int8_activations": form}, f"onnxruntime, {precision} ONNX{activation_label(form)}")
+            for form in ("s8", "u8")]
 
 
 def open_runtime(manifest: Manifest, options: Options) -> "OnnxRuntime":
@@ -91,6 +91,11 @@ def activation_form(manifest: Manifest, asked: str) -> str | None:
 
 def default_activation_form() -> str:
     return "u8" if is_x86() else "s8"
+
+
+def activation_label(form: str | None) -> str:
+    """", U8 activations" for a static INT8 graph's form; nothing for other graphs."""
+    return f", {form.upper()} activations" if form else ""
 
 
 def unsigned_activations(model):
@@ -153,6 +158,8 @@ class OnnxRuntime(Runtime):
                             f"{', '.join(available)}): choose one of those")
         self._ort = ort
         self._image = self._session("image")
+        wanted = IMAGE_OUTPUTS + OPTIONAL_IMAGE_OUTPUTS
+        self._image_outputs = [o.name for o in self._image.get_outputs() if o.name in wanted]
         self._text = None    # built on first use: a precomputed vocabulary never needs it
 
     def _session(self, graph: str):
@@ -167,9 +174,8 @@ class OnnxRuntime(Runtime):
                             f"re-run `groupvit-edge export`") from None
 
     def encode_image(self, pixels: np.ndarray) -> ImageEncoding:
-        names = [o.name for o in self._image.get_outputs() if o.name in IMAGE_OUTPUTS + OPTIONAL_IMAGE_OUTPUTS]
-        outputs = self._image.run(names, {"pixels": np.ascontiguousarray(pixels, np.float32)})
-        return ImageEncoding.from_outputs(dict(zip(names, outputs)))
+        outputs = self._image.run(self._image_outputs, {"pixels": np.ascontiguousarray(pixels, np.float32)})
+        return ImageEncoding.from_outputs(dict(zip(self._image_outputs, outputs)))
 
     def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
         if self._text is None:
@@ -180,9 +186,9 @@ class OnnxRuntime(Runtime):
 
     @property
     def description(self) -> str:
-        form = f", {self.int8_activations.upper()} activations" if self.int8_activations else ""
+        precision = self.manifest.graphs["image"].get("precision", "fp32")
         return f"onnxruntime {self._ort.__version__} ({', '.join(self.providers)}, " \
-               f"{self.manifest.graphs['image'].get('precision', 'fp32')} ONNX{form})"
+               f"{precision} ONNX{activation_label(self.int8_activations)})"
 
     def close(self) -> None:
         self._image = self._text = None
