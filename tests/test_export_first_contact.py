@@ -87,6 +87,13 @@ def test_problems_are_all_reported_before_any_tracing(tmp_path):
     print(f"problems reported in {seconds:.2f} s (subprocess start included)")
 
 
+def test_an_option_of_another_target_is_refused_even_at_its_default_value(tmp_path):
+    """`--seed 0` is the default, but a user who types it on an fp32 export expects it to matter: say it does not."""
+    with pytest.raises(UserError, match="seed applies to .*onnx-int8"):
+        export("random:0", tmp_path / "art", "onnx", seed=0, log=quiet)
+    assert not (tmp_path / "art").exists()
+
+
 def test_tensorrt_is_refused_before_any_tracing(tmp_path):
     import importlib.util
     if importlib.util.find_spec("tensorrt") is not None:

@@ -712,6 +712,31 @@ def fake_trt_fp16(tmp_path_factory, random_checkpoint, bpe_path):
                                     random_checkpoint, bpe_path)
 
 
+@pytest.mark.parametrize("version, target, expected", [
+    ("10.3.0", "trt-fp16", ["trace", "validate", "readiness", "engines", "drift"]),
+    ("11.4.0.106", "trt-fp16", ["trace", "validate", "fp16", "drift", "readiness", "engines", "drift"]),
+    ("11.4.0.106", "trt-int8", ["trace", "validate", "calibrate", "drift", "fp16-float", "drift", "readiness",
+                                "engines", "drift"]),
+    (None, "trt-int8", ["trace", "validate", "reduce", "readiness", "engines", "drift"]),
+])
+def test_the_plan_lists_the_steps_the_installed_tensorrt_builds(monkeypatch, version, target, expected):
+    """The printed and recorded plan is the work `build` does: which graph the engines parse depends on the
+    installed TensorRT's build plan."""
+    from groupvit_edge.exporters.options import ExportOptions
+    from groupvit_edge.exporters.plan import backend_option_groups, plan
+
+    def installed():
+        if version is None:
+            raise UserError("TensorRT is not installed")
+        return SimpleNamespace(__version__=version)
+    monkeypatch.setattr(trt_runtime, "import_tensorrt", installed)
+    planned = plan("random:0", target, "out", ExportOptions.from_values(backend_option_groups()))
+    assert [step.name for step in planned.steps] == expected
+    engines_step = next(step for step in planned.steps if step.name == "engines")
+    if version is not None:
+        assert engines.plan_build(target, version).describe() in engines_step.does
+
+
 def _declared(plan) -> tuple[str, ...]:
     return engines.required_api(plan) + engines.required_api(engines.text_plan(plan)) + trt_runtime.RUNTIME_API
 

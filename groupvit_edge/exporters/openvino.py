@@ -17,6 +17,7 @@ the fp32 ONNX image graph in ONNX Runtime is measured on held-out photos, in Ope
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from ..imports import require
 from . import precision
 from .options import option
 from .plan import Step, Target
-from .records import ArtifactParts, DriftCheck, PrecisionRecord
+from .records import ArtifactParts, CalibrationRecord, DriftCheck, PrecisionRecord
 
 TARGETS = (
     Target("openvino-fp32", "openvino", "openvino", "OpenVINO IR, fp32", packages=("openvino",)),
@@ -104,7 +105,7 @@ def build(job, floats) -> ArtifactParts:
 def _fp32(job, floats) -> ArtifactParts:
     from ..metrics.drift import FP32_TOLERANCE
     parts = _float_ir(job, floats, "fp32", "f32", job.validation, FP32_TOLERANCE,
-                      PrecisionRecord("fp32", ["*"], details={"inference_precision": "f32"}))
+                      PrecisionRecord("fp32", ["*"], inference_precision="f32"))
     failures = parts.checks["drift_vs_fp32"].failures
     if failures:
         raise ValidationFailed(f"the OpenVINO fp32 IR disagrees with the fp32 ONNX graph ({'; '.join(failures)}); "
@@ -118,7 +119,7 @@ def _fp16(job, floats) -> ArtifactParts:
     # in f16; a CPU without FP16 arithmetic computes everything in f32 on the fp16-rounded weights.
     return _float_ir(job, floats, "fp16", "f16", job.drift_photos(), None,
                      PrecisionRecord("fp16", ["text graph", "OpenVINO precision-sensitive subgraphs under f16"],
-                                     details={"inference_precision": "f16", "weights": "fp16"}))
+                                     inference_precision="f16", weights="fp16"))
 
 
 def _bf16(job, floats) -> ArtifactParts:
@@ -126,7 +127,7 @@ def _bf16(job, floats) -> ArtifactParts:
     and the drift is what this CPU computes in bf16, measured like the other reduced precisions."""
     return _float_ir(job, floats, "fp32", "bf16", job.drift_photos(), None,
                      PrecisionRecord("bf16", ["text graph", "OpenVINO precision-sensitive subgraphs under bf16"],
-                                     details={"inference_precision": "bf16", "weights": "fp32"}))
+                                     inference_precision="bf16", weights="fp32"))
 
 
 def _float_ir(job, floats, weights: str, inference_precision: str, photos, budget,
@@ -155,8 +156,8 @@ def _int8_qdq(job, floats) -> ArtifactParts:
           "text_ir": write_ir(job, "text", job.staging / floats.text.file, "fp32", "f32", floats.text)}
     graphs = {"image": reduced.graph, "text": floats.text, **ir}
     check, text_difference = _check_ir(job, floats, graphs, job.drift_photos(), reduced.check.budget)
-    reduced.precision.details.update(route="qdq", inference_precision="f32")
-    return ArtifactParts(graphs, reduced.precision,
+    record = dataclasses.replace(reduced.precision, route="qdq", inference_precision="f32")
+    return ArtifactParts(graphs, record,
                          {"drift_vs_fp32": check, "drift_vs_fp32_onnxruntime": reduced.check},
                          reduced.calibration, reduced.search, figures={"text_ir_max_abs_diff": text_difference})
 
@@ -190,8 +191,8 @@ def _int8_nncf_ir(job, floats) -> ArtifactParts:
                  "projection head after ReLU", "L2 normalisation",
                  "image.onnx (fp32, what ONNX Runtime runs from this artifact)"],
         kept_float, fake_quantized_nodes(quantized),
-        {"method": method, "route": "nncf-ir", "attention_products": "int8", "inference_precision": "f32"})
-    calibration_record = {**calibration.summary(), **method, "reused_cache": reused, "seconds": round(seconds, 1)}
+        method=method, route="nncf-ir", attention_products="int8", inference_precision="f32")
+    calibration_record = CalibrationRecord(calibration, method, reused, seconds)
     return ArtifactParts(graphs, record, {"drift_vs_fp32": check}, calibration_record,
                          figures={"text_ir_max_abs_diff": text_difference})
 
@@ -292,7 +293,7 @@ def _check_ir(job, floats, graphs: dict, photos, budget=None) -> tuple[DriftChec
     labels = precision.drift_labels(job.options)
     drift = validate_candidate(reference, candidate, list(photos.paths), labels=labels)
     check = DriftCheck(f"{floats.image.file} in {reference.description}", candidate.description, photos, labels,
-                       drift, budget, {"inference_precision": candidate.inference_precision})
+                       drift, budget, inference_precision=candidate.inference_precision)
     candidate.close()
     job.log(f"  {check.line()}")
     return check, text_difference

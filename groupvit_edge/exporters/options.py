@@ -135,6 +135,7 @@ class ExportOptions:
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     budget: BudgetOptions = field(default_factory=BudgetOptions)
     backends: dict = field(default_factory=dict)     # backend name → its options dataclass instance
+    named: frozenset[str] = frozenset()              # the options the caller gave, even at their default value
 
     @classmethod
     def from_values(cls, backend_groups: dict[str, type], **values) -> "ExportOptions":
@@ -153,14 +154,15 @@ class ExportOptions:
             spec = spec_of(next(f for f in dataclasses.fields(groups[owner[name]]) if f.name == name))
             parsed[owner[name]][name] = _parse(name, value, spec)
         return cls(**{group: groups[group](**parsed[group]) for group in GROUPS},
-                   backends={name: kind(**parsed[name]) for name, kind in backend_groups.items()})
+                   backends={name: kind(**parsed[name]) for name, kind in backend_groups.items()},
+                   named=frozenset(name for group in parsed.values() for name in group))
 
     def given(self) -> list[tuple[str, OptionSpec]]:
-        """(name, spec) of every option whose value differs from its default."""
+        """(name, spec) of every option the caller named or whose value differs from its default."""
         found = []
         for group in (self.common, self.calibration, self.budget, *self.backends.values()):
             for f in dataclasses.fields(group):
-                if getattr(group, f.name) != f.default:
+                if f.name in self.named or getattr(group, f.name) != f.default:
                     found.append((f.name, spec_of(f)))
         return found
 

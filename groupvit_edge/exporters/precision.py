@@ -13,7 +13,7 @@ import time
 import warnings
 
 from .plan import Step, Target
-from .records import ArtifactParts, DriftCheck, PrecisionRecord, ReducedImageGraph
+from .records import ArtifactParts, CalibrationRecord, DriftCheck, PrecisionRecord, ReducedImageGraph
 
 TARGETS = (
     Target("onnx", "precision", "onnxruntime", "fp32 image + text graphs"),
@@ -179,14 +179,11 @@ def to_int8(job, floats) -> ReducedImageGraph:
     form = qdq_form(quantized)
     if not form["symmetric_int8"]:
         raise RuntimeError(f"the quantizer produced a non-symmetric QDQ graph: {form}")
-    details = {"method": method.to_dict(), "qdq": form,
-               "attention_products": "int8" if options.int8_attention else "float",
-               **({"keep_float": asked_float} if asked_float else {})}
     record = PrecisionRecord("int8", int8_kept_float(options.int8_attention) + asked_float + kept_blocks,
-                             policy.assignment,
-                             quantized_nodes(quantized), details)
-    calibration_record = {**calibration.summary(), **method.to_dict(), "reused_cache": reused,
-                          "seconds": round(calibration_seconds, 1)}
+                             policy.assignment, quantized_nodes(quantized), method=method.to_dict(), qdq=form,
+                             attention_products="int8" if options.int8_attention else "float",
+                             keep_float=asked_float)
+    calibration_record = CalibrationRecord(calibration, method.to_dict(), reused, calibration_seconds)
     return ReducedImageGraph(onnx_record(job.staging, INT8_FILE, "int8"), record, check, calibration_record, search)
 
 
@@ -222,5 +219,5 @@ def to_int8_dynamic(job, floats) -> ReducedImageGraph:
     check = measure_graph_drift(job, floats, DYNAMIC_FILE, job.drift_photos())
     job.log(f"  {check.line()}")
     record = PrecisionRecord("int8-dynamic", INT8_KEPT_FLOAT, policy.assignment, dynamic_quantized_nodes(quantized),
-                             {"backends": ["onnxruntime"], "weight_bits": bits})
+                             weight_bits=bits, backends=["onnxruntime"])
     return ReducedImageGraph(onnx_record(job.staging, DYNAMIC_FILE, "int8-dynamic"), record, check)

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..artifact import GraphRecord
-from ..calibration.dataset import PhotoSet
+from ..calibration.dataset import CalibrationSet, PhotoSet
 from ..metrics.drift import CandidateDrift, DriftBudget
 
 
@@ -18,7 +18,7 @@ class DriftCheck:
     vocabulary: str
     drift: CandidateDrift
     budget: DriftBudget | None = None
-    details: dict = field(default_factory=dict)    # what the candidate ran as, e.g. its inference precision
+    inference_precision: str | None = None         # what OpenVINO computed the candidate in, where it chooses
 
     @property
     def failures(self) -> list[str]:
@@ -40,21 +40,50 @@ class DriftCheck:
                 "photos": self.photos.source, "vocabulary": self.vocabulary, "class_level": class_level,
                 "model_level": drift["model_level"],
                 "budget": self.budget.describe() if self.budget is not None else None, "failures": self.failures,
-                **self.details}
+                **({"inference_precision": self.inference_precision} if self.inference_precision else {})}
 
 
 @dataclass
 class PrecisionRecord:
-    """What computes in which precision: the manifest's `precision` section (its target is added at assembly)."""
-    compute: str                                   # fp32 | fp16 | int8 | int8-dynamic
+    """What computes in which precision: the manifest's `precision` section (its target is added at assembly).
+    The fields after `quantized_nodes` describe how a reduced graph was made or runs; unset ones are left out."""
+    compute: str                                   # fp32 | fp16 | bf16 | int8 | int8-dynamic
     kept_float: list[str]
     kept_float_nodes: list[str] = field(default_factory=list)
     quantized_nodes: list[str] | str = field(default_factory=list)
-    details: dict = field(default_factory=dict)    # method, QDQ form, route, inference precision, …
+    method: dict | None = None                     # the quantizer and its settings, as its calibration recorded them
+    weight_bits: int | None = None
+    qdq: dict | None = None                        # calibration.quantizers.qdq_form of the QDQ graph
+    attention_products: str | None = None          # int8 | float
+    keep_float: list[str] = field(default_factory=list)     # blocks the user asked to keep in float
+    route: str | None = None                       # openvino-int8: qdq | nncf-ir
+    inference_precision: str | None = None         # what OpenVINO computes the rest in: f32 | f16 | bf16
+    weights: str | None = None                     # the IR's weight precision
+    float_part: str | None = None                  # trt-int8: the QDQ graph's float part
+    float32_kept: list[str] = field(default_factory=list)   # ops kept in float32 inside an FP16 float part
+    backends: list[str] = field(default_factory=list)       # the only backends that run this graph fast
+    engines: dict[str, str] | None = None          # TensorRT: each engine's typing, by role
 
     def to_dict(self, target: str) -> dict:
-        return {"target": target, "compute": self.compute, "kept_float": self.kept_float,
-                "kept_float_nodes": self.kept_float_nodes, "quantized_nodes": self.quantized_nodes, **self.details}
+        always = ("compute", "kept_float", "kept_float_nodes", "quantized_nodes")
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        return {"target": target, **{name: value for name, value in values.items()
+                                     if name in always or value not in (None, [])}}
+
+
+@dataclass
+class CalibrationRecord:
+    """How INT8 scales were calibrated: the manifest's `calibration` section."""
+    photos: CalibrationSet
+    method: dict                                   # the quantizer and its settings
+    reused_cache: bool
+    seconds: float | None = None
+    cache: str | None = None                       # TensorRT: the calibration cache's directory
+
+    def to_dict(self) -> dict:
+        return {**self.photos.summary(), **self.method, "reused_cache": self.reused_cache,
+                **({"seconds": round(self.seconds, 1)} if self.seconds is not None else {}),
+                **({"cache": self.cache} if self.cache is not None else {})}
 
 
 @dataclass
@@ -107,7 +136,7 @@ class ReducedImageGraph:
     graph: GraphRecord
     precision: PrecisionRecord
     check: DriftCheck
-    calibration: dict | None = None
+    calibration: CalibrationRecord | None = None
     search: BudgetSearch | None = None
 
 
@@ -126,7 +155,7 @@ class ArtifactParts:
     graphs: dict[str, GraphRecord]                 # by role: image, text, image_ir, text_ir
     precision: PrecisionRecord
     checks: dict[str, DriftCheck] = field(default_factory=dict)
-    calibration: dict | None = None
+    calibration: CalibrationRecord | None = None
     search: BudgetSearch | None = None
     engines: dict[str, GraphRecord] = field(default_factory=dict)
     sections: dict[str, dict] = field(default_factory=dict)     # backend sections, e.g. "tensorrt"

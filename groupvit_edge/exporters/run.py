@@ -119,7 +119,7 @@ def _assemble_manifest(job: ExportJob, floats: FloatGraphs, parts: ArtifactParts
     if parts.engines:
         data["engines"] = {role: record.to_dict(job.staging) for role, record in parts.engines.items()}
     data["precision"] = parts.precision.to_dict(job.plan.target.name)
-    data["calibration"] = parts.calibration
+    data["calibration"] = parts.calibration.to_dict() if parts.calibration is not None else None
     data["tokenizer"] = _copy_tokenizer(job.tokenizer, job.staging / TOKENIZER_DIR)
     vocabulary = _write_vocabulary(job)
     if vocabulary is not None:

@@ -69,7 +69,7 @@ from ..files import cache_root
 from ..runtimes.tensorrt import version_parts
 from .options import option
 from .plan import Step, Target
-from .records import ArtifactParts, DriftCheck, PrecisionRecord, ReducedImageGraph
+from .records import ArtifactParts, CalibrationRecord, DriftCheck, PrecisionRecord, ReducedImageGraph
 
 MIN_VERSION = (10, 3)                # JetPack 6.1/6.2; the parser table of checks.tensorrt is 10.3's
 STRONG_BY_DEFAULT_FROM = (10, 12)    # weak typing deprecated in 10.12 (release notes)
@@ -366,9 +366,8 @@ def to_int8_fp16(job, floats, int8: ReducedImageGraph) -> ReducedImageGraph:
     onnx.save(half, str(job.staging / INT8_FP16_FILE))
     check = precision.measure_graph_drift(job, floats, INT8_FP16_FILE, job.drift_photos(), int8.check.budget)
     job.log(f"  {check.line()}")
-    details = {**int8.precision.details, "float_part": "fp16",
-               "float32_kept": FP16_KEEP_FLOAT_OPS + ["grouping assignment"]}
-    record = dataclasses.replace(int8.precision, details=details)
+    record = dataclasses.replace(int8.precision, float_part="fp16",
+                                 float32_kept=FP16_KEEP_FLOAT_OPS + ["grouping assignment"])
     graph = onnx_record(job.staging, INT8_FP16_FILE, "int8")
     graph = dataclasses.replace(graph, extra={**graph.extra, "opset": QDQ_FP16_OPSET})
     return ReducedImageGraph(graph, record, check, int8.calibration, int8.search)
@@ -498,12 +497,44 @@ class TensorRTOptions:
 OPTIONS = TensorRTOptions
 
 
-def steps(target: Target, options) -> list:
+def steps(target: Target, options) -> list[Step]:
+    """What `build` runs. The installed TensorRT's build plan decides which image graph the engines parse; without
+    TensorRT (which the plan check refuses) the list says so instead."""
     from . import precision
-    return precision.base_steps() + [
+    plan = _installed_plan(target.name, options.backends["tensorrt"])
+    if plan is None:
+        reduce = [Step("reduce", "make the image graph the installed TensorRT parses (fp32, FP16 or INT8 QDQ)")]
+        engines = "build engines (the installed TensorRT decides typing and the graph they parse)"
+    else:
+        reduce = _reduce_steps(plan, options)
+        engines = f"build engines: {plan.describe()}"
+    return precision.base_steps() + reduce + [
         Step("readiness", "check the ONNX against the TensorRT parser's rules"),
-        Step("engines", "build engines (the installed TensorRT decides typing and the graph they parse)"),
-        Step("drift", "measure the engines against fp32")]
+        Step("engines", engines),
+        Step("drift", "measure the image engine against fp32")]
+
+
+def _installed_plan(target: str, options) -> BuildPlan | None:
+    from ..runtimes.tensorrt import import_tensorrt
+    try:
+        return plan_build(target, import_tensorrt().__version__, options.tensorrt_typing, options.int8_route)
+    except UserError:
+        return None
+
+
+def _reduce_steps(plan: BuildPlan, options) -> list[Step]:
+    from . import precision
+    if plan.source == "fp16":
+        return precision.reduce_steps("onnx-fp16", options)
+    if plan.source == "qdq":
+        return precision.reduce_steps("onnx-int8", options)
+    if plan.source == "qdq-fp16":
+        return precision.reduce_steps("onnx-int8", options) + [
+            Step("fp16-float", "convert the QDQ graph's float part to FP16"),
+            Step("drift", "measure drift vs fp32")]
+    if plan.calibrator:
+        return [Step("calibrate", "calibrate INT8 in TensorRT (IInt8EntropyCalibrator2) while building")]
+    return []
 
 
 def problems(export_plan) -> list[str]:
@@ -719,19 +750,18 @@ def _precision(job, plan: BuildPlan, reduced, graphs: dict, calibration):
     """The precision record and calibration record of the engines' build."""
     engines_typing = {"image": plan.typing, "text": text_plan(plan).typing}
     if reduced is not None:      # built from the FP16 or QDQ graph: that step's own record
-        reduced.precision.details["engines"] = engines_typing
-        return reduced.precision, reduced.calibration
+        return dataclasses.replace(reduced.precision, engines=engines_typing), reduced.calibration
     if plan.calibrator:
         calibration_set, cache = calibration
         record = PrecisionRecord("int8", ["LayerNormalization", "Softmax", "grouping assignment"],
                                  quantized_nodes="chosen by TensorRT (implicit calibration)",
-                                 details={"engines": engines_typing})
-        return record, {**calibration_set.summary(), "method": "tensorrt-entropy2", "batch": CALIBRATION_BATCH,
-                        "cache": str(cache.directory), "reused_cache": cache.reused}
+                                 engines=engines_typing)
+        return record, CalibrationRecord(calibration_set, {"method": "tensorrt-entropy2", "batch": CALIBRATION_BATCH},
+                                         cache.reused, cache=str(cache.directory))
     from ..calibration.policy import FP16_KEEP_FLOAT_OPS
     kept = kept_float_nodes(job.staging / graphs["image"].file)
     return PrecisionRecord("fp16", FP16_KEEP_FLOAT_OPS + ["grouping assignment"], sorted(kept),
-                           details={"engines": engines_typing}), None
+                           engines=engines_typing), None
 
 
 def _check_engines(job, floats, graphs, engines, section, compute: str, photos, budget):
