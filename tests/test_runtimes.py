@@ -92,3 +92,32 @@ def test_running_an_artifact_needs_no_torch(onnx_artifact, coco_images):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok onnxruntime"
+
+
+def test_a_session_that_does_not_load_gets_the_fix_for_its_cause():
+    """ONNX Runtime's own errors: a newer opset asks for a newer onnxruntime, a provider that cannot start names
+    the provider, and only a file ONNX Runtime cannot parse asks for a re-export."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from groupvit_edge.runtimes.onnxruntime import load_advice
+
+    def first_error_line(model_bytes: bytes) -> str:
+        with pytest.raises(Exception) as raised:
+            ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        return str(raised.value).splitlines()[0]
+
+    relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    future = helper.make_model(relu, opset_imports=[helper.make_opsetid("", 40)])
+    future.ir_version = 10
+    assert "upgrade onnxruntime" in load_advice(first_error_line(future.SerializeToString()),
+                                                ["CPUExecutionProvider"])
+    garbage = first_error_line(b"not a graph")
+    assert "re-run `groupvit-edge export`" in load_advice(garbage, ["CPUExecutionProvider"])
+    with_cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert "re-run `groupvit-edge export`" in load_advice(garbage, with_cuda)
+    # The first line ORT 1.x prints when its CUDA provider meets an older driver (no GPU here to make it happen).
+    driver = ("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 35: CUDA driver version is insufficient for CUDA "
+              "runtime version ; GPU=0 ; hostname=jetson ; expr=cudaSetDevice(info_.device_id);")
+    assert "CUDAExecutionProvider could not start" in load_advice(driver, with_cuda)

@@ -141,6 +141,19 @@ def _session_options(ort, threads: int | None):
     return options
 
 
+def load_advice(error: str, providers: list[str]) -> str:
+    """The fix for a session that did not load: the checksums were verified on open, so a damaged file is rare;
+    a newer opset or an execution provider that cannot start are the usual causes."""
+    lowered = error.lower()
+    if "opset" in lowered or "not implemented" in lowered or "unsupported" in lowered:
+        return "upgrade onnxruntime (`pip install -U onnxruntime`), or re-export with the onnxruntime you deploy"
+    accelerated = [provider for provider in providers if provider != "CPUExecutionProvider"]
+    if accelerated and any(word in lowered for word in ("cuda", "cudnn", "cublas", "tensorrt", "provider")):
+        return (f"{accelerated[0]} could not start here: check that its CUDA/driver libraries match the "
+                f"onnxruntime build, or run with providers=['CPUExecutionProvider']")
+    return "re-run `groupvit-edge export` to rebuild the artifact"
+
+
 class OnnxRuntime(Runtime):
     name = NAME
 
@@ -170,8 +183,9 @@ class OnnxRuntime(Runtime):
         try:
             return self._ort.InferenceSession(source, self._options, providers=self.providers)
         except Exception as error:  # ORT raises its own Fail/InvalidGraph types
-            raise UserError(f"ONNX Runtime cannot load {path} ({str(error).splitlines()[0]}); "
-                            f"re-run `groupvit-edge export`") from None
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"ONNX Runtime {self._ort.__version__} cannot load {path} ({first_line}): "
+                            f"{load_advice(first_line, self.providers)}") from None
 
     def encode_image(self, pixels: np.ndarray) -> ImageEncoding:
         outputs = self._image.run(self._image_outputs, {"pixels": np.ascontiguousarray(pixels, np.float32)})
