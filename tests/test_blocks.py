@@ -218,15 +218,15 @@ def test_tensorrt_probe_engines_on_the_recording_fakes(fp32_artifact, int8_artif
     import tensorrt_harness as harness
     from tensorrt_harness.fake import FakeDeviceMemory, TensorRTWorld, fake_tensorrt
     from groupvit_edge.artifact import Manifest, read_manifest
-    from groupvit_edge.exporters import tensorrt as engines
     from groupvit_edge.runtimes import backend_options
     from groupvit_edge.runtimes import onnxruntime as ort_runtime
     from groupvit_edge.runtimes import tensorrt as trt_runtime
+    from groupvit_edge.runtimes import tensorrt_build as trt_build
     from groupvit_edge.segmentation.preprocess import load_image, prepare
     harness.fetch_or_skip("10.3")
     trt = fake_tensorrt(harness.api_snapshot("10.3"), world := TensorRTWorld())
     int8 = read_manifest(int8_artifact)
-    plan = engines.plan_build("trt-int8", "10.3.0", "weak", "explicit")   # QDQ graph, policy layers pinned
+    plan = trt_build.plan_build("trt-int8", "10.3.0", "weak", "explicit")   # QDQ graph, policy layers pinned
     image = int8.graphs["image"]
     manifest = Manifest({**int8.data, "engines": {"image": {**image, "source": image["file"],
                                                             "plan": plan.to_manifest()}}}, int8.directory)
@@ -244,7 +244,7 @@ def test_tensorrt_probe_engines_on_the_recording_fakes(fp32_artifact, int8_artif
         forced_run = engine_probe.run(window, free)
         assert all(np.allclose(forced_run[t], ort_probe.run(window, free)[t], atol=1e-5) for t in outputs)
     assert trt.recorder.unchecked() == []
-    assert trt.recorder.uncovered(engines.required_api(plan) + trt_runtime.RUNTIME_API) == []
+    assert trt.recorder.uncovered(trt_build.required_api(plan) + trt_runtime.RUNTIME_API) == []
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from groupvit_edge.exporters import export
 from groupvit_edge.exporters import tensorrt as engines
 from groupvit_edge.exporters.plan import readiness_report
 from groupvit_edge.runtimes import tensorrt as trt_runtime
+from groupvit_edge.runtimes import tensorrt_build as trt_build
 
 from conftest import CALIB_IMAGES, EVAL_IMAGES, record_file
 import tensorrt_harness as harness
@@ -381,7 +382,7 @@ def test_check_refuses_a_non_tensorrt_target(tmp_path):
     ("11.4.1", "strong", "fp16", (), False),
 ])
 def test_fp16_plan_per_version(version, typing, source, builder_flags, pinned):
-    plan = engines.plan_build("trt-fp16", version)
+    plan = trt_build.plan_build("trt-fp16", version)
     assert (plan.typing, plan.source, plan.builder_flags, plan.pin_float32) == (typing, source, builder_flags, pinned)
     assert plan.network_flags == (("STRONGLY_TYPED",) if typing == "strong" else ())
     assert not plan.calibrator
@@ -391,16 +392,16 @@ def test_int8_plans_and_refusals():
     """Strongly typed INT8 parses the QDQ graph whose float part is FP16, on every version, so trt-int8 never runs
     slower than trt-fp16; a weakly typed QDQ build (INT8 + FP16 flags) is a choice on 10.x, not a refusal."""
     for version in ("10.3.0", "10.11.0.33", "10.16.1.11", "11.4.0.106"):
-        explicit = engines.plan_build("trt-int8", version)
+        explicit = trt_build.plan_build("trt-int8", version)
         assert (explicit.typing, explicit.source, explicit.builder_flags) == ("strong", "qdq-fp16", ())
         assert explicit.network_flags == ("STRONGLY_TYPED",) and not explicit.pin_float32
-    weak = engines.plan_build("trt-int8", "10.3.0", "weak")
+    weak = trt_build.plan_build("trt-int8", "10.3.0", "weak")
     assert (weak.typing, weak.source, weak.network_flags) == ("weak", "qdq", ())
     assert weak.builder_flags == ("INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS") and weak.pin_float32
-    implicit = engines.plan_build("trt-int8", "10.3.0", int8_route="implicit")
+    implicit = trt_build.plan_build("trt-int8", "10.3.0", int8_route="implicit")
     assert (implicit.typing, implicit.source, implicit.calibrator, implicit.pin_float32) == ("weak", "fp32", True, True)
     assert implicit.builder_flags == ("INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS")
-    assert engines.plan_build("trt-fp16", "10.3.0", "strong").source == "fp16"        # strong also on 10.3
+    assert trt_build.plan_build("trt-fp16", "10.3.0", "strong").source == "fp16"        # strong also on 10.3
     for kwargs, message in [
         (dict(target="trt-int8", version="11.0.0.1", int8_route="implicit"), "removed implicit INT8 calibration"),
         (dict(target="trt-fp16", version="11.0.0.1", typing="weak"), "removed weak typing"),
@@ -413,24 +414,24 @@ def test_int8_plans_and_refusals():
         (dict(target="onnx", version="10.3.0"), "not a TensorRT target"),
     ]:
         with pytest.raises(UserError, match=message):
-            engines.plan_build(**kwargs)
-    assert engines.text_plan(implicit).builder_flags == () and engines.text_plan(implicit).typing == "strong"
+            trt_build.plan_build(**kwargs)
+    assert trt_build.text_plan(implicit).builder_flags == () and trt_build.text_plan(implicit).typing == "strong"
 
 
 def test_required_api_follows_the_plan():
     """What `missing_api` checks before tracing: the members each plan's build touches (the conformance tests
     check these names against the real bindings and record that a build touches nothing else)."""
-    strong = engines.required_api(engines.plan_build("trt-int8", "11.4.0.106"))
+    strong = trt_build.required_api(trt_build.plan_build("trt-int8", "11.4.0.106"))
     assert "NetworkDefinitionCreationFlag.STRONGLY_TYPED" in strong
     assert not any(name.startswith(("BuilderFlag.", "ILayer.precision", "IInt8")) for name in strong)
-    weak = engines.required_api(engines.plan_build("trt-fp16", "10.3.0"))
+    weak = trt_build.required_api(trt_build.plan_build("trt-fp16", "10.3.0"))
     assert {"BuilderFlag.FP16", "ILayer.metadata", "ILayer.precision=", "ILayer.set_output_type()"} <= set(weak)
-    implicit = engines.required_api(engines.plan_build("trt-int8", "10.3.0", int8_route="implicit"))
+    implicit = trt_build.required_api(trt_build.plan_build("trt-int8", "10.3.0", int8_route="implicit"))
     assert {"IInt8EntropyCalibrator2()", "IBuilderConfig.set_calibration_profile()"} <= set(implicit)
     # A read-only property where the code assigns is as missing as an absent one.
     holder = SimpleNamespace(ITensor=type("ITensor", (), {"dtype": property(lambda self: 0)}))
-    assert engines.missing_api(["ITensor.dtype", "ITensor.dtype=", "ITensor.name"], holder) == ["ITensor.dtype",
-                                                                                               "ITensor.name"]
+    assert trt_build.missing_api(["ITensor.dtype", "ITensor.dtype=", "ITensor.name"], holder) == [
+        "ITensor.dtype", "ITensor.name"]
 
 
 # ----------------------------------------------------------------------------------------------- profiles
@@ -438,15 +439,15 @@ def test_required_api_follows_the_plan():
 def test_profiles_from_options():
     options = engines.TensorRTOptions()
     defaults = engines.batch_profiles(options)
-    assert defaults["image"] == engines.BatchProfile(*engines.IMAGE_PROFILE)
-    assert defaults["text"] == engines.BatchProfile(*engines.TEXT_PROFILE)
+    assert defaults["image"] == trt_build.BatchProfile(*engines.IMAGE_PROFILE)
+    assert defaults["text"] == trt_build.BatchProfile(*engines.TEXT_PROFILE)
     chosen = engines.batch_profiles(engines.TensorRTOptions(batch_min=2, batch_opt=4, batch_max=16, classes_max=512))
     assert chosen["image"].shapes(["batch", 3, 448, 448]) == ((2, 3, 448, 448), (4, 3, 448, 448), (16, 3, 448, 448))
     assert chosen["text"].shapes(["classes", 77]) == ((1, 77), (64, 77), (512, 77))
     with pytest.raises(UserError, match="1 ≤ min ≤ opt ≤ max"):
-        engines.BatchProfile(4, 2, 8)
+        trt_build.BatchProfile(4, 2, 8)
     with pytest.raises(UserError, match="1 ≤ min ≤ opt ≤ max"):
-        engines.BatchProfile(0, 1, 1)
+        trt_build.BatchProfile(0, 1, 1)
     with pytest.raises(UserError, match="profiled on axis 0 only"):
         chosen["image"].shapes(["batch", 3, "height", 448])
 
@@ -462,24 +463,24 @@ def test_runtime_chunks_calls_beyond_the_profile():
 def test_layers_map_back_to_onnx_nodes_through_their_metadata():
     """A layer's ONNX node comes from its metadata: onnx-tensorrt writes "[ONNX Layer: <node>]" into every layer it
     makes for a node, while layer names are not evidence (its `_N` counter is global)."""
-    assert engines.node_of_layer("[ONNX Layer: /a/MatMul]") == "/a/MatMul"
-    assert engines.node_of_layer("[ONNX Layer: /a/MatMul_1]") == "/a/MatMul_1"
-    assert engines.node_of_layer("[ONNX Layer: /f/Add | Local Function: gelu]") == "/f/Add"
-    assert engines.node_of_layer("") is None and engines.node_of_layer("ONNXTRT_Broadcast") is None
+    assert trt_build.node_of_layer("[ONNX Layer: /a/MatMul]") == "/a/MatMul"
+    assert trt_build.node_of_layer("[ONNX Layer: /a/MatMul_1]") == "/a/MatMul_1"
+    assert trt_build.node_of_layer("[ONNX Layer: /f/Add | Local Function: gelu]") == "/f/Add"
+    assert trt_build.node_of_layer("") is None and trt_build.node_of_layer("ONNXTRT_Broadcast") is None
 
 
 def test_float32_pins_follow_the_policy():
     layers = [
-        engines.LayerInfo(0, "/ln/LayerNormalization", "NORMALIZATION", ("FLOAT", "FLOAT"), ("FLOAT",)),
-        engines.LayerInfo(1, "/attn/Softmax", "SOFTMAX", ("FLOAT",), ("FLOAT",)),
-        engines.LayerInfo(2, "/assign/Equal", "ELEMENTWISE", ("FLOAT", "FLOAT"), ("BOOL",)),
-        engines.LayerInfo(3, "/assign/Equal", "SHAPE", ("INT64",), ("INT64",)),
-        engines.LayerInfo(4, "/mlp/fc1/MatMul", "MATRIX_MULTIPLY", ("FLOAT", "FLOAT"), ("FLOAT",)),
-        engines.LayerInfo(5, "/assign/MatMul", "MATRIX_MULTIPLY", ("FLOAT", "FLOAT"), ("FLOAT",)),
-        engines.LayerInfo(6, "/assign/MatMul", "CONSTANT", (), ("FLOAT",)),
-        engines.LayerInfo(7, None, "SHUFFLE", ("FLOAT",), ("FLOAT",)),
+        trt_build.LayerInfo(0, "/ln/LayerNormalization", "NORMALIZATION", ("FLOAT", "FLOAT"), ("FLOAT",)),
+        trt_build.LayerInfo(1, "/attn/Softmax", "SOFTMAX", ("FLOAT",), ("FLOAT",)),
+        trt_build.LayerInfo(2, "/assign/Equal", "ELEMENTWISE", ("FLOAT", "FLOAT"), ("BOOL",)),
+        trt_build.LayerInfo(3, "/assign/Equal", "SHAPE", ("INT64",), ("INT64",)),
+        trt_build.LayerInfo(4, "/mlp/fc1/MatMul", "MATRIX_MULTIPLY", ("FLOAT", "FLOAT"), ("FLOAT",)),
+        trt_build.LayerInfo(5, "/assign/MatMul", "MATRIX_MULTIPLY", ("FLOAT", "FLOAT"), ("FLOAT",)),
+        trt_build.LayerInfo(6, "/assign/MatMul", "CONSTANT", (), ("FLOAT",)),
+        trt_build.LayerInfo(7, None, "SHUFFLE", ("FLOAT",), ("FLOAT",)),
     ]
-    pins = engines.float32_pins(layers, kept_nodes={"/assign/Equal", "/assign/MatMul"})
+    pins = trt_build.float32_pins(layers, kept_nodes={"/assign/Equal", "/assign/MatMul"})
     # LayerNorm and Softmax by type; the assignment's Equal computes in FP32 with its BOOL output left alone; its
     # shape-arithmetic helper touches no float; the MLP is free to run in FP16; the assignment MatMul is pinned, its
     # weight constant is not; the parser's own helper layers (no metadata) are not a node's.
@@ -487,7 +488,7 @@ def test_float32_pins_follow_the_policy():
 
 
 def test_kept_float_nodes_of_the_exported_image_graph(fp32_artifact):
-    kept = engines.kept_float_nodes(fp32_artifact / "image.onnx")
+    kept = trt_build.kept_float_nodes(fp32_artifact / "image.onnx")
     ops = {node.name: node.op_type for node in onnx.load(str(fp32_artifact / "image.onnx")).graph.node}
     assert kept <= set(ops)
     assert sum(ops[n] == "LayerNormalization" for n in kept) == 39          # every LayerNorm of the image tower
@@ -680,9 +681,9 @@ def test_tensorrt_modules_import_without_torch_or_tensorrt():
     import subprocess
     import sys
     script = ("import sys; sys.modules['torch'] = None; sys.modules['tensorrt'] = None\n"
-              "import groupvit_edge.runtimes.tensorrt as r, groupvit_edge.exporters.tensorrt as e\n"
-              "import groupvit_edge.checks.tensorrt\n"
-              "assert not r.is_installed()\nprint(e.plan_build('trt-fp16', '10.3.0').typing)")
+              "import groupvit_edge.runtimes.tensorrt as r, groupvit_edge.runtimes.tensorrt_build as b\n"
+              "import groupvit_edge.exporters.tensorrt, groupvit_edge.checks.tensorrt\n"
+              "assert not r.is_installed()\nprint(b.plan_build('trt-fp16', '10.3.0').typing)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "weak"
@@ -734,11 +735,12 @@ def test_the_plan_lists_the_steps_the_installed_tensorrt_builds(monkeypatch, ver
     assert [step.name for step in planned.steps] == expected
     engines_step = next(step for step in planned.steps if step.name == "engines")
     if version is not None:
-        assert engines.plan_build(target, version).describe() in engines_step.does
+        assert trt_build.plan_build(target, version).describe() in engines_step.does
 
 
 def _declared(plan) -> tuple[str, ...]:
-    return engines.required_api(plan) + engines.required_api(engines.text_plan(plan)) + trt_runtime.RUNTIME_API
+    return (trt_build.required_api(plan) + trt_build.required_api(trt_build.text_plan(plan))
+            + trt_runtime.RUNTIME_API)
 
 
 def test_weak_fp16_export_on_tensorrt_10_3(fake_trt_fp16):
@@ -747,17 +749,17 @@ def test_weak_fp16_export_on_tensorrt_10_3(fake_trt_fp16):
     done = fake_trt_fp16
     section = done.manifest.data["tensorrt"]
     assert section["version"] == "10.3.0" and section["plan"]["typing"] == "weak"
-    plan = engines.plan_build("trt-fp16", "10.3.0")
+    plan = trt_build.plan_build("trt-fp16", "10.3.0")
     assert done.world.violations == [] and done.trt.recorder.unchecked() == []
     assert done.trt.recorder.uncovered(_declared(plan)) == []
     image, text = (json.loads((done.artifact / f"{graph}.engine").read_bytes()) for graph in ("image", "text"))
     assert (image["strongly_typed"], image["flags"]) == (False, ["FP16", "OBEY_PRECISION_CONSTRAINTS"])
     assert (text["strongly_typed"], text["flags"]) == (True, [])
     assert Path(image["onnx"]).name == "image.onnx" and image["verbosity"] == "DETAILED"
-    kept = engines.kept_float_nodes(done.artifact / "image.onnx")
+    kept = trt_build.kept_float_nodes(done.artifact / "image.onnx")
     pinned = [layer for layer in image["layers"] if layer["precision"]]
     assert len(pinned) == done.manifest.data["engines"]["image"]["float32_pinned_layers"] > 100
-    assert all(engines.node_of_layer(layer["node"]) in kept or layer["type"] in ("NORMALIZATION", "SOFTMAX")
+    assert all(trt_build.node_of_layer(layer["node"]) in kept or layer["type"] in ("NORMALIZATION", "SOFTMAX")
                for layer in pinned)
     assert image["profile"] == {"pixels": [[1, 3, 224, 224], [1, 3, 224, 224], [8, 3, 224, 224]]}
     assert text["profile"] == {"token_ids": [[1, 77], [64, 77], [256, 77]]}
@@ -783,7 +785,7 @@ def test_strong_int8_export_on_tensorrt_11_parses_the_fp16_float_qdq_graph(tmp_p
     precision flags; both the graph (ONNX Runtime) and the engine are measured against fp32."""
     done = _export_on_fake_tensorrt(tmp_path, "11.4", "trt-int8", random_checkpoint, bpe_path,
                                     calib_dir=CALIB_IMAGES, calib_count=4, calib_method="minmax")
-    plan = engines.plan_build("trt-int8", "11.4.0.106")
+    plan = trt_build.plan_build("trt-int8", "11.4.0.106")
     assert done.world.violations == [] and done.trt.recorder.unchecked() == []
     assert done.trt.recorder.uncovered(_declared(plan)) == []
     image = json.loads((done.artifact / "image.engine").read_bytes())

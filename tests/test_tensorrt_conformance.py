@@ -2,7 +2,7 @@
 11.x (tests/tensorrt_harness): what exists, with which signatures, and what the build and runtime flows do.
 
 Three layers, per version:
-1. the declared surface (exporters.tensorrt.BUILD_API …, runtimes.tensorrt.RUNTIME_API …) exists in the real
+1. the declared surface (runtimes.tensorrt_build.BUILD_API …, runtimes.tensorrt.RUNTIME_API …) exists in the real
    bindings with the kind the code uses it as (method, writable property, enum member, constructor);
 2. product code runs in a subprocess where `import tensorrt` is the real bindings (stub libraries): plans,
    network flags, `missing_api`, dtype mapping through the real `nptype`, the shared logger, and the entropy
@@ -28,6 +28,7 @@ from groupvit_edge.errors import UserError, ValidationFailed
 from groupvit_edge.exporters import tensorrt as engines
 from groupvit_edge.exporters.onnx import onnx_record
 from groupvit_edge.runtimes import tensorrt as trt_runtime
+from groupvit_edge.runtimes import tensorrt_build as trt_build
 
 LABELS = [label for label, _ in harness.VERSIONS]
 # (target, tensorrt_typing, int8_route): every choice a user can make.
@@ -57,7 +58,7 @@ def weak_snapshot(request) -> dict:
 def _plan(choice, version):
     """The plan for a user's choice on `version`, or the UserError that refuses it."""
     try:
-        return engines.plan_build(choice[0], version, choice[1], choice[2])
+        return trt_build.plan_build(choice[0], version, choice[1], choice[2])
     except UserError as refusal:
         return refusal
 
@@ -93,8 +94,8 @@ def test_every_declared_member_exists_in_the_real_bindings(label, snapshot):
     declared = set(trt_runtime.RUNTIME_API + trt_runtime.INSPECTOR_API)
     for choice in CHOICES:
         plan = _plan(choice, version)
-        if isinstance(plan, engines.BuildPlan):
-            declared |= set(engines.required_api(plan) + engines.required_api(engines.text_plan(plan)))
+        if isinstance(plan, trt_build.BuildPlan):
+            declared |= set(trt_build.required_api(plan) + trt_build.required_api(trt_build.text_plan(plan)))
     problems = {name: why for name in sorted(declared) if (why := _exists(snapshot, name))}
     assert problems == {}, f"TensorRT {version}: {problems}"
 
@@ -105,16 +106,16 @@ def test_plans_refused_on_a_version_are_the_ones_its_api_cannot_build(label, sna
     version = snapshot["version"]
     for choice in CHOICES:
         plan = _plan(choice, version)
-        if isinstance(plan, engines.BuildPlan):
+        if isinstance(plan, trt_build.BuildPlan):
             continue
-        forced = engines.BuildPlan(choice[0], version, "weak", "fp32", (), ("FP16", "OBEY_PRECISION_CONSTRAINTS"),
-                                   pin_float32=True, calibrator=choice[2] == "implicit")
-        lacking = [name for name in engines.required_api(forced) if _exists(snapshot, name)]
+        forced = trt_build.BuildPlan(choice[0], version, "weak", "fp32", (), ("FP16", "OBEY_PRECISION_CONSTRAINTS"),
+                                     pin_float32=True, calibrator=choice[2] == "implicit")
+        lacking = [name for name in trt_build.required_api(forced) if _exists(snapshot, name)]
         assert version.startswith("11.") and lacking, (choice, str(plan))
     if version.startswith("11."):
-        weak = engines.BuildPlan("trt-fp16", version, "weak", "fp32", (), ("FP16", "OBEY_PRECISION_CONSTRAINTS"),
-                                 pin_float32=True, calibrator=True)
-        assert {name for name in engines.required_api(weak) if _exists(snapshot, name)} == {
+        weak = trt_build.BuildPlan("trt-fp16", version, "weak", "fp32", (), ("FP16", "OBEY_PRECISION_CONSTRAINTS"),
+                                   pin_float32=True, calibrator=True)
+        assert {name for name in trt_build.required_api(weak) if _exists(snapshot, name)} == {
             "BuilderFlag.FP16", "BuilderFlag.OBEY_PRECISION_CONSTRAINTS", "ILayer.precision=",
             "ILayer.set_output_type()", "IInt8EntropyCalibrator2()", "IBuilderConfig.int8_calibrator=",
             "IBuilderConfig.set_calibration_profile()"}
@@ -140,17 +141,18 @@ import tensorrt as trt
 from groupvit_edge.errors import UserError
 from groupvit_edge.exporters import tensorrt as e
 from groupvit_edge.runtimes import tensorrt as r
+from groupvit_edge.runtimes import tensorrt_build as b
 
 out = {{"version": trt.__version__, "plans": {{}}, "dtypes": {{}}}}
 for target, typing, route in {choices!r}:
     try:
-        plan = e.plan_build(target, trt.__version__, typing, route)
+        plan = b.plan_build(target, trt.__version__, typing, route)
     except UserError as refusal:
         out["plans"][f"{{target}}/{{typing}}/{{route}}"] = {{"refused": str(refusal)}}
         continue
-    names = e.required_api(plan) + e.required_api(e.text_plan(plan)) + r.RUNTIME_API + r.INSPECTOR_API
+    names = b.required_api(plan) + b.required_api(b.text_plan(plan)) + r.RUNTIME_API + r.INSPECTOR_API
     out["plans"][f"{{target}}/{{typing}}/{{route}}"] = {{
-        "source": plan.source, "missing": e.missing_api(names, trt), "bits": e.network_flag_bits(plan, trt)}}
+        "source": plan.source, "missing": b.missing_api(names, trt), "bits": b.network_flag_bits(plan, trt)}}
 for name, member in trt.DataType.__members__.items():
     dtype = r.numpy_dtype(trt, member)
     out["dtypes"][name] = None if dtype is None else dtype.name
@@ -197,7 +199,7 @@ def test_plans_and_flags_with_the_real_module(real):
         assert result["missing"] == [], (choice, result)
         assert result["bits"] in (0, strong_bit), (choice, result)
     assert real["plans"]["trt-int8/auto/explicit"] == {"source": "qdq-fp16", "missing": [], "bits": strong_bit}
-    strong_fp16 = trt_runtime.version_parts(version)[:2] >= engines.STRONG_BY_DEFAULT_FROM
+    strong_fp16 = trt_runtime.version_parts(version)[:2] >= trt_build.STRONG_BY_DEFAULT_FROM
     assert real["plans"]["trt-fp16/auto/explicit"]["source"] == ("fp16" if strong_fp16 else "fp32")
 
 
@@ -224,15 +226,15 @@ def test_entropy_calibrator_subclasses_the_real_class(real):
 
 # --------------------------------------------------------------------------- 3. builder flow, recording fakes
 
-def _build_probe(trt, tmp_path: Path, plan, *, profile=engines.BatchProfile(2, 4, 8), pin="policy",
+def _build_probe(trt, tmp_path: Path, plan, *, profile=trt_build.BatchProfile(2, 4, 8), pin="policy",
                  calibrator=None, logs=None, graph=probe_image_graph):
     onnx_path = graph(tmp_path / "probe.onnx")
     record = onnx_record(tmp_path, "probe.onnx")
-    kept = engines.kept_float_nodes(onnx_path) if pin == "policy" else pin
-    return engines.build_engine(trt, onnx_path, tmp_path / "probe.engine", plan, record, profile, workspace_mb=64,
-                                timing_cache=tmp_path / "cache" / "timing.cache",
-                                pin=kept if plan.pin_float32 else None, calibrator=calibrator,
-                                log=(logs if logs is not None else []).append)
+    kept = trt_build.kept_float_nodes(onnx_path) if pin == "policy" else pin
+    return trt_build.build_engine(trt, onnx_path, tmp_path / "probe.engine", plan, record, profile, workspace_mb=64,
+                                  timing_cache=tmp_path / "cache" / "timing.cache",
+                                  pin=kept if plan.pin_float32 else None, calibrator=calibrator,
+                                  log=(logs if logs is not None else []).append)
 
 
 def _in_order(calls: list[str], expected: list[str]) -> bool:
@@ -247,7 +249,7 @@ def _in_order(calls: list[str], expected: list[str]) -> bool:
 def test_builder_flow_per_version_and_plan(label, snapshot, choice, tmp_path):
     version = snapshot["version"]
     plan = _plan(choice, version)
-    if not isinstance(plan, engines.BuildPlan):   # weak typing and implicit calibration: gone in 11
+    if not isinstance(plan, trt_build.BuildPlan):   # weak typing and implicit calibration: gone in 11
         assert version.startswith("11.") and ("removed weak typing" in str(plan) or "removed implicit" in str(plan))
         return
     world = TensorRTWorld()
@@ -263,7 +265,7 @@ def test_builder_flow_per_version_and_plan(label, snapshot, choice, tmp_path):
     recorder = trt.recorder
     assert world.violations == []
     assert recorder.unchecked() == []                          # every bool TensorRT returned was looked at
-    assert recorder.uncovered(engines.required_api(plan)) == []  # nothing touched that the plan did not declare
+    assert recorder.uncovered(trt_build.required_api(plan)) == []  # nothing touched that the plan did not declare
     assert _in_order(recorder.names(), [
         "Builder()", "Builder.create_network()", "OnnxParser()", "OnnxParser.parse_from_file()",
         "Builder.create_builder_config()", "IOptimizationProfile.set_shape()",
@@ -298,9 +300,9 @@ def test_builder_flow_per_version_and_plan(label, snapshot, choice, tmp_path):
 def test_text_plan_builds_strongly_typed_on_every_version(label, snapshot, tmp_path):
     world = TensorRTWorld()
     trt = fake_tensorrt(snapshot, world)
-    plan = engines.text_plan(engines.plan_build("trt-int8", snapshot["version"]))
+    plan = trt_build.text_plan(trt_build.plan_build("trt-int8", snapshot["version"]))
     _build_probe(trt, tmp_path, plan)
-    assert world.violations == [] and trt.recorder.uncovered(engines.required_api(plan)) == []
+    assert world.violations == [] and trt.recorder.uncovered(trt_build.required_api(plan)) == []
     assert json.loads((tmp_path / "probe.engine").read_bytes())["strongly_typed"]
 
 
@@ -310,9 +312,9 @@ def test_pins_follow_layer_metadata_not_layer_names(weak_snapshot, tmp_path):
     snapshot = weak_snapshot
     world = TensorRTWorld()
     trt = fake_tensorrt(snapshot, world)
-    plan = engines.plan_build("trt-fp16", snapshot["version"], "weak")
+    plan = trt_build.plan_build("trt-fp16", snapshot["version"], "weak")
     _build_probe(trt, tmp_path, plan, pin={"/blk/MatMul_1"}, graph=name_collision_graph,
-                 profile=engines.BatchProfile(1, 1, 4))
+                 profile=trt_build.BatchProfile(1, 1, 4))
     layers = json.loads((tmp_path / "probe.engine").read_bytes())["layers"]
     by_name = {layer["name"]: layer for layer in layers}
     assert by_name["/blk/MatMul_1"]["node"] == "[ONNX Layer: /blk/MatMul]"     # the collision is there…
@@ -324,7 +326,7 @@ def test_timing_cache_from_another_gpu_is_replaced_not_used(label, snapshot, tmp
     """set_timing_cache returns False for a cache from another GPU (or a corrupt file); the build then attaches a
     fresh cache and saves it, so it neither builds without a cache nor fails on None.serialize() after writing the
     engine."""
-    plan = engines.text_plan(engines.plan_build("trt-fp16", snapshot["version"]))
+    plan = trt_build.text_plan(trt_build.plan_build("trt-fp16", snapshot["version"]))
     _build_probe(fake_tensorrt(snapshot, TensorRTWorld(gpu="RTX 4090")), tmp_path, plan)
     cache = tmp_path / "cache" / "timing.cache"
     assert json.loads(cache.read_bytes())["gpu"] == "RTX 4090"
@@ -342,7 +344,7 @@ def test_timing_cache_from_another_gpu_is_replaced_not_used(label, snapshot, tmp
 def test_a_failed_build_writes_no_engine(label, snapshot, tmp_path):
     trt = fake_tensorrt(snapshot, TensorRTWorld(fail_build=True))
     with pytest.raises(ValidationFailed, match="could not build probe.onnx"):
-        _build_probe(trt, tmp_path, engines.text_plan(engines.plan_build("trt-fp16", snapshot["version"])))
+        _build_probe(trt, tmp_path, trt_build.text_plan(trt_build.plan_build("trt-fp16", snapshot["version"])))
     assert not (tmp_path / "probe.engine").exists()
 
 
@@ -355,18 +357,18 @@ def test_refused_calibration_profile_is_an_error(weak_snapshot, tmp_path):
     memory = FakeDeviceMemory(world)
     cache = engines.CalibrationCacheFile(tmp_path, {"weights_sha256": "ab" * 32}, log=lambda m: None)
     calibrator = engines._entropy_calibrator(trt, iter([]), 8, cache, memory, memory.stream(), 64)
-    plan = engines.plan_build("trt-int8", snapshot["version"], int8_route="implicit")
+    plan = trt_build.plan_build("trt-int8", snapshot["version"], int8_route="implicit")
     with pytest.raises(RuntimeError, match="rejected the calibration profile"):
         _build_probe(trt, tmp_path, plan, calibrator=calibrator)
 
 
 # --------------------------------------------------------------------------- 3. runtime flow, recording fakes
 
-def _session(snapshot, tmp_path, world, profile=engines.BatchProfile(2, 4, 8), io_dtypes=None):
+def _session(snapshot, tmp_path, world, profile=trt_build.BatchProfile(2, 4, 8), io_dtypes=None):
     """An EngineSession over the probe engine; the build runs in its own fake so the recorder holds the runtime's
     calls only."""
     builder = fake_tensorrt(snapshot, TensorRTWorld(io_dtypes=io_dtypes))
-    _build_probe(builder, tmp_path, engines.text_plan(engines.plan_build("trt-fp16", snapshot["version"])),
+    _build_probe(builder, tmp_path, trt_build.text_plan(trt_build.plan_build("trt-fp16", snapshot["version"])),
                  profile=profile)
     trt = fake_tensorrt(snapshot, world)
     trt_runtime.tensorrt_logger.cache_clear()
@@ -445,7 +447,7 @@ def test_one_logger_for_builds_and_runtimes(label, snapshot, tmp_path, monkeypat
     world = TensorRTWorld()
     trt = fake_tensorrt(snapshot, world)
     install(monkeypatch, trt, world)
-    plan = engines.text_plan(engines.plan_build("trt-fp16", snapshot["version"]))
+    plan = trt_build.text_plan(trt_build.plan_build("trt-fp16", snapshot["version"]))
     _build_probe(trt, tmp_path, plan)
     _build_probe(trt, tmp_path, plan)
     trt.Runtime(trt_runtime.tensorrt_logger(trt))

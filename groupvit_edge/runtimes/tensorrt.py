@@ -40,7 +40,7 @@ EXTRA = "tensorrt"
 CUDA_PYTHON_PIN = "cuda-python>=12.6,<13"
 JETSON_CUDA_PYTHON_PIN = "cuda-python>=12.6,<12.7"
 
-# The members of `tensorrt` the runtime touches (notation of exporters.tensorrt.BUILD_API: "X.y" read, "X.y()"
+# The members of `tensorrt` the runtime touches (notation of tensorrt_build.BUILD_API: "X.y" read, "X.y()"
 # called, "X.y=" assigned, "X()" constructed); tests check them against the real bindings of every version.
 LOGGER_API = ("Logger()", "Logger.WARNING")
 RUNTIME_API = LOGGER_API + (
@@ -563,7 +563,7 @@ class EngineSession:
 
     def layer_precisions(self) -> list[LayerPrecision]:
         """What the engine inspector says about every layer (precisions need DETAILED profiling verbosity, which
-        exporters.tensorrt sets); the context, whose input shapes are set, resolves the dynamic shapes."""
+        tensorrt_build.build_engine sets); the context, whose input shapes are set, resolves the dynamic shapes."""
         inspector = self.engine.create_engine_inspector()
         inspector.execution_context = self.context
         layout = self.trt.LayerInformationFormat.JSON
@@ -658,7 +658,7 @@ class BlockProbe(Probe):
     as outputs, batch of one. `trt` and `memory` are the real module and device memory unless given."""
 
     def __init__(self, manifest: Manifest, outputs, forced, options, trt=None, memory=None):
-        from ..exporters.tensorrt import build_probe_engine
+        from .tensorrt_build import build_probe_engine   # tensorrt_build imports this module
         self._trt = trt if trt is not None else import_tensorrt()
         self._memory = memory if memory is not None else open_device_memory(options.device_memory, options.gpu)
         self._scratch = tempfile.TemporaryDirectory(prefix="groupvit-edge-blocks-")

@@ -10,7 +10,7 @@ module attributes are exactly those of the real TensorRT 10.3 Python bindings (t
 - a method whose real signature returns `bool` returns a `Verdict`, which remembers whether the caller looked at
   it: `recorder.unchecked()` lists the calls whose result was ignored;
 - every call, construction, property read/assignment and enum/attribute read is recorded, in the notation the
-  product code declares its TensorRT surface in (exporters.tensorrt.BUILD_API): "X.m()", "X.p", "X.p=", "X()".
+  product code declares its TensorRT surface in (runtimes.tensorrt_build.BUILD_API): "X.m()", "X.p", "X.p=", "X()".
 
 What TensorRT *does* comes from a `TensorRTWorld`: it parses ONNX into layers the way onnx-tensorrt 10.3 does
 (one counter for every `<node>_<N>` name, "[ONNX Layer: <node>]" metadata), checks builds like TensorRT does
@@ -133,7 +133,7 @@ class Recorder:
         return [verdict.call for verdict in self.verdicts if not verdict.consulted]
 
     def uncovered(self, declared) -> list[str]:
-        """Touched members the declaration does not name (notation of exporters.tensorrt.BUILD_API)."""
+        """Touched members the declaration does not name (notation of runtimes.tensorrt_build.BUILD_API)."""
         exact, owners = set(), set()
         for name in declared:
             base = name.rstrip("()=")
