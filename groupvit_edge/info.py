@@ -70,7 +70,7 @@ def _check_line(check: dict) -> str:
 
 def _runs_here(directory: Path) -> str:
     from .errors import UserError
-    from .metrics.tune import tuned_choice
+    from .runtimes.tuned import tuned_choice
     from .runtimes import choose_backend
     tuned = tuned_choice(directory)
     try:

@@ -81,8 +81,9 @@ def test_tune_measures_every_configuration_records_the_choice_and_open_uses_it(o
         runtime.close()
     tuned.write_text(json.dumps(record))
     assert runtimes.open(openvino_fp32, threads=1).name == "openvino"     # explicit options: the usual choice
-    monkeypatch.setattr(tuning, "device_identity", lambda: "another-device")
-    assert tuning.tuned_choice(openvino_fp32) is None                  # measured elsewhere: not used here
+    from groupvit_edge.runtimes import tuned as tuned_record
+    monkeypatch.setattr(tuned_record, "device_identity", lambda: "another-device")
+    assert tuned_record.tuned_choice(openvino_fp32) is None            # measured elsewhere: not used here
 
 
 def test_bf16_is_offered_only_where_the_cpu_has_it(openvino_fp32, monkeypatch):

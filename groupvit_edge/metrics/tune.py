@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,9 @@ from ..artifact import TUNED_NAME
 from ..errors import UserError
 from ..hardware import cpu_header, device_identity
 from ..runtimes.base import Configuration
+from ..runtimes.tuned import SCHEMA
 from .drift import MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget, check_vocabulary, measure_drift
 
-SCHEMA = "groupvit-edge/tune/1"
 DEFAULT_LABELS = "prototypes:16"    # label-free, so meaningful with any weights: reported, never gated
 LATENCY_WINDOWS = 4
 
@@ -188,23 +187,3 @@ def record_choice(report: TuneReport) -> Path | None:
         path.unlink(missing_ok=True)
         return None
     return write_json_atomic(path, report.to_dict())
-
-
-def tuned_choice(artifact) -> tuple[str, dict] | None:
-    """(backend, runtime options) that `tune` chose for this artifact on this device, or None (none recorded, a
-    different device, or an unreadable record — which is ignored: it only ever picks among valid choices)."""
-    path = Path(artifact) / TUNED_NAME
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        chosen = data["chosen"]
-        if data.get("schema") != SCHEMA or data.get("device") != device_identity():
-            return None
-        backend, options = str(chosen["backend"]), dict(chosen["options"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    from ..runtimes import ARTIFACT_BACKENDS, option_names
-    if backend not in ARTIFACT_BACKENDS or not set(options) <= option_names(backend):
-        return None
-    return backend, options

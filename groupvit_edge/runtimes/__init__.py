@@ -46,7 +46,7 @@ def open(source, backend: str | None = None, **options) -> Runtime:  # noqa: A00
     neither a backend nor options are given); a checkpoint/model spec → the PyTorch reference.
     `options` are the chosen backend's runtime options (its `Options` fields)."""
     if backend is None and not options and is_artifact(source):
-        from ..metrics.tune import tuned_choice
+        from .tuned import tuned_choice
         backend, options = tuned_choice(source) or (None, {})    # what `tune` measured fastest on this device
     name, target = choose_backend(source, backend)
     return backend_module(name).open_runtime(target, backend_options(name, options, source))
