@@ -37,15 +37,15 @@ def main():
         started = time.perf_counter()
         report = measure_drift(loaded, [artifact], images, labels=args.labels, report_dir=args.report)
         wall = time.perf_counter() - started
-    timing = report.data["timing"]
+    timing = report.timing
     print(report.to_markdown())
-    print(f"\n| drift of fp32 ONNX vs PyTorch, {len(images)} images, {report.data['images']['windows']} windows "
+    print(f"\n| drift of fp32 ONNX vs PyTorch, {len(images)} images, {report.images.windows} windows "
           f"| seconds | share |\n|---|---|---|")
     candidate_encode = report.candidates[0].encode_seconds
-    for name, seconds in (("reference encoding (PyTorch)", timing["reference_encode_s"]),
+    for name, seconds in (("reference encoding (PyTorch)", timing.reference_encode_s),
                           ("candidate encoding (ONNX Runtime)", candidate_encode),
-                          ("vocabulary", timing["vocabulary_s"]),
-                          ("post-processing + metrics", timing["postprocess_and_metrics_s"]),
+                          ("vocabulary", timing.vocabulary_s),
+                          ("post-processing + metrics", timing.postprocess_and_metrics_s),
                           ("total", wall)):
         print(f"| {name} | {seconds:.1f} | {100 * seconds / wall:.1f}% |")
 

@@ -194,7 +194,7 @@ def main():
     torch_median = statistics.median(times["PyTorch eager fp32"])
     print(f"\nrandom:0, image graph batch 1 at {args.image_size}², {args.threads} threads, {args.runs} interleaved "
           f"rounds over {len(windows)} real COCO windows; drift vs the fp32 ONNX graph in ONNX Runtime on "
-          f"{len(eval_images)} held-out COCO eval images ({report.data['images']['windows']} windows, "
+          f"{len(eval_images)} held-out COCO eval images ({report.images.windows} windows, "
           f"prototypes:16); int8 calibrated on {args.calib_count} COCO calib2017 images\n")
     print("| runtime | precision that ran | median ms | p90 ms | speed-up vs PyTorch | confident group agree % "
           "| group agree % (all) | group cos mean / min | mIoU vs fp32 |")

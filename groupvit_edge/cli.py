@@ -274,7 +274,7 @@ def drift(reference, candidates, images, labels, masks_dir, classes, max_drop, m
                            report_dir=report_dir, budget=budget)
     click.echo(report.to_markdown())
     if json_path:
-        write_json(report.data, json_path)
+        write_json(report.to_dict(), json_path)
     written = [path for path in (json_path, report_dir and f"{report_dir}/") if path]
     if written:
         click.echo(f"\nwrote {' and '.join(written)}")

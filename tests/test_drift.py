@@ -48,9 +48,9 @@ def test_fp32_artifact_does_not_drift_from_pytorch(onnx_artifact, reference_runt
     report = assert_drift_within(reference_runtime, onnx_artifact, images=images, labels="prototypes:8",
                                  max_drop=0.5, min_confident_group_agreement=99.99, min_group_cosine=0.99999,
                                  report_dir=tmp_path / "report")
-    candidate = report.data["candidates"][0]
-    print("fp32 vs PyTorch:", json.dumps(candidate["model_level"]), candidate["class_level"]["miou_vs_reference"])
-    assert candidate["model_level"]["max_abs_diff"]["grouping"] < 1e-4
+    candidate = report.candidates[0]
+    print("fp32 vs PyTorch:", candidate.model_level, candidate.class_level.miou_vs_reference)
+    assert candidate.model_level.max_abs_diff["grouping"] < 1e-4
     assert (tmp_path / "report" / "drift.json").is_file()
 
 
@@ -65,9 +65,9 @@ def test_without_labels_or_a_vocabulary_drift_probes_with_prototypes(onnx_artifa
     (no_vocabulary / "vocab.npz").unlink()
     (no_vocabulary / "manifest.json").write_text(json.dumps(manifest))
     report = measure_drift(reference_runtime, [no_vocabulary], images[:1], progress=False)
-    assert report.data["vocabulary"]["kind"] == "prototypes" and len(report.data["vocabulary"]["labels"]) == 16
+    assert report.vocabulary.kind == "prototypes" and len(report.vocabulary.labels) == 16
     with_vocabulary = measure_drift(onnx_artifact, [onnx_artifact], images[:1], progress=False)
-    assert with_vocabulary.data["vocabulary"]["labels"] == ["cat", "dog", "grass"]
+    assert with_vocabulary.vocabulary.labels == ["cat", "dog", "grass"]
 
 
 def test_degraded_artifact_fails_with_figures_and_report(degraded_artifact, reference_runtime, images, tmp_path):
@@ -94,7 +94,7 @@ def test_plugin_fixture_judges_the_candidate_against_the_reference(assert_drift,
     assert written["candidates"][0]["failures"]
     by_name = assert_drift(candidate=degraded_artifact, reference=onnx_artifact, images=images[:1],
                            labels="prototypes:8", max_drop=None)
-    assert by_name.data["reference"]["source"] == str(onnx_artifact)
+    assert by_name.reference.source == str(onnx_artifact)
     assert [c.source for c in by_name.candidates] == [str(degraded_artifact)]
 
 
@@ -102,10 +102,10 @@ def test_model_level_sees_what_class_level_cannot(onnx_artifact, degraded_artifa
     """With real class names random weights give near-constant maps; the model level still measures drift."""
     report = measure_drift(onnx_artifact, [onnx_artifact, degraded_artifact], images, labels="cat,dog,grass",
                            progress=False)
-    same, noisy = (c["model_level"] for c in report.data["candidates"])
-    assert same["group_agreement"] == 100.0 and same["group_embed_cosine"]["min"] > 0.999999
-    assert noisy["group_agreement"] < 100.0 and noisy["group_embed_cosine"]["min"] < same["group_embed_cosine"]["min"]
-    assert noisy["near_tie_share"] == same["near_tie_share"]           # a property of the reference alone
+    same, noisy = (c.model_level for c in report.candidates)
+    assert same.group_agreement == 100.0 and same.group_embed_cosine.min > 0.999999
+    assert noisy.group_agreement < 100.0 and noisy.group_embed_cosine.min < same.group_embed_cosine.min
+    assert noisy.near_tie_share == same.near_tie_share           # a property of the reference alone
 
 
 class _ShuffledGroups(Runtime):
@@ -127,18 +127,18 @@ class _ShuffledGroups(Runtime):
 def test_group_agreement_is_positional_and_class_level_is_not(onnx_artifact, images):
     inner = runtimes.open(onnx_artifact)
     report = measure_drift(inner, [_ShuffledGroups(inner)], images[:1], labels="prototypes:8", progress=False)
-    candidate = report.data["candidates"][0]
-    assert candidate["class_level"]["miou_vs_reference"] == pytest.approx(100.0)
-    assert candidate["model_level"]["group_agreement"] < 100.0
+    candidate = report.candidates[0]
+    assert candidate.class_level.miou_vs_reference == pytest.approx(100.0)
+    assert candidate.model_level.group_agreement < 100.0
 
 
 def test_drift_with_ground_truth_masks(onnx_artifact, images):
     from groupvit_edge.metrics.classmaps import coco_object
     report = measure_drift(onnx_artifact, [onnx_artifact], images, masks_dir=SHARED_DATA / "coco/eval2017/masks",
                            class_map=coco_object(), progress=False)
-    truth = report.data["candidates"][0]["ground_truth"]
-    assert report.data["vocabulary"]["labels"][0] == "person" and len(report.data["vocabulary"]["labels"]) == 80
-    assert truth["drop"] == 0.0 and 0.0 <= truth["reference_miou"] <= 100.0
+    truth = report.candidates[0].ground_truth
+    assert report.vocabulary.labels[0] == "person" and len(report.vocabulary.labels) == 80
+    assert truth.drop == 0.0 and 0.0 <= truth.reference_miou <= 100.0
 
 
 def run_cli(*args):

@@ -6,7 +6,7 @@ The fast tests read the HTML with html.parser; the slow ones open it in headless
 from __future__ import annotations
 
 import base64
-import copy
+import dataclasses
 import json
 import re
 import subprocess
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from groupvit_edge import runtimes
-from groupvit_edge.metrics.drift import measure_drift
+from groupvit_edge.metrics.drift import DriftBudget, DriftReport, measure_drift
 from groupvit_edge.metrics.html_report import (CANDIDATE_HEADINGS, LEGEND_SECTION, RUN_SECTION,
                                                candidate_section_id, render_html)
 from groupvit_edge.runtimes.base import ImageEncoding, Runtime
@@ -51,8 +51,9 @@ class _NoisyGroupEmbeddings(Runtime):
 
 
 @pytest.fixture(scope="module")
-def report_dir(tmp_path_factory, coco_images) -> Path:
-    """A drift report folder: the fp32 artifact against itself (no drift) and against a noisy copy, 2 photos."""
+def drift_run(tmp_path_factory, coco_images) -> tuple[DriftReport, Path]:
+    """A drift report and its folder: the fp32 artifact against itself (no drift) and against a noisy copy,
+    2 photos."""
     from groupvit_edge.exporters import export
     scratch = tmp_path_factory.mktemp("html-report")
     # one validation photo instead of four: the export's own check is not what these tests are about
@@ -60,9 +61,19 @@ def report_dir(tmp_path_factory, coco_images) -> Path:
                       log=lambda message: None).directory
     noisy = _NoisyGroupEmbeddings(runtimes.open(artifact), scale=0.1)
     directory = scratch / "report"
-    measure_drift(artifact, [artifact, noisy], coco_images[:2], labels="prototypes:8", worst=2,
-                  report_dir=directory, progress=False)
-    return directory
+    report = measure_drift(artifact, [artifact, noisy], coco_images[:2], labels="prototypes:8", worst=2,
+                           report_dir=directory, progress=False)
+    return report, directory
+
+
+@pytest.fixture(scope="module")
+def report(drift_run) -> DriftReport:
+    return drift_run[0]
+
+
+@pytest.fixture(scope="module")
+def report_dir(drift_run) -> Path:
+    return drift_run[1]
 
 
 @pytest.fixture(scope="module")
@@ -231,31 +242,41 @@ def test_chart_has_axes_and_ticks(page):
     assert "IoU vs reference (%)" in chart
 
 
-def test_text_from_the_run_is_escaped(data):
-    hostile = copy.deepcopy(data)
-    hostile["reference"]["source"] = '<img src=x onerror="alert(1)">'
-    hostile["candidates"][0]["class_level"]["per_class_iou"] = {"<b>cat</b> & dog": 50.0, "sky": None}
-    hostile["candidates"][0]["failures"] = ["a <script> failure"]
+def test_text_from_the_run_is_escaped(report):
+    same, noisy = report.candidates
+    # the noisy candidate fails this budget, so its name reaches the page in a failure sentence too
+    hostile = dataclasses.replace(
+        report, reference=dataclasses.replace(report.reference, source='<img src=x onerror="alert(1)">'),
+        candidates=[dataclasses.replace(same, class_level=dataclasses.replace(
+                        same.class_level, per_class_iou={"<b>cat</b> & dog": 50.0, "sky": None})),
+                    dataclasses.replace(noisy, source="a <script> candidate")],
+        budget=DriftBudget(min_group_cosine=0.995))
     page = render_html(hostile, [[("caption with <i>", b"png")], []])
+    assert "a &lt;script&gt; candidate: mean group-embedding cosine" in page
     assert "<img src=x" not in page and "<b>cat" not in page and "<script>" not in page and "<i>" not in page
     assert "&lt;b&gt;cat&lt;/b&gt; &amp; dog" in page and "caption with &lt;i&gt;" in page
 
 
-def test_budget_verdicts_when_the_report_carries_them(data):
-    judged = copy.deepcopy(data)
-    judged["budget"] = "confident group agreement ≥ 99.9%"
-    judged["candidates"][0]["failures"] = []
-    judged["candidates"][1]["failures"] = ["noisy-groups: mean group-embedding cosine 0.99 is below 0.995"]
+def test_budget_verdicts_when_the_report_carries_them(report):
+    # the artifact against itself passes; the noisy copy's group embeddings fail the cosine limit
+    judged = dataclasses.replace(report, budget=DriftBudget(min_group_cosine=0.995))
     page = render_html(judged, [[], []])
-    assert page.count("confident group agreement ≥ 99.9%") == 2
+    assert page.count("group cosine mean ≥ 0.995") == 2
     assert '<p class="passed">Within the budget' in page
     assert '<p class="failed">Outside the budget' in page and "is below 0.995</li>" in page
-    assert "No budget was applied" in render_html(data, [[], []])     # absent from drift.json: said, not implied
+    assert "No budget was applied" in render_html(report, [[], []])     # no budget: said, not implied
 
 
-def test_panels_must_match_the_candidates(data):
+def test_drift_json_carries_the_verdicts_of_the_budget(report):
+    judged = dataclasses.replace(report, budget=DriftBudget(min_group_cosine=0.995)).to_dict()
+    assert judged["budget"] == "group cosine mean ≥ 0.995"
+    assert judged["candidates"][0]["failures"] == [] and len(judged["candidates"][1]["failures"]) == 1
+    assert "budget" not in report.to_dict() and "failures" not in report.to_dict()["candidates"][0]
+
+
+def test_panels_must_match_the_candidates(report):
     with pytest.raises(ValueError):
-        render_html(data, [[]])
+        render_html(report, [[]])
 
 
 def test_drift_report_folder_includes_report_html(tmp_path, coco_images, report_dir):

@@ -167,13 +167,18 @@ class GroundTruthDrift:
 
 
 @dataclass(frozen=True)
-class CandidateDrift:
-    """How far one candidate is from the reference: what `drift`, export validation, `bench`, `tune` and
-    `groupvit_edge.testing` all read."""
+class ComparedModel:
+    """One side of a comparison, the reference or a candidate: an artifact, checkpoint or runtime."""
     source: str
-    backend: str
+    backend: str                             # the runtime's description: what ran it, at which precision
     target: str
     model_sha256: str
+
+
+@dataclass(frozen=True)
+class CandidateDrift(ComparedModel):
+    """How far one candidate is from the reference: what `drift`, export validation, `bench`, `tune` and
+    `groupvit_edge.testing` all read."""
     class_level: ClassLevelDrift
     model_level: ModelLevelDrift
     ground_truth: GroundTruthDrift | None
@@ -330,18 +335,85 @@ class _Encoded:
     reference_cache: tuple | None = None   # (reference WindowDecisions, reference label map)
 
 
-@dataclass
+@dataclass(frozen=True)
+class DriftImages:
+    count: int
+    source: list[str]                   # the directories or files given, or the shipped samples' description
+    windows: int
+    size: list[int]                     # [height, width] of a window
+    resize: str
+
+
+@dataclass(frozen=True)
+class DriftVocabulary:
+    kind: str                           # "prototypes", "labels" (names given) or "artifact" (the artifacts' own)
+    labels: list[str]
+    seed: int | None = None             # prototypes: the k-means seed
+    templates: list[str] | None = None  # class names: the prompt templates
+
+    def to_dict(self) -> dict:
+        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    confident_margin: float
+    background_threshold: float | None  # None for prototypes, which have no background
+
+
+@dataclass(frozen=True)
+class GroundTruthMasks:
+    masks: str                          # the masks directory
+    classes: str                        # the class map's name
+
+
+@dataclass(frozen=True)
+class DriftTiming:
+    reference_encode_s: float
+    vocabulary_s: float
+    postprocess_and_metrics_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
 class DriftReport:
-    data: dict                          # drift.json (schema SCHEMA)
+    """One drift run: what was compared on which photos, and how far each candidate is. `to_dict()` is
+    drift.json (schema SCHEMA)."""
+    reference: ComparedModel
+    images: DriftImages
+    vocabulary: DriftVocabulary
+    settings: DriftSettings
+    ground_truth: GroundTruthMasks | None
     candidates: list[CandidateDrift]
+    timing: DriftTiming
+    budget: DriftBudget | None = None   # with one, drift.json and report.html carry each candidate's verdict
 
     def failures(self, budget: DriftBudget | float) -> list[str]:
         """One sentence per limit a candidate exceeds; a number is a `max_drop` in mIoU points."""
         budget = budget if isinstance(budget, DriftBudget) else DriftBudget(max_drop=budget)
         return [failure for candidate in self.candidates for failure in budget.failures(candidate)]
 
+    def verdict(self, candidate: CandidateDrift) -> list[str] | None:
+        """`candidate`'s failures under the run's budget; None when the run had no budget. Derived rather than
+        stored, so a copy of the report with another budget (dataclasses.replace) is judged by that one."""
+        return None if self.budget is None else self.budget.failures(candidate)
+
+    def to_dict(self) -> dict:
+        candidates = [candidate.to_dict() for candidate in self.candidates]
+        if self.budget is not None:
+            for entry, candidate in zip(candidates, self.candidates):
+                entry["failures"] = self.verdict(candidate)
+        data = {"schema": SCHEMA, "reference": dataclasses.asdict(self.reference),
+                "images": dataclasses.asdict(self.images), "vocabulary": self.vocabulary.to_dict(),
+                "settings": dataclasses.asdict(self.settings),
+                "ground_truth": dataclasses.asdict(self.ground_truth) if self.ground_truth else None,
+                "candidates": candidates, "timing": dataclasses.asdict(self.timing)}
+        if self.budget is not None:
+            data["budget"] = self.budget.describe()
+        return data
+
     def to_markdown(self) -> str:
-        return drift_markdown(self.data, self.candidates)
+        return drift_markdown(self)
 
 
 def validate_candidate(reference, candidate, images, *, labels=DEFAULT_PROBE,
@@ -361,8 +433,8 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
     `reference`/`candidates` are artifact directories, checkpoints/model specs (PyTorch reference) or Runtimes.
     `labels`: class names, "prototypes:K" (K k-means centroids of the reference's group embeddings), or None
     for the artifacts' vocabulary (the class map's names when masks are given; DEFAULT_PROBE when a reference or
-    candidate has no vocabulary, as a checkpoint or an artifact exported without --labels). With `budget`, each
-    candidate's failures are recorded in the report too.
+    candidate has no vocabulary, as a checkpoint or an artifact exported without --labels). With `budget`, the
+    report judges each candidate by it too.
     """
     started = time.perf_counter()
     if not candidates:
@@ -396,39 +468,33 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
         encoded.append(_Encoded(path, prepared.without_pixels(), encodings, truth))
 
     tick = time.perf_counter()
-    vocabularies, vocabulary_info, background = _vocabularies(labels, class_map, runtimes_, encoded, seed)
+    vocabularies, vocabulary, background = _vocabularies(labels, class_map, runtimes_, encoded, seed)
     text_seconds = time.perf_counter() - tick
     tick = time.perf_counter()
-    class_names = (["background"] if background is not None else []) + vocabulary_info["labels"]
+    class_names = (["background"] if background is not None else []) + vocabulary.labels
     logit_scales = [runtime.manifest.logit_scale for runtime in runtimes_]
     results = [_compare(encoded, index, vocabularies, logit_scales, background, class_names, confident_margin,
                         worst, class_map is not None and masks_dir is not None)
                for index in range(1, len(runtimes_))]
     postprocess_seconds = time.perf_counter() - tick
 
-    data = {
-        "schema": SCHEMA,
-        "reference": _describe(reference, reference_runtime),
-        "images": {"count": len(paths), "source": _sources(images),
-                   "windows": sum(len(e.prepared.boxes) for e in encoded),
-                   "size": [preprocess.height, preprocess.width], "resize": preprocess.resize},
-        "vocabulary": vocabulary_info,
-        "settings": {"confident_margin": confident_margin, "background_threshold": background},
-        "ground_truth": {"masks": str(masks_dir), "classes": class_map.name} if masks_dir and class_map else None,
-        "candidates": [],
-        "timing": {"reference_encode_s": encode_seconds[0], "vocabulary_s": text_seconds,
-                   "postprocess_and_metrics_s": postprocess_seconds,
-                   "total_s": 0.0},
-    }
-    typed = [CandidateDrift(**_describe(source, runtime), **result, encode_seconds=encode_seconds[index])
-             for index, (source, runtime, result) in enumerate(zip(candidates, candidate_runtimes, results), start=1)]
-    data["candidates"] = [candidate.to_dict() for candidate in typed]
-    if budget is not None:      # the verdicts travel with the figures into drift.json and report.html
-        data["budget"] = budget.describe()
-        for entry, candidate in zip(data["candidates"], typed):
-            entry["failures"] = budget.failures(candidate)
-    data["timing"]["total_s"] = time.perf_counter() - started
-    report = DriftReport(data, typed)
+    candidate_drifts = [CandidateDrift(**dataclasses.asdict(_describe(source, runtime)), **result,
+                                       encode_seconds=encode_seconds[index])
+                        for index, (source, runtime, result) in enumerate(zip(candidates, candidate_runtimes, results),
+                                                                          start=1)]
+    report = DriftReport(
+        reference=_describe(reference, reference_runtime),
+        images=DriftImages(count=len(paths), source=_sources(images),
+                           windows=sum(len(e.prepared.boxes) for e in encoded),
+                           size=[preprocess.height, preprocess.width], resize=preprocess.resize),
+        vocabulary=vocabulary,
+        settings=DriftSettings(confident_margin=confident_margin, background_threshold=background),
+        ground_truth=GroundTruthMasks(str(masks_dir), class_map.name) if masks_dir and class_map else None,
+        candidates=candidate_drifts,
+        timing=DriftTiming(reference_encode_s=encode_seconds[0], vocabulary_s=text_seconds,
+                           postprocess_and_metrics_s=postprocess_seconds,
+                           total_s=time.perf_counter() - started),
+        budget=budget)
     if report_dir is not None:
         from .report import write_report
         write_report(report, encoded, vocabularies, logit_scales, background, class_names, report_dir)
@@ -450,11 +516,12 @@ def _open(source, image_size=None) -> Runtime:
     return open_runtime(source, image_size=image_size) if image_size and not is_artifact(source) else open_runtime(source)
 
 
-def _describe(source, runtime: Runtime) -> dict:
+def _describe(source, runtime: Runtime) -> ComparedModel:
     manifest = runtime.manifest
-    return {"source": str(getattr(source, "model_id", source)) if not isinstance(source, Runtime) else runtime.name,
-            "backend": runtime.description, "target": manifest.data["precision"]["target"],
-            "model_sha256": manifest.data["model"]["weights_sha256"]}
+    return ComparedModel(
+        source=str(getattr(source, "model_id", source)) if not isinstance(source, Runtime) else runtime.name,
+        backend=runtime.description, target=manifest.data["precision"]["target"],
+        model_sha256=manifest.data["model"]["weights_sha256"])
 
 
 def _ground_truth(masks_dir, image_path: Path, class_map: ClassMap, size) -> np.ndarray:
@@ -469,7 +536,8 @@ def _ground_truth(masks_dir, image_path: Path, class_map: ClassMap, size) -> np.
     return mask
 
 
-def _vocabularies(labels, class_map, runtimes_, encoded, seed):
+def _vocabularies(labels, class_map, runtimes_, encoded, seed) -> tuple[list[Vocabulary], DriftVocabulary,
+                                                                        float | None]:
     """Text embeddings per runtime (each through its own text graph, as deployed), and what they are."""
     count = prototype_count(labels)
     if count is not None:
@@ -479,7 +547,7 @@ def _vocabularies(labels, class_map, runtimes_, encoded, seed):
         names = [f"prototype {k}" for k in range(count)]
         shared = Vocabulary(names, (), prototypes)
         # Prototypes are groups, not things on a background: every pixel takes its nearest prototype.
-        return [shared] * len(runtimes_), {"kind": "prototypes", "labels": names, "seed": seed}, None
+        return [shared] * len(runtimes_), DriftVocabulary("prototypes", names, seed=seed), None
     if labels is None and class_map is not None:
         labels = class_map.foreground
     names = parse_labels(labels) if labels is not None else None
@@ -491,8 +559,8 @@ def _vocabularies(labels, class_map, runtimes_, encoded, seed):
             built[key] = Vocabulary.build(runtime, names)
         vocabularies.append(built[key])
     kind = "labels" if names is not None else "artifact"
-    return vocabularies, {"kind": kind, "labels": vocabularies[0].labels,
-                          "templates": list(vocabularies[0].templates)}, BACKGROUND_THRESHOLD
+    return vocabularies, DriftVocabulary(kind, list(vocabularies[0].labels),
+                                         templates=list(vocabularies[0].templates)), BACKGROUND_THRESHOLD
 
 
 def _compare(encoded, index, vocabularies, logit_scales, background, class_names, margin, worst,
@@ -550,18 +618,17 @@ def format_figure(value, digits: int = 2, suffix: str = "") -> str:
     return "—" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def drift_markdown(data: dict, candidates: Sequence[CandidateDrift]) -> str:
-    """The terminal table: one row per candidate, class level then model level. `data` (drift.json) gives the
-    run's description and timing."""
-    vocabulary = data["vocabulary"]
-    lines = [f"Drift vs {data['reference']['source']} ({data['reference']['backend']}) on {data['images']['count']} "
-             f"images ({data['images']['windows']} windows, {data['images']['size'][0]}x{data['images']['size'][1]}), "
-             f"vocabulary: {vocabulary['kind']} ({len(vocabulary['labels'])} classes)", "",
+def drift_markdown(report: DriftReport) -> str:
+    """The terminal table: one row per candidate, class level then model level, under the run's description."""
+    images, vocabulary = report.images, report.vocabulary
+    lines = [f"Drift vs {report.reference.source} ({report.reference.backend}) on {images.count} "
+             f"images ({images.windows} windows, {images.size[0]}x{images.size[1]}), "
+             f"vocabulary: {vocabulary.kind} ({len(vocabulary.labels)} classes)", "",
              "| candidate | target | mIoU vs ref (all / confident) | pixel agree % | group agree % (all / confident) "
              "| near-tie % "
              "| group cos mean / min | image cos mean / min | max abs diff grouping | GT mIoU ref → cand |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for c in candidates:
+    for c in report.candidates:
         cls, model, truth = c.class_level, c.model_level, c.ground_truth
         gt = f"{truth.reference_miou:.2f} → {truth.candidate_miou:.2f}" if truth else "—"
         lines.append(
@@ -572,8 +639,8 @@ def drift_markdown(data: dict, candidates: Sequence[CandidateDrift]) -> str:
             f"| {model.group_embed_cosine.mean:.5f} / {model.group_embed_cosine.min:.5f} "
             f"| {model.image_embed_cosine.mean:.5f} / {model.image_embed_cosine.min:.5f} "
             f"| {model.max_abs_diff['grouping']:.2e} | {gt} |")
-    timing = data["timing"]
-    lines += ["", f"time: {timing['total_s']:.1f} s total, reference encoding {timing['reference_encode_s']:.1f} s, "
-                  f"post-processing + metrics {timing['postprocess_and_metrics_s']:.1f} s "
-                  f"({100 * timing['postprocess_and_metrics_s'] / max(timing['total_s'], 1e-9):.1f}%)"]
+    timing = report.timing
+    lines += ["", f"time: {timing.total_s:.1f} s total, reference encoding {timing.reference_encode_s:.1f} s, "
+                  f"post-processing + metrics {timing.postprocess_and_metrics_s:.1f} s "
+                  f"({100 * timing.postprocess_and_metrics_s / max(timing.total_s, 1e-9):.1f}%)"]
     return "\n".join(lines)

@@ -1,11 +1,11 @@
 """report.html: a drift report as one self-contained page, the file a user attaches to a pull request.
 
 Nothing is fetched when it opens: the CSS is inline, the photo panels are base64 PNGs and the per-class IoU
-chart is inline SVG. No JavaScript. Every piece of text from drift.json or a caption goes through html.escape.
+chart is inline SVG. No JavaScript. Every piece of text from the report or a caption goes through html.escape.
 
-Budget verdicts are shown when drift.json carries them (`candidates[i]["failures"]`, a list of sentences, and
-the top-level `budget`, a DriftBudget.describe() string): `measure_drift(..., budget=)` records them, as
-`drift` with budget flags and `groupvit_edge.testing` do; without a budget the page says none was applied.
+Budget verdicts are shown when the report has a budget (`DriftReport.budget`, with each candidate's failures
+under it): `measure_drift(..., budget=)` gives it one, as `drift` with budget flags and `groupvit_edge.testing`
+do; without a budget the page says none was applied.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..segmentation.segmenter import palette
-from .drift import format_figure   # drift.md's rounding, so the page and the terminal table agree
+# format_figure is drift.md's rounding, so the page and the terminal table agree
+from .drift import CandidateDrift, Cosine, DriftReport, DriftVocabulary, format_figure
 
 Panel = tuple[str, bytes]            # (caption, PNG bytes)
 # The page's fixed outline, which the tests and benchmarks/report_in_browser.py look for.
@@ -52,21 +53,21 @@ CHART_CHAR_PX = 8.6                  # a generous average glyph width at 14 px, 
 CHART_VALUE_PX = 56                  # room right of a full bar for "100.0"
 
 
-def write_html(data: dict, panels: Sequence[Sequence[Panel]], path: str | Path) -> Path:
-    """Write report.html for drift.json's `data`; `panels[i]` are candidate i's (caption, PNG) photo panels."""
+def write_html(report: DriftReport, panels: Sequence[Sequence[Panel]], path: str | Path) -> Path:
+    """Write report.html for `report`; `panels[i]` are candidate i's (caption, PNG) photo panels."""
     from ..files import write_bytes_atomic
     # Bytes, not text: the page declares UTF-8 and must not depend on the locale that writes it.
-    return write_bytes_atomic(path, render_html(data, panels).encode("utf-8"))
+    return write_bytes_atomic(path, render_html(report, panels).encode("utf-8"))
 
 
-def render_html(data: dict, panels: Sequence[Sequence[Panel]]) -> str:
-    candidates = data["candidates"]
+def render_html(report: DriftReport, panels: Sequence[Sequence[Panel]]) -> str:
+    candidates = report.candidates
     if len(panels) != len(candidates):
         raise ValueError(f"{len(panels)} panel lists for {len(candidates)} candidates")
-    sections = [_run_section(data), _legend_section(data)]
-    sections += [_candidate_section(index, candidate, data.get("budget"), candidate_panels)
+    sections = [_run_section(report), _legend_section(report)]
+    sections += [_candidate_section(index, candidate, report, candidate_panels)
                  for index, (candidate, candidate_panels) in enumerate(zip(candidates, panels), start=1)]
-    title = f"Drift vs {data['reference']['source']}"
+    title = f"Drift vs {report.reference.source}"
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
@@ -74,38 +75,37 @@ def render_html(data: dict, panels: Sequence[Sequence[Panel]]) -> str:
 
 
 def candidate_section_id(index: int) -> str:
-    """The id of candidate `index`'s section (1-based, drift.json's order)."""
+    """The id of candidate `index`'s section (1-based, the report's order)."""
     return f"candidate-{index}"
 
 
 # ------------------------------------------------------------------------------------------------- sections
 
-def _run_section(data: dict) -> str:
-    reference, images, vocabulary, settings = data["reference"], data["images"], data["vocabulary"], data["settings"]
-    rows = [("Reference", f"{reference['source']} ({reference['target']}, {reference['backend']})"),
-            ("Photos", f"{images['count']} photos, {images['windows']} windows of "
-                       f"{images['size'][0]}×{images['size'][1]} ({images['resize']}) from "
-                       + ", ".join(images["source"])),
-            ("Vocabulary", _describe_vocabulary(vocabulary)),
-            ("Settings", f"confident margin {settings['confident_margin']} (relative, best vs second); "
-                         f"background threshold {_or_none(settings['background_threshold'])}")]
-    if data.get("ground_truth"):
-        rows.append(("Ground truth", f"{data['ground_truth']['masks']} ({data['ground_truth']['classes']})"))
-    rows.append(("Time", f"{data['timing']['total_s']:.1f} s in total"))
+def _run_section(report: DriftReport) -> str:
+    reference, images, settings, truth = report.reference, report.images, report.settings, report.ground_truth
+    rows = [("Reference", f"{reference.source} ({reference.target}, {reference.backend})"),
+            ("Photos", f"{images.count} photos, {images.windows} windows of "
+                       f"{images.size[0]}×{images.size[1]} ({images.resize}) from " + ", ".join(images.source)),
+            ("Vocabulary", _describe_vocabulary(report.vocabulary)),
+            ("Settings", f"confident margin {settings.confident_margin} (relative, best vs second); "
+                         f"background threshold {_or_none(settings.background_threshold)}")]
+    if truth:
+        rows.append(("Ground truth", f"{truth.masks} ({truth.classes})"))
+    rows.append(("Time", f"{report.timing.total_s:.1f} s in total"))
     body = "".join(f'<tr><th scope="row">{escape(name)}</th><td>{escape(value)}</td></tr>' for name, value in rows)
     return f'<section id="{RUN_SECTION}">\n<h2>Run</h2>\n<table>{body}</table>\n</section>'
 
 
-def _describe_vocabulary(vocabulary: dict) -> str:
-    labels = vocabulary["labels"]
-    if vocabulary["kind"] == "prototypes":
-        return (f"{len(labels)} prototypes: k-means centroids (seed {vocabulary.get('seed')}) of the reference's "
+def _describe_vocabulary(vocabulary: DriftVocabulary) -> str:
+    labels = vocabulary.labels
+    if vocabulary.kind == "prototypes":
+        return (f"{len(labels)} prototypes: k-means centroids (seed {vocabulary.seed}) of the reference's "
                 f"group embeddings, so no class names are needed")
-    return f"{len(labels)} classes ({vocabulary['kind']}): " + ", ".join(labels)
+    return f"{len(labels)} classes ({vocabulary.kind}): " + ", ".join(labels)
 
 
-def _legend_section(data: dict) -> str:
-    margin = data["settings"]["confident_margin"]
+def _legend_section(report: DriftReport) -> str:
+    margin = report.settings.confident_margin
     return f"""<section id="{LEGEND_SECTION}">
 <h2>How to read this</h2>
 <dl class="legend">
@@ -124,30 +124,30 @@ groups rather than classes.</dd>
 </section>"""
 
 
-def _candidate_section(index: int, candidate: dict, budget: str | None, panels: Sequence[Panel]) -> str:
-    heading = f"Candidate {index}: {candidate['source']} ({candidate['target']})"
+def _candidate_section(index: int, candidate: CandidateDrift, report: DriftReport, panels: Sequence[Panel]) -> str:
+    heading = f"Candidate {index}: {candidate.source} ({candidate.target})"
     figures = "\n".join(_figure(caption, png) for caption, png in panels) or '<p class="note">No photos.</p>'
+    budget = report.budget.describe() if report.budget is not None else None
     return (f'<section id="{candidate_section_id(index)}">\n<h2>{escape(heading)}</h2>\n'
-            f'<p class="note">{escape(candidate["backend"])}</p>\n'
-            f"{_budget_verdict(candidate, budget)}\n"
+            f'<p class="note">{escape(candidate.backend)}</p>\n'
+            f"{_budget_verdict(report.verdict(candidate), budget)}\n"
             f"<h3>{CANDIDATE_HEADINGS[0]}</h3>\n{_summary_table(candidate)}\n"
             f"<h3>{CANDIDATE_HEADINGS[1]}</h3>\n{figures}\n"
             f"<h3>{CANDIDATE_HEADINGS[2]}</h3>\n{_per_class_figure(candidate)}\n</section>")
 
 
-def _per_class_figure(candidate: dict) -> str:
-    per_class = candidate["class_level"]["per_class_iou"]
+def _per_class_figure(candidate: CandidateDrift) -> str:
+    per_class = candidate.class_level.per_class_iou
     # Classes in neither map have no IoU; as one line, they do not bury the measured bars (80 COCO classes).
     absent = [name for name, value in per_class.items() if value is None]
     absent_line = (f'<p class="note absent">In neither the reference\'s nor the candidate\'s maps, so no IoU: '
                    f'{escape(", ".join(absent))}</p>' if absent else "")
-    chart = iou_chart_svg(per_class, f"Per-class IoU vs reference, {candidate['source']}")
+    chart = iou_chart_svg(per_class, f"Per-class IoU vs reference, {candidate.source}")
     return (f"<figure>{chart}<figcaption>Worst class first. The swatch is the class's colour in the photo "
             f"panels.</figcaption></figure>\n{absent_line}")
 
 
-def _budget_verdict(candidate: dict, budget: str | None) -> str:
-    failures = candidate.get("failures")
+def _budget_verdict(failures: list[str] | None, budget: str | None) -> str:
     limits = f" ({escape(budget)})" if budget else ""
     if failures is None:
         return ('<p class="note">No budget was applied: pass <code>--max-drop</code>, '
@@ -158,29 +158,28 @@ def _budget_verdict(candidate: dict, budget: str | None) -> str:
     return f'<p class="failed">Outside the budget{limits}:</p>\n<ul class="failed">{items}</ul>'
 
 
-def _summary_table(candidate: dict) -> str:
-    cls, model, truth = candidate["class_level"], candidate["model_level"], candidate.get("ground_truth")
+def _summary_table(candidate: CandidateDrift) -> str:
+    cls, model, truth = candidate.class_level, candidate.model_level, candidate.ground_truth
     rows = [_group_row("Class level: the candidate's class maps scored against the reference's"),
-            _row("mIoU vs reference (points)", format_figure(cls["miou_vs_reference"]),
-                 format_figure(cls["miou_vs_reference_confident"])),
-            _row("Pixel agreement (%)", format_figure(cls["pixel_agreement"]),
-                 format_figure(cls["pixel_agreement_confident"])),
-            _row("Near-tie pixels, class decision (%)", format_figure(cls["near_tie_class_share"])),
+            _row("mIoU vs reference (points)", format_figure(cls.miou_vs_reference),
+                 format_figure(cls.miou_vs_reference_confident)),
+            _row("Pixel agreement (%)", format_figure(cls.pixel_agreement),
+                 format_figure(cls.pixel_agreement_confident)),
+            _row("Near-tie pixels, class decision (%)", format_figure(cls.near_tie_class_share)),
             _group_row("Model level: final groups and embeddings, no vocabulary"),
-            _row("Final-group agreement (%)", format_figure(model["group_agreement"]),
-                 format_figure(model["group_agreement_confident"], 3)),
-            _row("Near-tie pixels, group decision (%)", format_figure(model["near_tie_share"])),
-            _row("Group-embedding cosine (mean / min)", _cosine(model["group_embed_cosine"])),
-            _row("Image-embedding cosine (mean / min)", _cosine(model["image_embed_cosine"]))]
-    rows += [_row(f"Max abs difference, {output}", f"{value:.2e}") for output, value in model["max_abs_diff"].items()]
+            _row("Final-group agreement (%)", format_figure(model.group_agreement),
+                 format_figure(model.group_agreement_confident, 3)),
+            _row("Near-tie pixels, group decision (%)", format_figure(model.near_tie_share)),
+            _row("Group-embedding cosine (mean / min)", _cosine(model.group_embed_cosine)),
+            _row("Image-embedding cosine (mean / min)", _cosine(model.image_embed_cosine))]
+    rows += [_row(f"Max abs difference, {output}", f"{value:.2e}") for output, value in model.max_abs_diff.items()]
     if truth:
         rows += [_group_row("Ground truth: each side against the masks"),
-                 _row("mIoU, reference → candidate",
-                      f"{truth['reference_miou']:.2f} → {truth['candidate_miou']:.2f}"),
-                 _row("mIoU drop (points)", f"{truth['drop']:.2f}"),
+                 _row("mIoU, reference → candidate", f"{truth.reference_miou:.2f} → {truth.candidate_miou:.2f}"),
+                 _row("mIoU drop (points)", f"{truth.drop:.2f}"),
                  _row("Pixel accuracy, reference → candidate (%)",
-                      f"{truth['reference_pixel_accuracy']:.2f} → {truth['candidate_pixel_accuracy']:.2f}")]
-    rows.append(_row("Candidate encoding time (s)", f"{candidate['timing']['encode_s']:.2f}"))
+                      f"{truth.reference_pixel_accuracy:.2f} → {truth.candidate_pixel_accuracy:.2f}")]
+    rows.append(_row("Candidate encoding time (s)", f"{candidate.encode_seconds:.2f}"))
     head = ('<thead><tr><th scope="col">Figure</th><th scope="col">Value</th>'
             '<th scope="col">On confident pixels</th></tr></thead>')
     return f'<table class="summary">{head}<tbody>{"".join(rows)}</tbody></table>'
@@ -196,8 +195,8 @@ def _group_row(title: str) -> str:
     return f'<tr><th colspan="3" scope="rowgroup">{escape(title)}</th></tr>'
 
 
-def _cosine(cosine: dict) -> str:
-    return f"{cosine['mean']:.5f} / {cosine['min']:.5f}"
+def _cosine(cosine: Cosine) -> str:
+    return f"{cosine.mean:.5f} / {cosine.min:.5f}"
 
 
 def _or_none(value) -> str:

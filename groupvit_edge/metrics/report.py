@@ -36,7 +36,7 @@ def _report_entries(directory: Path):
 
 
 def _write_report_files(report, encoded, vocabularies, logit_scales, background, class_names, directory: Path):
-    write_json(report.data, directory / "drift.json")
+    write_json(report.to_dict(), directory / "drift.json")
     (directory / "drift.md").write_text(report.to_markdown() + "\n")
     by_path = {str(item.path): item for item in encoded}
     panels: list[list[Panel]] = []
@@ -51,7 +51,7 @@ def _write_report_files(report, encoded, vocabularies, logit_scales, background,
         panels.append(written)
         iou_chart(candidate.class_level.per_class_iou, f"per-class IoU vs reference: {candidate.source}"
                   ).save(directory / f"{slug}-per-class-iou.png")
-    write_html(report.data, panels, directory / "report.html")
+    write_html(report, panels, directory / "report.html")
 
 
 def worst_caption(rank: int, worst: WorstImage) -> str:
