@@ -13,7 +13,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -478,7 +478,7 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
                for index in range(1, len(runtimes_))]
     postprocess_seconds = time.perf_counter() - tick
 
-    candidate_drifts = [CandidateDrift(**dataclasses.asdict(_describe(source, runtime)), **result,
+    candidate_drifts = [CandidateDrift(**dataclasses.asdict(_describe(source, runtime)), **result._asdict(),
                                        encode_seconds=encode_seconds[index])
                         for index, (source, runtime, result) in enumerate(zip(candidates, candidate_runtimes, results),
                                                                           start=1)]
@@ -563,8 +563,15 @@ def _vocabularies(labels, class_map, runtimes_, encoded, seed) -> tuple[list[Voc
                                          templates=list(vocabularies[0].templates)), BACKGROUND_THRESHOLD
 
 
+class _Comparison(NamedTuple):
+    """The measured parts of a CandidateDrift."""
+    class_level: ClassLevelDrift
+    model_level: ModelLevelDrift
+    ground_truth: GroundTruthDrift | None
+
+
 def _compare(encoded, index, vocabularies, logit_scales, background, class_names, margin, worst,
-             with_truth) -> dict:
+             with_truth) -> _Comparison:
     """The class-level, model-level and ground-truth parts of candidate `index`'s CandidateDrift."""
     reference_vocab, candidate_vocab = vocabularies[0], vocabularies[index]
     versus_reference = ConfusionMatrix(len(class_names), ignore_index=None)
@@ -610,7 +617,7 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
             drop=100.0 * (truth_reference.mean_iou - truth_candidate.mean_iou),
             reference_pixel_accuracy=100.0 * truth_reference.pixel_accuracy,
             candidate_pixel_accuracy=100.0 * truth_candidate.pixel_accuracy)
-    return {"class_level": class_level, "model_level": model_level.summary(), "ground_truth": ground_truth}
+    return _Comparison(class_level, model_level.summary(), ground_truth)
 
 
 def format_figure(value, digits: int = 2, suffix: str = "") -> str:
