@@ -308,7 +308,7 @@ def evaluate_command(source, images, masks_dir, classes, backend, limit, resampl
                       **_runtime_values(values))
     click.echo(report.to_markdown())
     if json_path:
-        write_json(report.data, json_path)
+        write_json(report.to_dict(), json_path)
 
 
 @cli.command(epilog="Example:\n\n  groupvit-edge bench artifacts/fp32 artifacts/int8 --images photos/ --limit 8")
@@ -336,11 +336,11 @@ def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, ba
         warmup=warmup, runs=runs, threads=threads, batch=batch, streams=streams, labels=labels), log=click.echo)
     click.echo(report.to_markdown())
     if json_path:
-        write_json(report.data, json_path)
+        write_json(report.to_dict(), json_path)
         click.echo(f"\nwrote {json_path}")
     failures = report.failures()
     if failures:
-        raise ValidationFailed(f"{len(failures)} of {len(report.data['rows'])} artifacts could not be measured "
+        raise ValidationFailed(f"{len(failures)} of {len(report.rows)} artifacts could not be measured "
                                f"({'; '.join(failures)})")
 
 

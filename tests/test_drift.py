@@ -174,9 +174,9 @@ def test_eval_matches_a_hand_computed_confusion(onnx_artifact, coco_images):
     for image in sorted(EVAL_IMAGES.glob("*.jpg"))[:2]:
         mask = np.asarray(Image.open(SHARED_DATA / "coco/eval2017/masks" / f"{image.stem}.png"))
         confusion.update(class_map.convert(mask), segmenter.segment(image).labels)
-    assert report.data["miou"] == pytest.approx(100 * confusion.mean_iou)
-    assert report.data["pixel_accuracy"] == pytest.approx(100 * confusion.pixel_accuracy)
-    assert report.data["images"] == 2 and "| background |" in report.to_markdown()
+    assert report.miou == pytest.approx(100 * confusion.mean_iou)
+    assert report.pixel_accuracy == pytest.approx(100 * confusion.pixel_accuracy)
+    assert report.images == 2 and "| background |" in report.to_markdown()
 
 
 def test_eval_and_bench_cli(onnx_artifact, tmp_path):
@@ -221,8 +221,8 @@ def test_a_bench_child_that_dies_becomes_a_failed_row(onnx_artifact, coco_images
     os.kill(child.pid, signal.SIGKILL)
     thread.join(timeout=60)
     assert not thread.is_alive(), "bench is still waiting for a child that died"
-    (row,) = finished["report"].data["rows"]
-    assert row["status"] == "failed: killed by SIGKILL" and row["peak_rss_mb"] is None
+    (row,) = finished["report"].rows
+    assert row.status == "failed: killed by SIGKILL" and row.peak_rss_mb is None
     assert "| failed: killed by SIGKILL |" in finished["report"].to_markdown()
 
 
@@ -242,7 +242,7 @@ def test_bench_fails_a_row_for_the_backend_but_a_bug_stays_a_traceback(onnx_arti
 
     monkeypatch.setattr(runtimes, "open", open_failing_at_run)
     report = benchmark([onnx_artifact], coco_images[:1], settings=settings, isolate=False, log=lambda m: None)
-    assert report.data["rows"][0]["status"] == "failed: RUNTIME_EXCEPTION: out of memory"
+    assert report.rows[0].status == "failed: RUNTIME_EXCEPTION: out of memory"
     monkeypatch.setattr(runtimes, "open", opened)
 
     class MeasuringCodeWithABug:

@@ -121,10 +121,10 @@ def test_bench_streams_runs_openvino_in_throughput_mode(ir_fp32, coco_images):
     from groupvit_edge.metrics.bench import BenchSettings, benchmark
     report = benchmark([ir_fp32], [EVAL_IMAGES / coco_images[0].name], isolate=False, log=lambda m: None,
                        settings=BenchSettings(warmup=1, runs=2, threads=2, streams=2, labels=None))
-    row = report.data["rows"][0]
-    assert row["status"] == "ok", row.get("traceback")
-    assert "THROUGHPUT 2 streams" in row["backend"] and "inference precision f32" in row["backend"]
-    assert row["stream_windows_per_s"] > 0
+    row = report.rows[0]
+    assert row.status == "ok", row.traceback
+    assert "THROUGHPUT 2 streams" in row.backend and "inference precision f32" in row.backend
+    assert row.stream_windows_per_s > 0
     assert "stream windows/s (2 streams)" in report.to_markdown()
     assert runtimes.throughput_options("onnxruntime", 2) == {}      # its windows/s: one call after another
 

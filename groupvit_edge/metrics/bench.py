@@ -10,6 +10,7 @@ measuring code itself is a bug and stays a traceback.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import queue as queues
 import resource
@@ -40,6 +41,56 @@ class BenchSettings:
     labels: str | None = "prototypes:16"   # for mIoU vs the reference; prototypes need no trained weights
     segment_labels: tuple[str, ...] = ("person", "car", "dog", "tree", "sky")
 
+    def to_dict(self) -> dict:
+        """bench.json's "settings": every setting but the vocabulary the end-to-end timing segments with."""
+        return {"warmup": self.warmup, "runs": self.runs, "threads": self.threads, "batch": self.batch,
+                "streams": self.streams, "labels": self.labels}
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Milliseconds over the timed calls."""
+    p50: float
+    p90: float
+
+    @classmethod
+    def of(cls, milliseconds: list[float]) -> Percentiles:
+        return cls(float(np.percentile(milliseconds, 50)), float(np.percentile(milliseconds, 90)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchRow:
+    """One artifact's row. A failed row has only its artifact, status, the traceback when the backend raised, and
+    peak_rss_mb; an ok row has every measurement, with the stream and drift figures when they were measured.
+    Fields are in bench.json's order."""
+    artifact: str
+    target: str | None = None
+    backend: str | None = None                      # the runtime's description: what ran it, at which precision
+    size_mb: float | None = None
+    image_graph_ms: Percentiles | None = None       # per export-size window
+    stream_windows_per_s: float | None = None       # with `streams` only
+    end_to_end_ms: Percentiles | None = None        # per real photo: load, windows, graph, protocol
+    images_per_s: float | None = None
+    windows_per_image: float | None = None
+    miou_vs_reference: float | None = None          # 100 for the reference itself
+    group_agreement_confident: float | None = None  # None also when drift ran but no pixel was confident
+    group_embed_cosine_mean: float | None = None
+    status: str                                     # "ok" or "failed: <the first line of why>"
+    traceback: str | None = None
+    peak_rss_mb: float | None = None                # None: the row's process died or never started
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict:
+        """This row in bench.json: the fields that have a value, plus peak_rss_mb always and
+        group_agreement_confident whenever the drift figures are there (it is None when nothing was confident)."""
+        kept = {"peak_rss_mb"}
+        if self.group_embed_cosine_mean is not None:
+            kept.add("group_agreement_confident")
+        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None or name in kept}
+
 
 def median_ms(call, runs: int, warmup: int = 1) -> float:
     """Median wall time of `call()` in milliseconds over `runs` calls after `warmup` untimed ones."""
@@ -53,14 +104,8 @@ def median_ms(call, runs: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def _percentiles(milliseconds: list[float]) -> dict:
-    return {"p50": float(np.percentile(milliseconds, 50)), "p90": float(np.percentile(milliseconds, 90))}
-
-
-def _size_mb(path: Path) -> float | None:
-    if not path.is_dir():
-        return None
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+def _size_mb(artifact: Path) -> float:
+    return sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file()) / 1e6
 
 
 class BackendFailed(Exception):
@@ -88,38 +133,53 @@ def _plan(artifact: str, settings: BenchSettings) -> _Plan:
     return _Plan(artifact, backend, {**given, **throughput})
 
 
-def measure_artifact(plan: _Plan, images: list[str], reference: str | None, settings: BenchSettings) -> dict:
-    """Everything for one row, measured in the calling process (bench runs it in a child). Whatever the backend
-    raises while opening the artifact or running a graph makes a failed row; a UserError is the user's input,
-    found late, and anything else a bug: both propagate."""
+def measure_artifact(plan: _Plan, images: list[str], reference: str | None, settings: BenchSettings) -> BenchRow:
+    """Everything for one row but its peak RSS, measured in the calling process (bench runs it in a child).
+    Whatever the backend raises while opening the artifact or running a graph makes a failed row; a UserError is
+    the user's input, found late, and anything else a bug: both propagate."""
     from .. import runtimes
     try:
         runtime = _Guarded(runtimes.open(plan.artifact, plan.backend, **plan.options))
     except Exception as error:
         return _failed(plan.artifact, error)
     try:
-        row = _measure(plan.artifact, runtime, images, reference, settings)
+        return _measure(plan.artifact, runtime, images, reference, settings)
     except BackendFailed as error:
         return _failed(plan.artifact, error.__cause__)
     finally:
         runtime.close()
-    row["status"] = "ok"
-    return row
 
 
-def _failed(artifact: str, error: BaseException) -> dict:
+def _failed(artifact: str, error: BaseException) -> BenchRow:
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return {"artifact": artifact, "status": f"failed: {reason}",
-            "traceback": "".join(traceback.format_exception(error))}
+    return BenchRow(artifact=artifact, status=f"failed: {reason}",
+                    traceback="".join(traceback.format_exception(error)))
 
 
 def _measure(artifact: str, runtime: Runtime, images: list[str], reference: str | None,
-             settings: BenchSettings) -> dict:
-    from ..segmentation import Segmenter
+             settings: BenchSettings) -> BenchRow:
     from ..segmentation.preprocess import load_image, prepare
-    row = {"artifact": artifact, "target": runtime.manifest.data["precision"]["target"],
-           "backend": runtime.description, "size_mb": _size_mb(Path(artifact))}
+    backend = runtime.description
     windows = np.concatenate([prepare(load_image(p), runtime.manifest.preprocess).windows for p in images])
+    graph_ms = _image_graph_ms(runtime, windows, settings)
+    stream_windows_per_s = stream_throughput(runtime, windows, settings.warmup) if settings.streams else None
+    end_to_end_ms = _end_to_end_ms(runtime, images, settings)
+    row = BenchRow(artifact=artifact, target=runtime.manifest.target, backend=backend,
+                   size_mb=_size_mb(Path(artifact)), image_graph_ms=Percentiles.of(graph_ms),
+                   stream_windows_per_s=stream_windows_per_s, end_to_end_ms=Percentiles.of(end_to_end_ms),
+                   images_per_s=1000.0 / statistics.median(end_to_end_ms),
+                   windows_per_image=len(windows) / len(images), status="ok")
+    if reference is None or settings.labels is None:
+        return row
+    from .drift import validate_candidate
+    drift = validate_candidate(reference, runtime, images, labels=settings.labels)
+    return dataclasses.replace(row, miou_vs_reference=drift.class_level.miou_vs_reference,
+                               group_agreement_confident=drift.model_level.group_agreement_confident,
+                               group_embed_cosine_mean=drift.model_level.group_embed_cosine.mean)
+
+
+def _image_graph_ms(runtime: Runtime, windows: np.ndarray, settings: BenchSettings) -> list[float]:
+    """Milliseconds per window of each timed image-graph call of `settings.batch` windows (cycling through them)."""
     batches = [windows[i % len(windows):][:settings.batch] for i in range(settings.warmup + settings.runs)]
     batches = [b if len(b) == settings.batch else windows[:settings.batch] for b in batches]
     graph_ms = []
@@ -128,10 +188,12 @@ def _measure(artifact: str, runtime: Runtime, images: list[str], reference: str 
         runtime.encode_image(batch)
         if index >= settings.warmup:
             graph_ms.append((time.perf_counter() - started) * 1000 / len(batch))
-    row["image_graph_ms"] = _percentiles(graph_ms)      # per export-size window
-    if settings.streams:
-        row["stream_windows_per_s"] = stream_throughput(runtime, windows, settings.warmup)
+    return graph_ms
 
+
+def _end_to_end_ms(runtime: Runtime, images: list[str], settings: BenchSettings) -> list[float]:
+    """Milliseconds per timed photo, segmented from its file: load, windows, graph and the paper's protocol."""
+    from ..segmentation import Segmenter
     labels = None if runtime.manifest.vocabulary_path() else list(settings.segment_labels)
     segmenter = Segmenter(runtime, labels)
     end_to_end_ms = []
@@ -140,17 +202,7 @@ def _measure(artifact: str, runtime: Runtime, images: list[str], reference: str 
         segmenter.segment(images[index % len(images)])
         if index >= settings.warmup:
             end_to_end_ms.append((time.perf_counter() - started) * 1000)
-    row["end_to_end_ms"] = _percentiles(end_to_end_ms)  # per real photo: load, windows, graph, protocol
-    row["images_per_s"] = 1000.0 / statistics.median(end_to_end_ms)
-    row["windows_per_image"] = len(windows) / len(images)
-
-    if reference is not None and settings.labels is not None:
-        from .drift import validate_candidate
-        drift = validate_candidate(reference, runtime, images, labels=settings.labels)
-        row["miou_vs_reference"] = drift.class_level.miou_vs_reference
-        row["group_agreement_confident"] = drift.model_level.group_agreement_confident
-        row["group_embed_cosine_mean"] = drift.model_level.group_embed_cosine.mean
-    return row
+    return end_to_end_ms
 
 
 class _Guarded(Runtime):
@@ -208,10 +260,9 @@ def stream_throughput(runtime, windows: np.ndarray, warmup: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def _row(plan: _Plan, images, reference, settings) -> dict:
+def _row(plan: _Plan, images, reference, settings) -> BenchRow:
     row = measure_artifact(plan, images, reference, settings)
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return row
+    return dataclasses.replace(row, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def _child(plan, images, reference, settings, queue):
@@ -225,7 +276,7 @@ def _child(plan, images, reference, settings, queue):
     queue.put(message)
 
 
-def _row_in_child(plan: _Plan, images, reference, settings) -> dict:
+def _row_in_child(plan: _Plan, images, reference, settings) -> BenchRow:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_child, args=(plan, images, reference, settings, queue))
@@ -238,7 +289,7 @@ def _row_in_child(plan: _Plan, images, reference, settings) -> dict:
     finally:
         process.join()
     if message is None:
-        return {"artifact": plan.artifact, "status": f"failed: {_death(process.exitcode)}", "peak_rss_mb": None}
+        return BenchRow(artifact=plan.artifact, status=f"failed: {_death(process.exitcode)}")
     kind, payload = message
     if kind == "user_error":
         raise UserError(payload)
@@ -248,7 +299,7 @@ def _row_in_child(plan: _Plan, images, reference, settings) -> dict:
 
 
 def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | None = None,
-              isolate: bool = True, log=print) -> "BenchReport":
+              isolate: bool = True, log=print) -> BenchReport:
     """One row per artifact (see the module's docstring for what fails a row and what ends bench)."""
     from ..segmentation.preprocess import list_images, load_image
     from ..segmentation.vocabulary import parse_labels
@@ -266,26 +317,24 @@ def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | No
         load_image(path)        # an unreadable photo is refused here, not inside every row
     if reference is None:
         reference = next((a for a, m in manifests.items() if m.data["precision"].get("compute") == "fp32"), None)
+    else:
+        reference = str(reference)
     if reference is not None and settings.labels is not None:
-        _check_reference(str(reference), manifests)
+        _check_reference(reference, manifests)
     plans = [_plan(artifact, settings) for artifact in manifests]
     rows = []
     for plan in plans:
         log(f"benchmarking {plan.artifact}")
         if plan.backend is None:
-            row = {"artifact": plan.artifact, "status": f"failed: {plan.unavailable}", "peak_rss_mb": None}
+            row = BenchRow(artifact=plan.artifact, status=f"failed: {plan.unavailable}")
         elif isolate:
             row = _row_in_child(plan, paths, reference, settings)
         else:
             row = _row(plan, paths, reference, settings)
-        if reference is not None and plan.artifact == str(reference) and row["status"] == "ok":
-            row["miou_vs_reference"] = 100.0
+        if plan.artifact == reference and row.ok:
+            row = dataclasses.replace(row, miou_vs_reference=100.0)
         rows.append(row)
-    return BenchReport({"schema": SCHEMA, "reference": reference, "images": len(paths),
-                        "settings": {"warmup": settings.warmup, "runs": settings.runs, "threads": settings.threads,
-                                     "batch": settings.batch, "streams": settings.streams,
-                                     "labels": settings.labels},
-                        "rows": rows})
+    return BenchReport(reference=reference, images=len(paths), settings=settings, rows=rows)
 
 
 def _manifests(artifacts: list[str]) -> dict:
@@ -341,40 +390,43 @@ def _death(exitcode: int | None) -> str:
     return f"exit {exitcode}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchReport:
-    data: dict
+    """One bench run: the rows and what they were measured with. `to_dict()` is bench.json (schema SCHEMA)."""
+    reference: str | None       # what mIoU is measured against: an artifact or a checkpoint
+    images: int                 # photos measured
+    settings: BenchSettings
+    rows: list[BenchRow]
 
     def failures(self) -> list[str]:
         """"artifact: why" for every row that failed."""
-        return [f"{row['artifact']}: {row['status'].removeprefix('failed: ')}" for row in self.data["rows"]
-                if row["status"] != "ok"]
+        return [f"{row.artifact}: {row.status.removeprefix('failed: ')}" for row in self.rows if not row.ok]
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "reference": self.reference, "images": self.images,
+                "settings": self.settings.to_dict(), "rows": [row.to_dict() for row in self.rows]}
 
     def to_markdown(self) -> str:
-        s = self.data["settings"]
-        streams = s.get("streams")
-        stream_head, stream_rule = (f" stream windows/s ({streams} streams) |", "---|") if streams else ("", "")
-        lines = [f"{self.data['images']} images, batch {s['batch']}, {s['threads'] or 'default'} threads, "
-                 f"{s['runs']} runs after {s['warmup']} warm-up; mIoU vs {self.data['reference'] or '—'} "
-                 f"({s['labels']})", "",
+        s = self.settings
+        stream_head, stream_rule = (f" stream windows/s ({s.streams} streams) |", "---|") if s.streams else ("", "")
+        lines = [f"{self.images} images, batch {s.batch}, {s.threads or 'default'} threads, "
+                 f"{s.runs} runs after {s.warmup} warm-up; mIoU vs {self.reference or '—'} ({s.labels})", "",
                  "| artifact | target | backend | status | size MB | image graph ms/window p50 / p90 "
                  f"| end-to-end ms/photo p50 / p90 | photos/s |{stream_head} peak RSS MB | mIoU vs ref | ΔmIoU "
                  "| confident group agree % |",
                  f"|---|---|---|---|---|---|---|---|{stream_rule}---|---|---|---|"]
-        for r in self.data["rows"]:
-            stream_cell = "" if not streams else (f" {r['stream_windows_per_s']:.2f} |" if r["status"] == "ok"
-                                                  else " |")
-            if r["status"] != "ok":
-                rss = "" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
-                lines.append(f"| {r['artifact']} | | | {r['status']} | | | | |{stream_cell} {rss} | | | |")
+        for r in self.rows:
+            stream_cell = "" if not s.streams else (f" {r.stream_windows_per_s:.2f} |" if r.ok else " |")
+            if not r.ok:
+                rss = "" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}"
+                lines.append(f"| {r.artifact} | | | {r.status} | | | | |{stream_cell} {rss} | | | |")
                 continue
-            miou = r.get("miou_vs_reference")
-            confident = r.get("group_agreement_confident")
+            miou, confident = r.miou_vs_reference, r.group_agreement_confident
             lines.append(
-                f"| {r['artifact']} | {r['target']} | {r['backend']} | ok | {r['size_mb']:.1f} "
-                f"| {r['image_graph_ms']['p50']:.1f} / {r['image_graph_ms']['p90']:.1f} "
-                f"| {r['end_to_end_ms']['p50']:.1f} / {r['end_to_end_ms']['p90']:.1f} | {r['images_per_s']:.2f} "
-                f"|{stream_cell} {r['peak_rss_mb']:.0f} | {'—' if miou is None else f'{miou:.2f}'} "
+                f"| {r.artifact} | {r.target} | {r.backend} | ok | {r.size_mb:.1f} "
+                f"| {r.image_graph_ms.p50:.1f} / {r.image_graph_ms.p90:.1f} "
+                f"| {r.end_to_end_ms.p50:.1f} / {r.end_to_end_ms.p90:.1f} | {r.images_per_s:.2f} "
+                f"|{stream_cell} {r.peak_rss_mb:.0f} | {'—' if miou is None else f'{miou:.2f}'} "
                 f"| {'—' if miou is None else f'{miou - 100:+.2f}'} "
                 f"| {'—' if confident is None else f'{confident:.3f}'} |")
         return "\n".join(lines)

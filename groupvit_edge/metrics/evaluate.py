@@ -1,6 +1,7 @@
 """The paper's evaluation protocol on labelled data: images + single-channel masks → mIoU, per-class IoU, pixel acc."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +20,28 @@ from .confusion import ConfusionMatrix
 SCHEMA = "groupvit-edge/eval/1"
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalReport:
-    data: dict
+    """One evaluation run; scores in percent. `to_dict()` is eval.json (schema SCHEMA)."""
+    source: str                             # the artifact or checkpoint evaluated
+    backend: str                            # the runtime's description: what ran it, at which precision
+    masks: str                              # the masks directory
+    classes: str                            # the class map's name
+    resample: str
+    images: int
+    miou: float
+    pixel_accuracy: float
+    per_class_iou: dict[str, float | None]  # None: the class is in neither the masks nor the predictions
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, **dataclasses.asdict(self)}
 
     def to_markdown(self) -> str:
-        d = self.data
-        lines = [f"{d['source']} ({d['backend']}) on {d['images']} images (masks {d['masks']}), classes {d['classes']}: "
-                 f"mIoU {d['miou']:.2f}, pixel accuracy {d['pixel_accuracy']:.2f}", "",
+        lines = [f"{self.source} ({self.backend}) on {self.images} images (masks {self.masks}), classes "
+                 f"{self.classes}: mIoU {self.miou:.2f}, pixel accuracy {self.pixel_accuracy:.2f}", "",
                  "| class | IoU |", "|---|---|"]
-        lines += [f"| {name} | {'—' if iou is None else f'{iou:.2f}'} |" for name, iou in d["per_class_iou"].items()]
+        lines += [f"| {name} | {'—' if iou is None else f'{iou:.2f}'} |" for name, iou in self.per_class_iou.items()]
         return "\n".join(lines)
 
 
@@ -79,10 +92,9 @@ def evaluate(source, images, masks, classes: str | ClassMap = "coco-object", *, 
             confusion.update(truth, prediction)
         backend_description = segmenter.runtime.description
     iou = confusion.iou
-    return EvalReport({
-        "schema": SCHEMA, "source": str(source), "backend": backend_description, "masks": str(masks),
-        "classes": class_map.name, "resample": resample, "images": len(pairs), "miou": 100.0 * confusion.mean_iou,
-        "pixel_accuracy": 100.0 * confusion.pixel_accuracy,
-        "per_class_iou": {name: (None if np.isnan(v) else 100.0 * v) for name, v in zip(class_map.class_names, iou)},
-        "seconds": time.perf_counter() - started,
-    })
+    return EvalReport(
+        source=str(source), backend=backend_description, masks=str(masks), classes=class_map.name,
+        resample=resample, images=len(pairs), miou=100.0 * confusion.mean_iou,
+        pixel_accuracy=100.0 * confusion.pixel_accuracy,
+        per_class_iou={name: (None if np.isnan(v) else 100.0 * v) for name, v in zip(class_map.class_names, iou)},
+        seconds=time.perf_counter() - started)
