@@ -275,7 +275,9 @@ def drift(reference, candidates, images, labels, masks_dir, classes, max_drop, m
     click.echo(report.to_markdown())
     if json_path:
         write_json(report.to_dict(), json_path)
-    written = [path for path in (json_path, report_dir and f"{report_dir}/") if path]
+    written = [json_path] if json_path else []
+    if report_dir:      # the page is what a user opens; its folder also holds drift.json, drift.md and the PNGs
+        written.append(f"{os.path.join(report_dir, 'report.html')} (and its folder)")
     if written:
         click.echo(f"\nwrote {' and '.join(written)}")
     if budget is None:

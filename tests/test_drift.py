@@ -152,6 +152,7 @@ def test_drift_cli_max_drop_exit_codes(onnx_artifact, degraded_artifact, images,
                  "--report", tmp_path / "report")
     assert ok.returncode == 0, ok.stderr
     assert "| candidate |" in ok.stdout and "within the budget (mIoU drop ≤ 0.5)" in ok.stdout
+    assert f"wrote {tmp_path / 'a.json'} and {tmp_path / 'report' / 'report.html'} (and its folder)" in ok.stdout
     data = json.loads((tmp_path / "a.json").read_text())
     assert data["schema"] == "groupvit-edge/drift/1" and data["images"]["count"] == 2
     failed = run_cli("drift", *common, "--candidate", degraded_artifact, "--max-drop", "0.01",
