@@ -25,14 +25,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--size", type=int, default=448)
     args = parser.parse_args()
+    from groupvit_edge.hardware import cpu_header
+    print(cpu_header(), flush=True)
+    with tempfile.TemporaryDirectory(prefix="ort-int8-forms-") as scratch:   # four artifacts, removed at the end
+        measure(args, Path(scratch))
+
+
+def measure(args, scratch: Path) -> None:
     from groupvit_edge import runtimes
     from groupvit_edge.exporters import export
-    from groupvit_edge.hardware import cpu_header
     from groupvit_edge.model import load_model
     from groupvit_edge.segmentation.preprocess import load_image, prepare
-    print(cpu_header(), flush=True)
-
-    scratch = Path(tempfile.mkdtemp(prefix="ort-int8-forms-"))
     loaded = load_model("random:0")
     common = dict(image_size=args.size, cache_dir=scratch / "cache", log=lambda message: None)
     calibrated = dict(calib_dir=SHARED / "coco" / "calib2017", calib_count=args.calib_count, **common)

@@ -14,8 +14,9 @@ import sys
 import click
 
 from .errors import UserError, ValidationFailed
+from .listing import listed
 from .metrics.blocks import TOLERANCE_DB
-from .metrics.drift import CONFIDENT_MARGIN
+from .metrics.drift import CONFIDENT_MARGIN, DEFAULT_PROBE
 from .options import check_number, spec_of
 
 # Conditions of the machine rather than bugs: a full disk or a directory we may not write.
@@ -211,7 +212,7 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, re
             segmenter.check_label_image()
         if labels is None and segmenter.manifest.vocabulary_path() is None:
             click.echo("no --labels and no vocabulary in the artifact: segmenting with the 80 COCO object classes")
-        click.echo(f"{segmenter.runtime.description}; classes: {_listed(segmenter.class_names)}")
+        click.echo(f"{segmenter.runtime.description}; classes: {listed(segmenter.class_names, 12)}")
         for image, name in zip(found, output_names(found)):
             try:
                 result = segmenter.segment(image.path)
@@ -224,10 +225,6 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, re
     if unreadable:
         raise UserError(f"{len(unreadable)} of {len(found)} photos could not be segmented (first: {unreadable[0]}); "
                         f"the other {len(found) - len(unreadable)} were written to {out_dir}")
-
-
-def _listed(names: list[str], shown: int = 12) -> str:
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _summary(result, show: str) -> str:
@@ -318,7 +315,7 @@ def evaluate_command(source, images, masks_dir, classes, backend, limit, resampl
 @click.option("--images", multiple=True, help=IMAGES_HELP)
 @click.option("--limit", type=click.IntRange(min=1), default=8, show_default=True, help="Use the first N photos.")
 @click.option("--ref", "reference", help="Reference for drift (default: the first fp32 artifact).")
-@click.option("--labels", default="prototypes:16", show_default=True, help="Vocabulary for mIoU vs the reference.")
+@click.option("--labels", default=DEFAULT_PROBE, show_default=True, help="Vocabulary for mIoU vs the reference.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls first.")
 @click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls.")
 @click.option("--threads", type=int, callback=_threads, help="CPU threads per backend (at most the CPU count).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .artifact import read_manifest
+from .listing import listed
 
 
 def describe(artifact) -> str:
@@ -51,8 +52,7 @@ def _precision(precision: dict) -> str:
         parts.append(f"inference precision {precision['inference_precision']}")
     kept = precision.get("kept_float")
     if kept and kept != ["*"]:
-        shown = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
-        parts.append(f"kept float: {shown}")
+        parts.append(f"kept float: {listed(kept, 8)}")
     return "; ".join(parts)
 
 

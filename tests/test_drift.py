@@ -66,6 +66,9 @@ def test_without_labels_or_a_vocabulary_drift_probes_with_prototypes(onnx_artifa
     (no_vocabulary / "manifest.json").write_text(json.dumps(manifest))
     report = measure_drift(reference_runtime, [no_vocabulary], images[:1], progress=False)
     assert report.vocabulary.kind == "prototypes" and len(report.vocabulary.labels) == 16
+    # The other side without one: an artifact exported without --labels, against one that has a vocabulary.
+    candidate_side = measure_drift(onnx_artifact, [no_vocabulary], images[:1], progress=False)
+    assert candidate_side.vocabulary.kind == "prototypes" and len(candidate_side.vocabulary.labels) == 16
     with_vocabulary = measure_drift(onnx_artifact, [onnx_artifact], images[:1], progress=False)
     assert with_vocabulary.vocabulary.labels == ["cat", "dog", "grass"]
 

@@ -17,6 +17,7 @@ import copy
 import numpy as np
 
 from ..errors import ValidationFailed
+from ..listing import listed
 from ..metrics.drift import MODEL_LEVEL_BUDGET, DriftBudget, budget_from_flags
 from .records import BudgetSearch, DriftCheck, SearchStep
 
@@ -89,10 +90,6 @@ def fewest_fitting(blocks: int, steps: int, fits) -> int | None:
         else:
             failing = middle
     return fitting
-
-
-def listed(blocks: list[str], shown: int = 4) -> str:
-    return ", ".join(blocks[:shown]) + (f" and {len(blocks) - shown} more" if len(blocks) > shown else "") or "none"
 
 
 def _median_ms(model, preprocess) -> float:

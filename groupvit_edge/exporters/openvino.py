@@ -136,10 +136,15 @@ def _float_ir(job, floats, weights: str, inference_precision: str, photos, budge
     measured against the fp32 ONNX on `photos`."""
     ir = {"image_ir": write_ir(job, "image", job.staging / floats.image.file, weights, inference_precision,
                                floats.image, compress_to_fp16=weights == "fp16"),
-          "text_ir": write_ir(job, "text", job.staging / floats.text.file, "fp32", "f32", floats.text)}
+          "text_ir": _text_ir(job, floats)}
     graphs = {"image": floats.image, "text": floats.text, **ir}
     check, text_difference = _check_ir(job, floats, graphs, photos, budget)
     return ArtifactParts(graphs, record, {"drift_vs_fp32": check}, figures={"text_ir_max_abs_diff": text_difference})
+
+
+def _text_ir(job, floats) -> GraphRecord:
+    """Every OpenVINO target's text IR: fp32 weights, run in f32 (the text graph stays fp32 by the policy)."""
+    return write_ir(job, "text", job.staging / floats.text.file, "fp32", "f32", floats.text)
 
 
 def cpu_computes(precision: str) -> bool:
@@ -153,7 +158,7 @@ def _int8_qdq(job, floats) -> ArtifactParts:
     """precision.to_int8 builds, caches and measures the QDQ ONNX; OpenVINO folds its Q/DQ pairs into INT8 ops."""
     reduced = precision.to_int8(job, floats)
     ir = {"image_ir": write_ir(job, "image", job.staging / reduced.graph.file, "int8", "f32", reduced.graph),
-          "text_ir": write_ir(job, "text", job.staging / floats.text.file, "fp32", "f32", floats.text)}
+          "text_ir": _text_ir(job, floats)}
     graphs = {"image": reduced.graph, "text": floats.text, **ir}
     check, text_difference = _check_ir(job, floats, graphs, job.drift_photos(), reduced.check.budget)
     record = dataclasses.replace(reduced.precision, route="qdq", inference_precision="f32")
@@ -183,7 +188,7 @@ def _int8_nncf_ir(job, floats) -> ArtifactParts:
                                   job.options.common.cache_dir, job.log)
     seconds = time.perf_counter() - started
     ir = {"image_ir": write_ir(job, "image", quantized, "int8", "f32", floats.image),
-          "text_ir": write_ir(job, "text", job.staging / floats.text.file, "fp32", "f32", floats.text)}
+          "text_ir": _text_ir(job, floats)}
     graphs = {"image": floats.image, "text": floats.text, **ir}
     check, text_difference = _check_ir(job, floats, graphs, job.drift_photos())
     record = PrecisionRecord(

@@ -1,6 +1,7 @@
 """Plan → check: what an export will do, and everything it lacks, known before any slow work starts.
 
-`plan()` is pure: the target's steps and options. `check()` looks at the machine and the inputs (files exist,
+`plan()` has no side effects: the target's steps and options (a TensorRT target's steps follow the installed
+TensorRT's build plan, so it reads that version). `check()` looks at the machine and the inputs (files exist,
 packages import, options apply to the target, the output directory may be written) and returns *every*
 problem, so one run of `export` tells the user everything to fix at once.
 """

@@ -192,7 +192,7 @@ def summary(result: ExportResult) -> str:
     lines += [f"checked: {check.line()}" for check in result.parts.checks.values()]
     if result.parts.search is not None and result.parts.search.chosen is not None:
         chosen = result.parts.search.chosen
-        from .drift_budget import listed
+        from ..listing import listed
         lines.append(f"drift budget ({result.parts.search.budget.describe()}): met with "
                      f"{len(chosen.float_blocks)} block(s) in float ({listed(chosen.float_blocks)})")
     model = manifest.data["model"]["id"]

@@ -47,6 +47,8 @@ DEFAULT_WORKSPACE_MB = 2048
 IMAGE_PROFILE = (1, 1, 8)            # windows per image-graph call: min, opt, max
 TEXT_PROFILE = (1, 64, 256)          # prompts per call: vocabulary.TEXT_BATCH is 256
 CALIBRATION_BATCH = 8
+# The implicit route's calibration: what keys its cache and what the manifest records, one value for both.
+IMPLICIT_METHOD = {"method": "tensorrt-entropy2", "batch": CALIBRATION_BATCH}
 ENGINE_FILES = {"image": "image.engine", "text": "text.engine"}
 INT8_FP16_FILE = "image.int8-fp16.onnx"
 # DequantizeLinear/QuantizeLinear take FP16 scales from opset 19 (ONNX operator changelog); 10.3 parses ≤ 20.
@@ -372,8 +374,7 @@ def _implicit_calibration(job, trt, source: Path, root: Path):
     calibration = job.calibration
     preprocess = job.preprocess
     # The INT8 step's key, plus what TensorRT names the tensors after (the exact graph) and writes the table with.
-    key = calibration_key(job.loaded.weights_sha256, calibration,
-                          {"method": "tensorrt-entropy2", "batch": CALIBRATION_BATCH},
+    key = calibration_key(job.loaded.weights_sha256, calibration, IMPLICIT_METHOD,
                           tensorrt=trt.__version__, network_sha256=sha256_file(source))
     cache = CalibrationCacheFile(root, key, log=job.log)
     memory = open_device_memory()
@@ -400,7 +401,7 @@ def _precision(job, plan: BuildPlan, reduced, graphs: dict, calibration):
         record = PrecisionRecord("int8", ["LayerNormalization", "Softmax", "grouping assignment"],
                                  quantized_nodes="chosen by TensorRT (implicit calibration)",
                                  engines=engines_typing)
-        return record, CalibrationRecord(calibration_set, {"method": "tensorrt-entropy2", "batch": CALIBRATION_BATCH},
+        return record, CalibrationRecord(calibration_set, IMPLICIT_METHOD,
                                          cache.reused, cache=str(cache.directory))
     from ..calibration.policy import FP16_KEEP_FLOAT_OPS
     kept = kept_float_nodes(job.staging / graphs["image"].file)

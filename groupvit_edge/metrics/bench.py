@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import UserError
 from ..options import check_number
 from ..runtimes.base import Runtime
+from .drift import DEFAULT_PROBE, format_figure
 
 SCHEMA = "groupvit-edge/bench/1"
 POLL_SECONDS = 1.0      # how often the parent checks that a silent child is still alive
@@ -38,7 +39,7 @@ class BenchSettings:
     threads: int | None = None
     batch: int = 1
     streams: int | None = None             # throughput mode: each backend's own `throughput_options`
-    labels: str | None = "prototypes:16"   # for mIoU vs the reference; prototypes need no trained weights
+    labels: str | None = DEFAULT_PROBE     # for mIoU vs the reference; prototypes need no trained weights
     segment_labels: tuple[str, ...] = ("person", "car", "dog", "tree", "sky")
 
     def to_dict(self) -> dict:
@@ -56,6 +57,9 @@ class Percentiles:
     @classmethod
     def of(cls, milliseconds: list[float]) -> Percentiles:
         return cls(float(np.percentile(milliseconds, 50)), float(np.percentile(milliseconds, 90)))
+
+
+FAILED = "failed: "                 # a failed row's status starts with it, then the first line of why
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,9 +83,18 @@ class BenchRow:
     traceback: str | None = None
     peak_rss_mb: float | None = None                # None: the row's process died or never started
 
+    @classmethod
+    def failed(cls, artifact: str, reason: str, traceback: str | None = None) -> BenchRow:
+        return cls(artifact=artifact, status=FAILED + reason, traceback=traceback)
+
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def reason(self) -> str:
+        """Why a failed row failed."""
+        return self.status.removeprefix(FAILED)
 
     def to_dict(self) -> dict:
         """This row in bench.json: the fields that have a value, plus peak_rss_mb always and
@@ -152,8 +165,7 @@ def measure_artifact(plan: _Plan, images: list[str], reference: str | None, sett
 
 def _failed(artifact: str, error: BaseException) -> BenchRow:
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return BenchRow(artifact=artifact, status=f"failed: {reason}",
-                    traceback="".join(traceback.format_exception(error)))
+    return BenchRow.failed(artifact, reason, "".join(traceback.format_exception(error)))
 
 
 def _measure(artifact: str, runtime: Runtime, images: list[str], reference: str | None,
@@ -289,7 +301,7 @@ def _row_in_child(plan: _Plan, images, reference, settings) -> BenchRow:
     finally:
         process.join()
     if message is None:
-        return BenchRow(artifact=plan.artifact, status=f"failed: {_death(process.exitcode)}")
+        return BenchRow.failed(plan.artifact, _death(process.exitcode))
     kind, payload = message
     if kind == "user_error":
         raise UserError(payload)
@@ -326,7 +338,7 @@ def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | No
     for plan in plans:
         log(f"benchmarking {plan.artifact}")
         if plan.backend is None:
-            row = BenchRow(artifact=plan.artifact, status=f"failed: {plan.unavailable}")
+            row = BenchRow.failed(plan.artifact, plan.unavailable)
         elif isolate:
             row = _row_in_child(plan, paths, reference, settings)
         else:
@@ -400,7 +412,7 @@ class BenchReport:
 
     def failures(self) -> list[str]:
         """"artifact: why" for every row that failed."""
-        return [f"{row.artifact}: {row.status.removeprefix('failed: ')}" for row in self.rows if not row.ok]
+        return [f"{row.artifact}: {row.reason}" for row in self.rows if not row.ok]
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "reference": self.reference, "images": self.images,
@@ -426,7 +438,6 @@ class BenchReport:
                 f"| {r.artifact} | {r.target} | {r.backend} | ok | {r.size_mb:.1f} "
                 f"| {r.image_graph_ms.p50:.1f} / {r.image_graph_ms.p90:.1f} "
                 f"| {r.end_to_end_ms.p50:.1f} / {r.end_to_end_ms.p90:.1f} | {r.images_per_s:.2f} "
-                f"|{stream_cell} {r.peak_rss_mb:.0f} | {'—' if miou is None else f'{miou:.2f}'} "
-                f"| {'—' if miou is None else f'{miou - 100:+.2f}'} "
-                f"| {'—' if confident is None else f'{confident:.3f}'} |")
+                f"|{stream_cell} {r.peak_rss_mb:.0f} | {format_figure(miou)} "
+                f"| {'—' if miou is None else f'{miou - 100:+.2f}'} | {format_figure(confident, 3)} |")
         return "\n".join(lines)

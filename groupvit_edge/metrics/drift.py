@@ -520,7 +520,7 @@ def _describe(source, runtime: Runtime) -> ComparedModel:
     manifest = runtime.manifest
     return ComparedModel(
         source=str(getattr(source, "model_id", source)) if not isinstance(source, Runtime) else runtime.name,
-        backend=runtime.description, target=manifest.data["precision"]["target"],
+        backend=runtime.description, target=manifest.target,
         model_sha256=manifest.data["model"]["weights_sha256"])
 
 

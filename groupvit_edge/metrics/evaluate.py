@@ -16,6 +16,7 @@ from ..segmentation.postprocess import BACKGROUND_THRESHOLD
 from ..segmentation.preprocess import list_images
 from .classmaps import ClassMap, resolve
 from .confusion import ConfusionMatrix
+from .drift import format_figure
 
 SCHEMA = "groupvit-edge/eval/1"
 
@@ -41,7 +42,7 @@ class EvalReport:
         lines = [f"{self.source} ({self.backend}) on {self.images} images (masks {self.masks}), classes "
                  f"{self.classes}: mIoU {self.miou:.2f}, pixel accuracy {self.pixel_accuracy:.2f}", "",
                  "| class | IoU |", "|---|---|"]
-        lines += [f"| {name} | {'—' if iou is None else f'{iou:.2f}'} |" for name, iou in self.per_class_iou.items()]
+        lines += [f"| {name} | {format_figure(iou)} |" for name, iou in self.per_class_iou.items()]
         return "\n".join(lines)
 
 

@@ -19,9 +19,8 @@ from ..errors import UserError
 from ..hardware import cpu_header, device_identity
 from ..runtimes.base import Configuration
 from ..runtimes.tuned import SCHEMA
-from .drift import MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget, check_vocabulary, measure_drift
+from .drift import DEFAULT_PROBE, MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget, check_vocabulary, measure_drift
 
-DEFAULT_LABELS = "prototypes:16"    # label-free, so meaningful with any weights: reported, never gated
 LATENCY_WINDOWS = 4
 
 
@@ -147,7 +146,7 @@ def tune(artifact, images=None, *, reference=None, budget: DriftBudget | None = 
     log(f"measuring drift against {reference} on {len(paths)} photos")
     # The artifact as its own reference runs its fp32 ONNX in ONNX Runtime, whatever was tuned before.
     truth = runtimes.open(reference, "onnxruntime") if str(reference) == str(manifest.directory) else reference
-    report = measure_drift(truth, [runtime for _, runtime in opened], paths, labels=labels or DEFAULT_LABELS,
+    report = measure_drift(truth, [runtime for _, runtime in opened], paths, labels=labels or DEFAULT_PROBE,
                            progress=False)
     for (entry, runtime), drift in zip(opened, report.candidates):
         entry.drift, entry.failures = drift, budget.failures(drift)
