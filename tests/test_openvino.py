@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,14 +99,86 @@ def test_the_precision_that_ran_is_f32_and_bf16_is_an_explicit_opt_in(ir_fp32, r
     assert difference.max() > FP32_TOLERANCE
 
 
+def test_a_precision_the_device_lacks_is_refused_in_one_sentence_naming_what_it_needs():
+    for precision, needs in (("bf16", "AVX-512 BF16 or AMX"), ("f16", "AVX-512 FP16")):
+        with pytest.raises(UserError, match=f"cannot compute in {precision} .*{needs}.*it offers FP32") as error:
+            openvino_backend.precision_for("f32", ["FP32", "INT8"], precision, "CPU")
+        assert "\n" not in str(error.value)
+    assert openvino_backend.precision_for("bf16", ["FP32"], None, "CPU") == "f32"   # an artifact's default falls back
+
+
+def _blobs(cache) -> list[str]:
+    return sorted(str(path.relative_to(cache)) for path in cache.rglob("*.blob"))
+
+
 def test_model_cache_makes_the_second_start_reuse_the_compiled_model(ir_fp32, tmp_path, windows):
     cache = tmp_path / "cache"
     first = runtimes.open(ir_fp32, cache_dir=cache)
-    blobs = sorted(p.name for p in cache.iterdir())
-    assert any(name.endswith(".blob") for name in blobs)
+    blobs = _blobs(cache)
+    assert blobs
     second = runtimes.open(ir_fp32, cache_dir=cache)
-    assert sorted(p.name for p in cache.iterdir()) == blobs            # served from the cache, nothing new
+    assert _blobs(cache) == blobs            # served from the cache, nothing new
     assert np.array_equal(first.encode_image(windows[:1]).grouping, second.encode_image(windows[:1]).grouping)
+
+
+def test_every_configuration_has_its_own_cache_directory(ir_fp32, tmp_path):
+    """An f32 blob imported for a bf16 compile crashed OpenVINO's CPU plugin: no two configurations may ever
+    share a cache directory, whatever OpenVINO's own blob key holds."""
+    base = {"device": "CPU", "shape": [1, 3, SIZE, SIZE], "version": "2026.4.1", "graph_digest": "a/b"}
+    config = openvino_backend.compile_config("CPU", {"CPU": "f32"}, "LATENCY")
+    location = openvino_backend.cache_location(tmp_path, config=config, **base)
+    changed = [
+        {"config": openvino_backend.compile_config("CPU", {"CPU": "bf16"}, "LATENCY")},
+        {"config": openvino_backend.compile_config("CPU", {"CPU": "f16"}, "LATENCY")},
+        {"config": openvino_backend.compile_config("CPU", {"CPU": "f32"}, "THROUGHPUT")},
+        {"config": openvino_backend.compile_config("CPU", {"CPU": "f32"}, "LATENCY", streams=2)},
+        {"config": openvino_backend.compile_config("CPU", {"CPU": "f32"}, "LATENCY", threads=1)},
+        {"device": "GPU"}, {"shape": [1, 3, 448, 448]}, {"version": "2026.5.0"}, {"graph_digest": "a/c"}]
+    locations = {openvino_backend.cache_location(tmp_path, **{**base, "config": config, **change})
+                 for change in changed}
+    assert location not in locations and len(locations) == len(changed)
+    assert location == openvino_backend.cache_location(tmp_path, config=config, **base)   # and it is stable
+    # Compiled for real: the image and text graphs in two hints, each in its own directory, none at the root.
+    cache = tmp_path / "compiled"
+    tokens = np.zeros((1, 77), dtype=np.int32)
+    for hint in ("LATENCY", "THROUGHPUT"):
+        runtimes.open(ir_fp32, hint=hint, cache_dir=cache).encode_text(tokens)
+    directories = {Path(blob).parent for blob in _blobs(cache)}
+    assert len(directories) == 4 and Path(".") not in directories
+    assert all(len(list((cache / directory).glob("*.blob"))) == 1 for directory in directories)
+
+
+_ENCODE_IN_A_NEW_PROCESS = """
+import sys, numpy as np
+from groupvit_edge import runtimes
+from groupvit_edge.artifact import read_manifest
+from groupvit_edge.segmentation.preprocess import load_image, prepare
+artifact, precision, cache, photo, out = sys.argv[1:]
+windows = prepare(load_image(photo), read_manifest(artifact).preprocess).windows[:1]
+runtime = runtimes.open(artifact, inference_precision=precision, cache_dir=cache, threads=2)
+np.save(out, runtime.encode_image(windows).group_embeds)
+"""
+
+
+@pytest.mark.skipif("BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
+                    reason="the f32-then-bf16 cache crash needs a CPU with bf16 arithmetic (AVX-512 BF16 or AMX)")
+def test_f32_then_bf16_in_one_cache_directory_both_run(ir_fp32, tmp_path, coco_images, windows):
+    """Export leaves an f32 blob behind; every later bf16 start on that cache used to import it and crash. Each
+    start is its own process, as a user's are; the third is served from the cache."""
+    import subprocess
+    import sys
+    cache = tmp_path / "cache"
+    results = {}
+    for run, precision in enumerate(("f32", "bf16", "bf16")):
+        out = tmp_path / f"{run}.npy"
+        done = subprocess.run([sys.executable, "-c", _ENCODE_IN_A_NEW_PROCESS, str(ir_fp32), precision, str(cache),
+                               str(coco_images[1]), str(out)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{precision} after f32 in one cache: exit {done.returncode}\n{done.stderr}"
+        results[run] = np.load(out)
+    reference = runtimes.open(ir_fp32, backend="onnxruntime").encode_image(windows[:1]).group_embeds
+    assert np.abs(results[0] - reference).max() < FP32_TOLERANCE                 # f32 is f32
+    assert np.abs(results[1] - reference).max() > FP32_TOLERANCE                 # bf16 is bf16, not the f32 blob
+    assert np.array_equal(results[1], results[2])
 
 
 def test_async_stream_yields_every_window_in_order(ir_fp32, windows):

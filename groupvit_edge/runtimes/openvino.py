@@ -10,10 +10,16 @@ The image graph is compiled with a static batch of one window (what the CPU plug
 like best); a batch of windows, or a stream of them, goes through an async request queue, which is what the
 THROUGHPUT hint's streams run in parallel. The runtime may be called from several threads at once: every call
 borrows a request queue of its own.
+
+Compiled models are cached, and every configuration has its own cache directory (`cache_location`): OpenVINO's
+own blob key does not always separate configurations, and a CPU plugin importing a blob compiled for another
+inference precision crashes the process (seen on Sapphire Rapids: an f32 blob imported for a bf16 compile).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import queue
 import threading
 from dataclasses import dataclass
@@ -22,7 +28,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..artifact import Manifest
+from ..artifact import Manifest, sha256_file_cached
 from ..errors import UserError
 from ..files import cache_root
 from ..imports import require
@@ -35,6 +41,8 @@ EXTRA = "openvino"
 HINTS = ("LATENCY", "THROUGHPUT")
 # Inference precisions a user may ask for, as OpenVINO spells them; the capability a device must list for each.
 PRECISION_CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
+PRECISION_NEEDS = {"f32": "every device has it", "bf16": "on a CPU it needs AVX-512 BF16 or AMX",
+                   "f16": "on a CPU it needs AVX-512 FP16 or AMX-FP16; GPUs and NPUs have it"}
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")
 
 
@@ -62,8 +70,18 @@ def _import():
 
 
 def default_cache_dir() -> Path:
-    """Compiled-model cache shared by every artifact: OpenVINO keys its entries by model, device and config."""
+    """The root of the compiled-model cache shared by every artifact (one directory per configuration below it)."""
     return cache_root() / "openvino"
+
+
+def cache_location(root: Path, graph_digest: str, device: str, config: dict, shape, version: str) -> Path:
+    """The cache directory of one compiled configuration under `root`: the graph's own bytes (`graph_digest`),
+    the OpenVINO version, the device, the whole compile config (inference precision, hint, streams, threads) and
+    the static input shape each select their own directory, so one directory only ever holds blobs of one
+    configuration, whatever OpenVINO's blob key includes."""
+    identity = json.dumps({"graph": graph_digest, "openvino": version, "device": device, "shape": shape,
+                           "config": {key: str(value) for key, value in config.items()}}, sort_keys=True)
+    return root / hashlib.sha256(identity.encode()).hexdigest()[:20]
 
 
 def parse_streams(value) -> int | str:
@@ -135,8 +153,8 @@ def precision_for(artifact_precision: str, capabilities: list[str], requested: s
             raise UserError(f"inference precision {requested!r} is unknown: use one of "
                             f"{', '.join(PRECISION_CAPABILITY)}")
         if PRECISION_CAPABILITY[requested] not in capabilities:
-            raise UserError(f"OpenVINO device {device} cannot compute in {requested} (it offers "
-                            f"{', '.join(c for c in capabilities if c in PRECISION_CAPABILITY.values())}): "
+            raise UserError(f"OpenVINO device {device} cannot compute in {requested} ({PRECISION_NEEDS[requested]}; "
+                            f"it offers {', '.join(c for c in capabilities if c in PRECISION_CAPABILITY.values())}): "
                             f"choose another inference precision")
         return requested
     if PRECISION_CAPABILITY.get(artifact_precision) in capabilities:
@@ -177,6 +195,12 @@ def _count(what: str, value, allow_auto: bool = False) -> str:
     if number < 1 or str(number) != str(value).strip():
         raise UserError(f"--{what} {value!r} must be a whole number ≥ 1{' or AUTO' if allow_auto else ''}")
     return str(number)
+
+
+def _graph_digest(record: dict, xml: Path, weights: Path) -> str:
+    """The IR's identity: the sha256 of its .xml and .bin as the manifest records them (hashed here otherwise)."""
+    return "/".join(record.get(key) or sha256_file_cached(path)
+                    for key, path in (("sha256", xml), ("weights_sha256", weights)))
 
 
 def _property(compiled, name: str, default):
@@ -235,11 +259,15 @@ class OpenVinoRuntime(Runtime):
         except RuntimeError as error:
             raise UserError(f"OpenVINO cannot read {xml} ({str(error).splitlines()[0]}); "
                             f"re-run `groupvit-edge export`") from None
+        shape = None
         if static_batch:
             preprocess = self.manifest.preprocess
-            model.reshape({"pixels": [1, 3, preprocess.height, preprocess.width]})
+            shape = [1, 3, preprocess.height, preprocess.width]
+            model.reshape({"pixels": shape})
         if self.cache_dir is not None:
-            config = {**config, "CACHE_DIR": str(self.cache_dir)}
+            location = cache_location(self.cache_dir, _graph_digest(self.manifest.graphs[graph], xml, weights),
+                                      self.device, config, shape, self._ov.__version__)
+            config = {**config, "CACHE_DIR": str(location)}
         return self._core.compile_model(model, self.device, config)
 
     def _ran_precision(self, compiled) -> str:
