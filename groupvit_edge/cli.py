@@ -368,7 +368,10 @@ def tune(artifact, images, reference, labels, max_drop, min_confident_agreement,
     report = tune_artifact(artifact, list(images) or None, reference=reference, budget=budget, labels=labels,
                            threads=threads, runs=runs, record=not dry_run, log=click.echo)
     click.echo(report.to_markdown())
-    if report.chosen is not None and not dry_run:
+    if report.chosen is None:
+        raise ValidationFailed(f"no configuration measured ran within the budget ({report.budget.describe()}): "
+                               f"nothing is recorded")
+    if not dry_run:
         click.echo(f"recorded in {artifact}/tuned.json for this device")
 
 

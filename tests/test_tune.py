@@ -86,6 +86,44 @@ def test_tune_measures_every_configuration_records_the_choice_and_open_uses_it(o
     assert tuned_record.tuned_choice(openvino_fp32) is None            # measured elsewhere: not used here
 
 
+def test_a_configuration_that_crashes_or_cannot_open_is_a_failed_row_and_tune_chooses_among_the_rest(
+        openvino_fp32, photos, monkeypatch):
+    """The first configuration's process dies of SIGSEGV (as a CPU plugin importing a foreign blob did), the second
+    names a device this machine lacks: both are failed rows with their reason, the third is measured and chosen.
+    tune runs in a thread so that a parent waiting forever fails this test instead of hanging it."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+    crashing = Configuration("openvino", {"device": "CPU", "inference_precision": "f32"}, "openvino, crashes")
+    missing = Configuration("openvino", {"device": "GPU", "inference_precision": "f32"}, "openvino GPU, f32")
+    fp32 = Configuration("onnxruntime", {}, "onnxruntime, fp32 ONNX")
+    monkeypatch.setattr(tuning, "configurations", lambda manifest: [crashing, missing, fp32])
+    finished = {}
+
+    def run():
+        finished["report"] = tuning.tune(openvino_fp32, photos[:1], runs=1, record=False, log=quiet)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (child,) = multiprocessing.active_children()
+    os.kill(child.pid, signal.SIGSEGV)
+    thread.join(timeout=600)
+    assert not thread.is_alive(), "tune is still waiting for a configuration whose process died"
+    report = finished["report"]
+    errors = {m.configuration.label: m.error for m in report.measured}
+    assert errors["openvino, crashes"] == "killed by SIGSEGV"
+    assert errors["openvino GPU, f32"].startswith("OpenVINO device GPU is not available here")
+    assert errors["onnxruntime, fp32 ONNX"] is None
+    assert report.chosen is not None and report.chosen.configuration == fp32
+    table = report.to_markdown()
+    assert "| openvino, crashes | failed: killed by SIGSEGV |" in table and "chose onnxruntime, fp32 ONNX" in table
+
+
 def test_bf16_is_offered_only_where_the_cpu_has_it(openvino_fp32, monkeypatch):
     """The ISA-dependent choice is testable on any CPU: the capability list decides."""
     from groupvit_edge.artifact import read_manifest
@@ -180,3 +218,13 @@ def test_nothing_within_the_budget_records_nothing(dynamic_int8, photos):
     report = tuning.tune(dynamic_int8, photos[:1], budget=impossible, runs=2, log=quiet)
     assert report.chosen is None and not (dynamic_int8 / "tuned.json").exists()
     assert "nothing fits the budget" in report.to_markdown()
+
+
+def test_tune_exits_1_when_no_configuration_ran_within_the_budget(dynamic_int8, photos):
+    """Its one configuration is INT8, whose group cosine cannot be exactly 1."""
+    done = subprocess.run([sys.executable, "-m", "groupvit_edge.cli", "tune", str(dynamic_int8), "--images",
+                           str(photos[0]), "--runs", "1", "--min-group-cosine", "1.0"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "no configuration measured ran within the budget" in done.stderr
+    assert not (dynamic_int8 / "tuned.json").exists()

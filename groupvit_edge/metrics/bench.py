@@ -1,23 +1,19 @@
 """`bench`: one row per artifact — speed, size, memory and accuracy against the fp32 reference, side by side.
 
 Everything the user gives (settings, photos, --labels, --ref, runtime options) is checked before the first artifact
-is measured. Each artifact then runs in its own spawned process, so its peak RSS is its own. What goes wrong with
-one artifact's backend becomes that artifact's "failed" row instead of ending the table, and `bench` exits 1:
-no backend installed here can run it, the backend refuses or fails to open it (a missing device, a file that
-fails its sha256 check), raises while running a graph, or its process dies. A user error found only while
-measuring (a prototypes:K larger than these photos allow) still ends bench with its sentence; an error in the
-measuring code itself is a bug and stays a traceback.
+is measured. Each artifact then runs in its own spawned process (`isolation`), so its peak RSS is its own. What
+goes wrong with one artifact's backend becomes that artifact's "failed" row instead of ending the table, and
+`bench` exits 1: no backend installed here can run it, the backend refuses or fails to open it (a missing device,
+a file that fails its sha256 check), raises while running a graph, or its process dies. A user error found only
+while measuring (a prototypes:K larger than these photos allow) still ends bench with its sentence; an error in
+the measuring code itself is a bug and stays a traceback.
 """
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-import queue as queues
 import resource
-import signal
 import statistics
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +23,9 @@ from ..errors import UserError
 from ..options import check_number
 from ..runtimes.base import Runtime
 from .drift import DEFAULT_PROBE, format_figure
+from .isolation import BackendFailed, Failure, open_guarded, run_isolated
 
 SCHEMA = "groupvit-edge/bench/1"
-POLL_SECONDS = 1.0      # how often the parent checks that a silent child is still alive
 
 
 @dataclass
@@ -84,8 +80,8 @@ class BenchRow:
     peak_rss_mb: float | None = None                # None: the row's process died or never started
 
     @classmethod
-    def failed(cls, artifact: str, reason: str, traceback: str | None = None) -> BenchRow:
-        return cls(artifact=artifact, status=FAILED + reason, traceback=traceback)
+    def failed(cls, artifact: str, failure: Failure) -> BenchRow:
+        return cls(artifact=artifact, status=FAILED + failure.reason, traceback=failure.traceback)
 
     @property
     def ok(self) -> bool:
@@ -121,10 +117,6 @@ def _size_mb(artifact: Path) -> float:
     return sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file()) / 1e6
 
 
-class BackendFailed(Exception):
-    """The backend raised while running one of the artifact's graphs (the cause is its own exception)."""
-
-
 @dataclass(frozen=True)
 class _Plan:
     """One row to measure, decided before any is: the backend that runs the artifact here and its options."""
@@ -151,21 +143,15 @@ def measure_artifact(plan: _Plan, images: list[str], reference: str | None, sett
     Whatever the backend raises while opening the artifact or running a graph makes a failed row; a UserError is
     the user's input, found late, and anything else a bug: both propagate."""
     from .. import runtimes
-    try:
-        runtime = _Guarded(runtimes.open(plan.artifact, plan.backend, **plan.options))
-    except Exception as error:
-        return _failed(plan.artifact, error)
+    runtime = open_guarded(lambda: runtimes.open(plan.artifact, plan.backend, **plan.options))
+    if isinstance(runtime, Failure):
+        return BenchRow.failed(plan.artifact, runtime)
     try:
         return _measure(plan.artifact, runtime, images, reference, settings)
     except BackendFailed as error:
-        return _failed(plan.artifact, error.__cause__)
+        return BenchRow.failed(plan.artifact, Failure.of(error.__cause__))
     finally:
         runtime.close()
-
-
-def _failed(artifact: str, error: BaseException) -> BenchRow:
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return BenchRow.failed(artifact, reason, "".join(traceback.format_exception(error)))
 
 
 def _measure(artifact: str, runtime: Runtime, images: list[str], reference: str | None,
@@ -217,47 +203,6 @@ def _end_to_end_ms(runtime: Runtime, images: list[str], settings: BenchSettings)
     return end_to_end_ms
 
 
-class _Guarded(Runtime):
-    """The runtime a row measures. What it raises while running a graph is the backend's failure (BackendFailed),
-    told apart from errors in the measuring code around it, which are bugs."""
-
-    def __init__(self, runtime: Runtime):
-        self.runtime, self.name, self.manifest = runtime, runtime.name, runtime.manifest
-        if hasattr(runtime, "encode_images_async"):
-            self.encode_images_async = self._encode_stream
-
-    @property
-    def description(self) -> str:
-        return _backend_call(lambda: self.runtime.description)
-
-    def encode_image(self, pixels):
-        return _backend_call(self.runtime.encode_image, pixels)
-
-    def encode_text(self, token_ids):
-        return _backend_call(self.runtime.encode_text, token_ids)
-
-    def _encode_stream(self, windows):
-        encodings = self.runtime.encode_images_async(windows)
-        while True:
-            try:
-                encoding = next(encodings)
-            except StopIteration:
-                return
-            except Exception as error:
-                raise BackendFailed(str(error)) from error
-            yield encoding
-
-    def close(self) -> None:
-        self.runtime.close()
-
-
-def _backend_call(call, *args):
-    try:
-        return call(*args)
-    except Exception as error:
-        raise BackendFailed(str(error)) from error
-
-
 def stream_throughput(runtime, windows: np.ndarray, warmup: int) -> float:
     """Windows/s over the whole stream of windows: async requests where the backend has them (all streams
     busy), one call per window elsewhere, so every row answers the same question."""
@@ -277,37 +222,9 @@ def _row(plan: _Plan, images, reference, settings) -> BenchRow:
     return dataclasses.replace(row, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def _child(plan, images, reference, settings, queue):
-    """The spawned side sends ("row", row), ("user_error", sentence) or ("bug", traceback)."""
-    try:
-        message = ("row", _row(plan, images, reference, settings))
-    except UserError as error:
-        message = ("user_error", str(error))
-    except Exception:
-        message = ("bug", traceback.format_exc())
-    queue.put(message)
-
-
 def _row_in_child(plan: _Plan, images, reference, settings) -> BenchRow:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_child, args=(plan, images, reference, settings, queue))
-    process.start()
-    try:
-        message = _receive(process, queue)
-    except BaseException:
-        process.kill()
-        raise
-    finally:
-        process.join()
-    if message is None:
-        return BenchRow.failed(plan.artifact, _death(process.exitcode))
-    kind, payload = message
-    if kind == "user_error":
-        raise UserError(payload)
-    if kind == "bug":
-        raise RuntimeError(f"measuring {plan.artifact} raised in its process:\n{payload}")
-    return payload
+    row = run_isolated(_row, plan, images, reference, settings)
+    return BenchRow.failed(plan.artifact, row) if isinstance(row, Failure) else row
 
 
 def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | None = None,
@@ -338,7 +255,7 @@ def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | No
     for plan in plans:
         log(f"benchmarking {plan.artifact}")
         if plan.backend is None:
-            row = BenchRow.failed(plan.artifact, plan.unavailable)
+            row = BenchRow.failed(plan.artifact, Failure(plan.unavailable))
         elif isolate:
             row = _row_in_child(plan, paths, reference, settings)
         else:
@@ -377,29 +294,6 @@ def _check_reference(reference: str, manifests: dict) -> None:
             raise UserError(f"{artifact} was exported at {theirs.preprocess.height}x{theirs.preprocess.width} but "
                             f"the reference {reference} at {size[0]}x{size[1]}: bench artifacts of one size "
                             f"together, or pass --ref the checkpoint (it runs at any size)")
-
-
-def _receive(process, queue):
-    """What the child sent, or None when it died without sending anything (a crash in native code, a kill, the
-    out-of-memory killer)."""
-    while process.is_alive():
-        try:
-            return queue.get(timeout=POLL_SECONDS)
-        except queues.Empty:
-            continue
-    try:        # it may have sent its message just before it exited
-        return queue.get(timeout=POLL_SECONDS)
-    except queues.Empty:
-        return None
-
-
-def _death(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        try:
-            return f"killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exit {exitcode}"
 
 
 @dataclass(frozen=True)

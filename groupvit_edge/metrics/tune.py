@@ -3,6 +3,9 @@ precision it offers: f32, bf16, f16, the INT8 graph with an f32 or bf16 remainde
 for drift against the fp32 reference on the same photos. The fastest configuration within the drift budget is
 recorded in the artifact (`tuned.json`) with the identity of the device that measured it; `runtimes.open` uses
 it on that device and nowhere else. When nothing fits, nothing reduced is chosen: the artifact runs as exported.
+
+Each configuration is measured in a process of its own (`isolation`): one that its backend cannot compile or run,
+or that crashes it, is a row saying why, and the choice is made among the others.
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from ..errors import UserError
 from ..hardware import cpu_header, device_identity
 from ..runtimes.base import Configuration
 from ..runtimes.tuned import SCHEMA
-from .drift import DEFAULT_PROBE, MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget, check_vocabulary, measure_drift
+from .drift import DEFAULT_PROBE, MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget, check_vocabulary, \
+    validate_candidate
+from .isolation import BackendFailed, Failure, open_guarded, run_isolated
 
 LATENCY_WINDOWS = 4
 
@@ -74,7 +79,7 @@ class TuneReport:
                  "| fits |", "|---|---|---|---|---|---|---|"]
         for m in sorted(self.measured, key=lambda m: (m.latency_ms is None, m.latency_ms or 0)):
             if m.error:
-                lines.append(f"| {m.configuration.label} | could not run: {m.error} | | | | | no |")
+                lines.append(f"| {m.configuration.label} | failed: {m.error} | | | | | no |")
                 continue
             model = m.drift.model_level
             confident = "—" if model.group_agreement_confident is None else f"{model.group_agreement_confident:.3f}"
@@ -109,10 +114,12 @@ def choose(measured: list[Measured]) -> Measured | None:
 
 
 def tune(artifact, images=None, *, reference=None, budget: DriftBudget | None = None, labels=None,
-         threads: int | None = None, runs: int = 10, record: bool = True, log=print) -> TuneReport:
+         threads: int | None = None, runs: int = 10, record: bool = True, isolate: bool = True,
+         log=print) -> TuneReport:
     """Measure every configuration of `artifact` on this machine and record the fastest within `budget`
     (default MODEL_LEVEL_BUDGET). `labels` is the vocabulary class-level drift is measured with; without it,
-    prototypes:16 is reported but not gated, so a budget with a max_drop needs it."""
+    prototypes:16 is reported but not gated, so a budget with a max_drop needs it. Each configuration runs in
+    its own process unless `isolate=False`."""
     from .. import runtimes
     from ..artifact import read_manifest
     from ..segmentation.preprocess import list_images, load_image, prepare
@@ -131,31 +138,56 @@ def tune(artifact, images=None, *, reference=None, budget: DriftBudget | None = 
                         "with the class names (or prototypes:K)")
     check_vocabulary(labels)
     reference = reference or default_reference(manifest)
-    paths = list_images(images)
+    paths = [str(path) for path in list_images(images)]
     windows = np.concatenate([prepare(load_image(p), manifest.preprocess).windows for p in paths[:LATENCY_WINDOWS]])
-    measured, opened = [], []
+    task = _Task(str(artifact), str(reference), str(reference) == str(manifest.directory), given, windows, paths,
+                 labels or DEFAULT_PROBE, runs)
+    measured = []
     for configuration in found:
-        log(f"measuring {configuration.label}")
-        try:
-            runtime = runtimes.open(artifact, configuration.backend, **{**configuration.options, **given})
-        except UserError as error:
-            measured.append(Measured(configuration, error=str(error)))
-            continue
-        measured.append(_speed(Measured(configuration, runtime.description), runtime, windows, runs))
-        opened.append((measured[-1], runtime))
-    log(f"measuring drift against {reference} on {len(paths)} photos")
-    # The artifact as its own reference runs its fp32 ONNX in ONNX Runtime, whatever was tuned before.
-    truth = runtimes.open(reference, "onnxruntime") if str(reference) == str(manifest.directory) else reference
-    report = measure_drift(truth, [runtime for _, runtime in opened], paths, labels=labels or DEFAULT_PROBE,
-                           progress=False)
-    for (entry, runtime), drift in zip(opened, report.candidates):
-        entry.drift, entry.failures = drift, budget.failures(drift)
-        runtime.close()
+        log(f"measuring {configuration.label} (speed, and drift against {reference} on {len(paths)} photos)")
+        entry = run_isolated(measure_configuration, task, configuration) if isolate else \
+            measure_configuration(task, configuration)
+        if isinstance(entry, Failure):
+            entry = Measured(configuration, error=entry.reason)
+        if entry.drift is not None:
+            entry.failures = budget.failures(entry.drift)
+        measured.append(entry)
     result = TuneReport(Path(artifact), str(reference), budget, len(paths), measured, choose(measured),
                         time.perf_counter() - started)
     if record:
         record_choice(result)
     return result
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What measuring one configuration needs, the same for every configuration."""
+    artifact: str
+    reference: str
+    reference_is_artifact: bool    # then its fp32 ONNX runs in ONNX Runtime, whatever was tuned before
+    options: dict                  # runtime options the user gave
+    windows: np.ndarray            # timed, batch 1
+    photos: list[str]              # drift
+    labels: object
+    runs: int
+
+
+def measure_configuration(task: _Task, configuration: Configuration) -> Measured:
+    """One configuration's speed and drift; what its backend raises while opening or running is its error."""
+    from .. import runtimes
+    runtime = open_guarded(lambda: runtimes.open(task.artifact, configuration.backend,
+                                                 **{**configuration.options, **task.options}))
+    if isinstance(runtime, Failure):
+        return Measured(configuration, error=runtime.reason)
+    try:
+        entry = _speed(Measured(configuration, runtime.description), runtime, task.windows, task.runs)
+        truth = runtimes.open(task.reference, "onnxruntime") if task.reference_is_artifact else task.reference
+        entry.drift = validate_candidate(truth, runtime, task.photos, labels=task.labels)
+        return entry
+    except BackendFailed as error:
+        return Measured(configuration, error=Failure.of(error.__cause__).reason)
+    finally:
+        runtime.close()
 
 
 def default_reference(manifest) -> str:
