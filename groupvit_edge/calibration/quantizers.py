@@ -10,7 +10,7 @@ import contextlib
 import copy
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import UserError
+from ..hardware import int8_weight_bits
 from ..imports import require
 from .policy import Policy
 
@@ -25,13 +26,13 @@ METHODS = ("nncf", "minmax", "entropy", "percentile")
 DEFAULT_METHOD = "nncf"
 SMOOTH_QUANT_ALPHA = 0.95
 HISTOGRAM_WINDOWS = 16     # ORT entropy/percentile calibrators: ~330 MB per 448² window (measured)
-# 7-bit weights (values in [-64, 63]; NNCF's overflow fix, ORT's reduce_range) by default: x86 CPUs without VNNI
-# multiply u8×s8 pairs into int16 with saturation (vpmaddubsw), which full-range weights overflow. Measured on an
-# AVX2-only EPYC by benchmarks/int8_saturation.py (NNCF graph in ONNX Runtime, 448²): group cosine mean/min
-# 0.9813/0.9512 with 8-bit weights, 0.9962/0.9927 with 7-bit; computed exactly, 0.9977/0.9901 and 0.9961/0.9915.
-# 7-bit stays symmetric INT8, so TensorRT and VNNI CPUs read the same graph at a small cost.
+# 7-bit weights (values in [-64, 63]; NNCF's overflow fix, ORT's reduce_range) where the CPU needs them
+# (hardware.int8_weight_bits): x86 CPUs without VNNI or AMX multiply u8×s8 pairs into int16 with saturation
+# (vpmaddubsw), which full-range weights overflow. Measured on an AVX2-only EPYC by benchmarks/int8_saturation.py
+# (NNCF graph in ONNX Runtime, 448²): group cosine mean/min 0.9813/0.9512 with 8-bit weights, 0.9962/0.9927 with
+# 7-bit; computed exactly, 0.9977/0.9901 and 0.9961/0.9915. 7-bit stays symmetric INT8, so TensorRT and VNNI CPUs
+# read the same graph at a small cost.
 WEIGHT_BITS = (7, 8)
-DEFAULT_WEIGHT_BITS = 7
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class MethodOptions:
     smooth_quant_alpha: float = SMOOTH_QUANT_ALPHA     # nncf: SmoothQuant migration strength for MatMul
     fast_bias_correction: bool = True                  # nncf
     percentile: float = 99.999                         # ORT percentile calibrator
-    weight_bits: int = DEFAULT_WEIGHT_BITS
+    weight_bits: int = field(default_factory=int8_weight_bits)
 
     @property
     def reduce_range(self) -> bool:

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import hardware
 from ..artifact import GraphRecord
 from ..errors import ValidationFailed
 from ..imports import require
@@ -71,7 +72,7 @@ def steps(target: Target, options) -> list[Step]:
 def problems(export_plan) -> list[str]:
     options = export_plan.options
     found = []
-    if export_plan.target.name == "openvino-bf16" and openvino_installed() and not cpu_computes("bf16"):
+    if export_plan.target.name == "openvino-bf16" and openvino_installed() and not computes_bf16():
         found.append("--target openvino-bf16 is measured in bf16 at export, and this CPU has no bf16 arithmetic "
                      "(AVX-512 BF16 or AMX): export it on the deployment CPU, or export openvino-fp32 and run "
                      "`groupvit-edge tune` on that CPU")
@@ -157,11 +158,10 @@ def cpu_computes(precision: str) -> bool:
 def _int8_qdq(job, floats) -> ArtifactParts:
     """precision.to_int8 builds, caches and measures the QDQ ONNX; OpenVINO folds its Q/DQ pairs into INT8 ops."""
     reduced = precision.to_int8(job, floats)
-    ir = {"image_ir": write_ir(job, "image", job.staging / reduced.graph.file, "int8", "f32", reduced.graph),
-          "text_ir": _text_ir(job, floats)}
+    image_ir = write_ir(job, "image", job.staging / reduced.graph.file, "int8", "f32", reduced.graph)
+    ir, check, text_difference = _int8_ir(job, floats, reduced.graph, image_ir, reduced.check.budget)
     graphs = {"image": reduced.graph, "text": floats.text, **ir}
-    check, text_difference = _check_ir(job, floats, graphs, job.drift_photos(), reduced.check.budget)
-    record = dataclasses.replace(reduced.precision, route="qdq", inference_precision="f32")
+    record = dataclasses.replace(reduced.precision, route="qdq", inference_precision=check.inference_precision)
     return ArtifactParts(graphs, record,
                          {"drift_vs_fp32": check, "drift_vs_fp32_onnxruntime": reduced.check},
                          reduced.calibration, reduced.search, figures={"text_ir_max_abs_diff": text_difference})
@@ -179,30 +179,59 @@ def _int8_nncf_ir(job, floats) -> ArtifactParts:
     policy = image_graph_policy(onnx.load(str(job.staging / floats.image.file), load_external_data=False),
                                 attention_products=True)
     kept_float = nncf_ir_float_nodes(policy)
-    bits = job.options.calibration.int8_weight_bits
+    bits = precision.int8_weight_bits(job)
     method = {"method": "nncf-ir", "smooth_quant_alpha": SMOOTH_QUANT_ALPHA, "fast_bias_correction": True,
               "weight_bits": bits, "nncf": nncf.__version__, "openvino": ov.__version__.split("-")[0]}
     key = calibration_key(job.loaded.weights_sha256, calibration, method, policy=policy_digest(kept_float))
     started = time.perf_counter()
-    quantized, reused = cached_ir(key, lambda: _quantize_ir(job, floats, kept_float),
+    quantized, reused = cached_ir(key, lambda: _quantize_ir(job, floats, kept_float, bits),
                                   job.options.common.cache_dir, job.log)
     seconds = time.perf_counter() - started
-    ir = {"image_ir": write_ir(job, "image", quantized, "int8", "f32", floats.image),
-          "text_ir": _text_ir(job, floats)}
+    image_ir = write_ir(job, "image", quantized, "int8", "f32", floats.image)
+    ir, check, text_difference = _int8_ir(job, floats, floats.image, image_ir)
     graphs = {"image": floats.image, "text": floats.text, **ir}
-    check, text_difference = _check_ir(job, floats, graphs, job.drift_photos())
     record = PrecisionRecord(
         "int8", ["LayerNormalization", "Softmax", "Erf (GELU)", "grouping assignment", "grouping maps product",
                  "projection head after ReLU", "L2 normalisation",
                  "image.onnx (fp32, what ONNX Runtime runs from this artifact)"],
         kept_float, fake_quantized_nodes(quantized),
-        method=method, route="nncf-ir", attention_products="int8", inference_precision="f32")
+        method=method, route="nncf-ir", attention_products="int8", inference_precision=check.inference_precision)
     calibration_record = CalibrationRecord(calibration, method, reused, seconds)
     return ArtifactParts(graphs, record, {"drift_vs_fp32": check}, calibration_record,
                          figures={"text_ir_max_abs_diff": text_difference})
 
 
-def _quantize_ir(job, floats, kept_float: list[str]):
+def int8_float_rest() -> list[str]:
+    """The precisions an INT8 IR's float remainder may run in on this CPU, preferred first: bf16 where the CPU
+    computes it, then f32."""
+    return ["bf16", "f32"] if computes_bf16() else ["f32"]
+
+
+def computes_bf16() -> bool:
+    """Whether this CPU computes bf16 (hardware.has_bf16) and OpenVINO's CPU plugin offers it."""
+    return hardware.has_bf16() and cpu_computes("bf16")
+
+
+def _int8_ir(job, floats, onnx_image: GraphRecord, image_ir: GraphRecord, budget=None):
+    """The INT8 IR's float remainder in the first of `int8_float_rest()` whose drift holds `budget` (the last one
+    when none does), measured as it will run: (IR records, its check, the text IR's difference)."""
+    text_ir = _text_ir(job, floats)
+    candidates = int8_float_rest()
+    for inference_precision in candidates:
+        ir = {"image_ir": dataclasses.replace(image_ir, extra={**image_ir.extra,
+                                                               "inference_precision": inference_precision}),
+              "text_ir": text_ir}
+        check, text_difference = _check_ir(job, floats, {"image": onnx_image, "text": floats.text, **ir},
+                                           job.drift_photos(), budget)
+        if not check.failures:
+            break
+        if inference_precision != candidates[-1]:
+            job.log(f"  the float remainder in {inference_precision} exceeds the budget; measuring "
+                    f"{candidates[candidates.index(inference_precision) + 1]}")
+    return ir, check, text_difference
+
+
+def _quantize_ir(job, floats, kept_float: list[str], weight_bits: int):
     import nncf
     from ..calibration.quantizers import MethodOptions, nncf_quantize
     model = _openvino().convert_model(str(job.staging / floats.image.file))
@@ -213,7 +242,7 @@ def _quantize_ir(job, floats, kept_float: list[str]):
     ignored = nncf.IgnoredScope(names=sorted(ir_names(model, kept_float)), types=list(NNCF_IR_FLOAT_TYPES),
                                 validate=False)
     options = MethodOptions("nncf", smooth_quant_alpha=SMOOTH_QUANT_ALPHA, fast_bias_correction=True,
-                            weight_bits=job.options.calibration.int8_weight_bits)
+                            weight_bits=weight_bits)
     return nncf_quantize(model, windows, ignored, options)
 
 

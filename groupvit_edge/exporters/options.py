@@ -89,10 +89,10 @@ class CalibrationOptions:
     calib_method: str = option("nncf", "Calibrator: NNCF post-training quantization, or ONNX Runtime's minmax, "
                                        "entropy or percentile.", targets=CALIBRATED_TARGETS,
                                choices=("nncf", "minmax", "entropy", "percentile"))
-    int8_weight_bits: int = option(7, "INT8 weight range: 7 avoids int16 saturation on x86 CPUs without VNNI; 8 "
-                                      "for VNNI/AMX CPUs and GPUs.", targets=CALIBRATED_TARGETS + ("onnx-int8-dynamic",),
-                                   choices=("7", "8"),
-                                   parse=int)
+    int8_weight_bits: int | None = option(
+        None, "INT8 weight range, 7 or 8 bits (default: 8; 7 for a CPU target exported on an x86 CPU without VNNI "
+              "or AMX, whose int16 intermediate full-range weights saturate).",
+        targets=CALIBRATED_TARGETS + ("onnx-int8-dynamic",), choices=("7", "8"), parse=int)
     seed: int = option(0, "Calibration sampling seed.", targets=CALIBRATED_TARGETS)
     int8_attention: bool = option(
         False, "Quantize attention's q·k and attention·v products too (float by default in the QDQ graph; the "

@@ -38,6 +38,9 @@ class Target:
     packages: tuple[str, ...] = ()             # importable modules the build needs beyond BASE_PACKAGES
     calibrated: bool = False
     readiness: bool = False                    # its family's `readiness_report` checks an artifact's graphs for it
+    # The INT8 weight range it takes unless asked; None: what this CPU multiplies without saturating (GPUs
+    # accumulate in int32, so a GPU target needs no 7-bit range).
+    int8_weight_bits: int | None = None
 
 
 @dataclass(frozen=True)

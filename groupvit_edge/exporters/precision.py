@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import warnings
 
+from .. import hardware
 from .plan import Step, Target
 from .records import ArtifactParts, CalibrationRecord, DriftCheck, PrecisionRecord, ReducedImageGraph
 
@@ -135,6 +136,15 @@ def to_fp16(job, floats) -> ReducedImageGraph:
 
 # -------------------------------------------------------------------------------------------------- INT8
 
+def int8_weight_bits(job) -> int:
+    """The weight range of this export's INT8 graph: as asked, else the target's own, else 8 — 7 where this
+    x86 CPU's INT8 products saturate an int16 intermediate with full-range weights (hardware.int8_saturates)."""
+    for bits in (job.options.calibration.int8_weight_bits, job.plan.target.int8_weight_bits):
+        if bits is not None:
+            return bits
+    return hardware.int8_weight_bits()
+
+
 def _budget(options):
     from .drift_budget import budget_from
     return budget_from(options)
@@ -149,7 +159,7 @@ def to_int8(job, floats) -> ReducedImageGraph:
     from . import drift_budget
     from .onnx import onnx_record
     options, calibration = job.options.calibration, job.calibration
-    method = MethodOptions(options.calib_method, weight_bits=options.int8_weight_bits)
+    method = MethodOptions(options.calib_method, weight_bits=int8_weight_bits(job))
     fp32 = onnx.load(str(job.staging / floats.image.file))
     policy = image_graph_policy(fp32, attention_products=options.int8_attention)
     asked_float = kept_float_blocks(policy, options.keep_float)
@@ -213,7 +223,7 @@ def to_int8_dynamic(job, floats) -> ReducedImageGraph:
     from .onnx import onnx_record
     model = onnx.load(str(job.staging / floats.image.file))
     policy = image_graph_policy(model)
-    bits = job.options.calibration.int8_weight_bits
+    bits = int8_weight_bits(job)
     quantized = quantize_dynamic_int8(model, policy, reduce_range=bits == 7, log=job.log)
     onnx.save(quantized, str(job.staging / DYNAMIC_FILE))
     check = measure_graph_drift(job, floats, DYNAMIC_FILE, job.drift_photos())

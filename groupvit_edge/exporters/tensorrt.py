@@ -191,7 +191,8 @@ def _entropy_calibrator(trt, batches, batch: int, cache: CalibrationCacheFile, m
 TARGETS = (
     Target("trt-fp16", "tensorrt", "tensorrt", "TensorRT engines, FP16, built on the target GPU", readiness=True),
     Target("trt-int8", "tensorrt", "tensorrt", "TensorRT engines, INT8 (QDQ graph with an FP16 float part, or "
-           "TensorRT 10's entropy calibrator), built on the target GPU", calibrated=True, readiness=True),
+           "TensorRT 10's entropy calibrator), built on the target GPU", calibrated=True, readiness=True,
+           int8_weight_bits=8),
 )
 TRT_TARGETS = tuple(target.name for target in TARGETS)
 
