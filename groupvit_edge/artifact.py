@@ -41,7 +41,7 @@ class Preprocess:
                 "resize": self.resize, "stride": list(self.stride)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         return cls(height=int(d["height"]), width=int(d["width"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
                    resize=d["resize"], stride=tuple(d["stride"]))
 

@@ -355,7 +355,8 @@ def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, ba
 @click.option("--min-confident-agreement", type=float, help="Least confident-pixel group agreement, percent "
               "[default: 99.9].")
 @click.option("--min-group-cosine", type=float, help="Least mean group-embedding cosine [default: 0.995].")
-@click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True, help="Timed calls per configuration.")
+@click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Timed calls per configuration.")
 @click.option("--threads", type=int, callback=_threads, help="CPU threads (at most the CPU count).")
 @click.option("--dry-run", is_flag=True, help="Measure and print, but record nothing in the artifact.")
 def tune(artifact, images, reference, labels, max_drop, min_confident_agreement, min_group_cosine, runs, threads,
@@ -375,7 +376,8 @@ def tune(artifact, images, reference, labels, max_drop, min_confident_agreement,
         click.echo(f"recorded in {artifact}/tuned.json for this device")
 
 
-@cli.command(epilog="Example:\n\n  groupvit-edge diagnose --ref artifacts/fp32 --candidate artifacts/int8 --images photos/ "
+@cli.command(epilog="Example:\n\n  groupvit-edge diagnose --ref artifacts/fp32 --candidate artifacts/int8 "
+                     "--images photos/ "
              "--suggest --report diagnose/")
 @click.option("--ref", "reference", required=True,
               help="The fp32 artifact (its image.onnx runs in ONNX Runtime, as at export).")

@@ -64,6 +64,7 @@ def report() -> str:
 def target_readiness() -> list[tuple[str, str, str]]:
     """(target, can it be built here, can it be run here): the export's own plan check, asked of each target."""
     import tempfile
+
     from .exporters.options import ExportOptions
     from .exporters.plan import backend_option_groups, check, plan, targets
     options = ExportOptions.from_values(backend_option_groups())

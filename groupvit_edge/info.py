@@ -70,8 +70,8 @@ def _check_line(check: dict) -> str:
 
 def _runs_here(directory: Path) -> str:
     from .errors import UserError
-    from .runtimes.tuned import tuned_choice
     from .runtimes import choose_backend
+    from .runtimes.tuned import tuned_choice
     tuned = tuned_choice(directory)
     try:
         backend, _ = choose_backend(directory, tuned[0] if tuned else None)

@@ -17,8 +17,8 @@ import re
 import string
 import unicodedata
 import zlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -43,10 +43,10 @@ _FIX = ("pass a CLIP bpe_simple_vocab_16e6.txt.gz file or a directory with vocab
 _LITERALS = (START_TOKEN, END_TOKEN, "'s", "'t", "'re", "'ve", "'m", "'ll", "'d")  # tried in this order, like the regex
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible byte -> printable character table, so BPE never sees whitespace or control bytes."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars = keep[:]
     extra = 0
     for b in range(256):
@@ -68,7 +68,8 @@ def _clean(text: str) -> str:
 
 def _char_kind(ch: str) -> str:
     # Emulates the `regex` classes \p{L} / \p{N} of CLIP's pattern: both are Unicode general categories, so the
-    # first letter of unicodedata.category() ("L*" / "N*") is the same test; only the Unicode database version may differ.
+    # first letter of unicodedata.category() ("L*" / "N*") is the same test; only the Unicode database version may
+    # differ.
     if ch.isspace():
         return " "
     kind = unicodedata.category(ch)[0]
@@ -77,7 +78,8 @@ def _char_kind(ch: str) -> str:
 
 def _pretokenize(text: str) -> list[str]:
     """Hand-rolled equivalent of CLIP's findall over
-    <|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+ (whitespace is dropped)."""
+    <|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+
+    (whitespace is dropped)."""
     pieces: list[str] = []
     i, n = 0, len(text)
     while i < n:
@@ -110,7 +112,8 @@ def _read_text(path: Path, gz: bool = False) -> str:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise UserError(f"CLIP vocabulary file {path} does not exist: {_FIX}.") from None
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
-        raise UserError(f"CLIP vocabulary file {path} is corrupt ({type(e).__name__}): replace it with an intact copy, or {_FIX}.") from None
+        raise UserError(f"CLIP vocabulary file {path} is corrupt ({type(e).__name__}): replace it with an intact "
+                        f"copy, or {_FIX}.") from None
 
 
 def _corrupt(path: Path, reason: str) -> UserError:
@@ -120,7 +123,8 @@ def _corrupt(path: Path, reason: str) -> UserError:
 class ClipTokenizer:
     """Turns text into CLIP token ids, identical to OpenAI `clip.tokenize` / HF `CLIPTokenizer` for ordinary text."""
 
-    def __init__(self, encoder: dict[str, int], merges: Sequence[tuple[str, str]], context_length: int = CONTEXT_LENGTH):
+    def __init__(self, encoder: dict[str, int], merges: Sequence[tuple[str, str]],
+                 context_length: int = CONTEXT_LENGTH):
         if context_length < 2:
             raise ValueError(f"context_length must be >= 2 to hold the start and end tokens, got {context_length}")
         self.encoder = encoder
@@ -179,7 +183,8 @@ class ClipTokenizer:
         gz = sorted(directory.glob("bpe*.txt.gz")) if directory.is_dir() else []
         if gz:
             return cls.from_bpe_gz(gz[0], **kwargs)
-        raise UserError(f"{directory} holds no CLIP vocabulary (vocab.json + merges.txt or bpe_simple_vocab_16e6.txt.gz): {_FIX}.")
+        raise UserError(f"{directory} holds no CLIP vocabulary (vocab.json + merges.txt or "
+                        f"bpe_simple_vocab_16e6.txt.gz): {_FIX}.")
 
     # ---- encoding ------------------------------------------------------------------------------------------
 
@@ -253,11 +258,13 @@ def tokenize_labels(
     for position, label in enumerate(labels, start=1):
         if not label or not label.strip():
             raise UserError(
-                f"--labels has an empty class name at position {position}: remove the stray comma, e.g. --labels cat,dog."
+                f"--labels has an empty class name at position {position}: remove the stray comma, e.g. "
+                "--labels cat,dog."
             )
     templates = list(templates)
     if not templates or not all(_one_placeholder(t) for t in templates):
-        raise UserError("Each prompt template needs exactly one {} placeholder: pass templates like 'a photo of a {}.'.")
+        raise UserError("Each prompt template needs exactly one {} placeholder: pass templates like "
+                        "'a photo of a {}.'.")
     prompts = [prompt for label in labels for prompt in prompts_for(label.strip(), templates)]
     for prompt in prompts:
         length = len(tokenizer.encode(prompt))

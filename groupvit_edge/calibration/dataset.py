@@ -8,9 +8,9 @@ from __future__ import annotations
 import hashlib
 import random
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class PhotoSet:
     def names(self) -> list[str]:
         return [path.name for path in self.paths]
 
-    def first(self, count: int) -> "PhotoSet":
+    def first(self, count: int) -> PhotoSet:
         if count >= len(self.paths):
             return self
         return PhotoSet(self.paths[:count], f"the first {count} of {self.source}")
@@ -51,7 +51,7 @@ class CalibrationSet:
 
     @classmethod
     def resolve(cls, directory, count: int, preprocess: Preprocess, seed: int = 0, *,
-                held_out: int = DEFAULT_HELD_OUT, validation: PhotoSet | None = None, log=print) -> "CalibrationSet":
+                held_out: int = DEFAULT_HELD_OUT, validation: PhotoSet | None = None, log=print) -> CalibrationSet:
         """Calibration photos (from `directory`, else the shipped sample photos) and held-out photos to measure
         drift on: `validation` when given, else photos of the same source not drawn for calibration, else the
         shipped sample photos. Resolved once per export and handed to every step that needs it."""

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..model.blocks import ASSIGNMENT_NODES as ASSIGNMENT
-from ..model.blocks import ATTENTION_PRODUCTS
-from ..model.blocks import block_of, forward_order
+from ..model.blocks import ATTENTION_PRODUCTS, block_of, forward_order
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 # Ops the FP16 path keeps in float32 (their ranges or reductions overflow or lose precision in fp16).
@@ -40,7 +39,7 @@ class Policy:
         """The blocks with a node in INT8, in forward order: what can be returned to float."""
         return forward_order(name for name in self.blocks() if name != "other")
 
-    def without_blocks(self, blocks) -> "Policy":
+    def without_blocks(self, blocks) -> Policy:
         """This policy with the given blocks returned to float."""
         dropped = {name for block in blocks for name in self.blocks().get(block, [])}
         return Policy([n for n in self.quantizable if n not in dropped],

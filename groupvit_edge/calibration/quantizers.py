@@ -83,8 +83,11 @@ def nncf_quantize(model, windows: np.ndarray, ignored_scope, options: MethodOpti
     """NNCF post-training quantization of an ONNX model or an OpenVINO IR, the same settings for both routes:
     TRANSFORMER, symmetric (PERFORMANCE preset), SmoothQuant on MatMul, bias correction, every window."""
     nncf = _nncf()
-    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                       AdvancedSmoothQuantParameters, OverflowFix)
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        OverflowFix,
+    )
     return nncf.quantize(
         model, nncf.Dataset(list(windows), lambda window: {"pixels": window[None]}),
         preset=nncf.QuantizationPreset.PERFORMANCE, model_type=nncf.ModelType.TRANSFORMER,
@@ -295,7 +298,8 @@ def _bypass_output_quantization(graph, node) -> None:
     """ONNX Runtime's QDQ form also quantizes a product's output: consumers read it unquantized again."""
     for output in node.output:
         quantizers = [q.output[0] for q in graph.node if q.op_type == "QuantizeLinear" and q.input[0] == output]
-        dequantized = {dq.output[0] for dq in graph.node if dq.op_type == "DequantizeLinear" and dq.input[0] in quantizers}
+        dequantized = {dq.output[0] for dq in graph.node
+                       if dq.op_type == "DequantizeLinear" and dq.input[0] in quantizers}
         for consumer in graph.node:
             for position, name in enumerate(consumer.input):
                 if name in dequantized:

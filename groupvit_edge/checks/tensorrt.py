@@ -112,7 +112,7 @@ class Report:
     def rules(self, severity: str = "error") -> set[str]:
         return {f.rule for f in self.findings if f.severity == severity}
 
-    def merge(self, other: "Report") -> "Report":
+    def merge(self, other: Report) -> Report:
         self.graphs += other.graphs
         self.findings += other.findings
         return self
@@ -315,7 +315,7 @@ def _check_operators(g: _Graph, table: dict, add) -> None:
                                                f"{restriction}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schema(op_type: str, opset: int | None):
     import onnx
     try:

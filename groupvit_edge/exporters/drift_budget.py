@@ -36,6 +36,7 @@ def budget_from(options) -> DriftBudget | None:
 def search(job, floats, fp32, quantized, policy, photos, budget: DriftBudget, first: DriftCheck) -> BudgetSearch:
     """Leave the chosen candidate as the INT8 image graph in the staging directory, or raise ValidationFailed."""
     import onnx
+
     from ..calibration.quantizers import return_to_float
     from . import precision
     ranking = block_sensitivity(fp32, quantized, policy, photos, job.preprocess)
@@ -95,6 +96,7 @@ def fewest_fitting(blocks: int, steps: int, fits) -> int | None:
 def _median_ms(model, preprocess) -> float:
     """The image graph's median latency as ONNX Runtime runs an INT8 graph on this machine."""
     import onnxruntime as ort
+
     from ..metrics.bench import median_ms
     from ..runtimes.onnxruntime import default_activation_form, unsigned_activations
     if default_activation_form() == "u8":
@@ -112,6 +114,7 @@ def block_sensitivity(fp32, quantized, policy, photos, preprocess) -> list[tuple
     """
     import onnx
     import onnxruntime as ort
+
     from ..segmentation.preprocess import load_image, prepare
     nodes = {node.name: node for node in fp32.graph.node}
     watched = {block: [(nodes[n].input[0], nodes[n].output[0]) for n in names if n in nodes]

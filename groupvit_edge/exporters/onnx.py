@@ -23,6 +23,7 @@ TEXT_PROBE = ((49406, 320, 49407), (49406, 1125, 49407))
 def build_float_graphs(job) -> FloatGraphs:
     """Trace, simplify and validate the fp32 graphs in `job.staging`; ValidationFailed when they disagree."""
     import torch
+
     from ..model.graphs import IMAGE_INPUT, IMAGE_OUTPUTS, TEXT_INPUT, TEXT_OUTPUTS
     height, width = job.options.common.image_size
     job.log(f"tracing the image graph at {height}x{width} (opset {OPSET}) and the text graph")

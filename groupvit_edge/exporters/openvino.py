@@ -172,6 +172,7 @@ def _int8_nncf_ir(job, floats) -> ArtifactParts:
     self-attention's q and k (inputs of OpenVINO's fused ScaledDotProductAttention) go to INT8 as well."""
     import nncf
     import onnx
+
     from ..calibration.cache import calibration_key, policy_digest
     from ..calibration.policy import image_graph_policy
     ov = _openvino()
@@ -233,6 +234,7 @@ def _int8_ir(job, floats, onnx_image: GraphRecord, image_ir: GraphRecord, budget
 
 def _quantize_ir(job, floats, kept_float: list[str], weight_bits: int):
     import nncf
+
     from ..calibration.quantizers import MethodOptions, nncf_quantize
     model = _openvino().convert_model(str(job.staging / floats.image.file))
     windows = job.calibration.windows()

@@ -138,7 +138,7 @@ class ExportOptions:
     named: frozenset[str] = frozenset()              # the options the caller gave, even at their default value
 
     @classmethod
-    def from_values(cls, backend_groups: dict[str, type], **values) -> "ExportOptions":
+    def from_values(cls, backend_groups: dict[str, type], **values) -> ExportOptions:
         """Flat keyword values (the API's and the CLI's) → typed groups; a name no group has is an error."""
         groups = {**GROUPS, **backend_groups}
         owner = {f.name: group for group, kind in groups.items() for f in dataclasses.fields(kind)}

@@ -116,6 +116,7 @@ def measure_graph_drift(job, floats, candidate_file: str, photos, budget=None, p
 def to_fp16(job, floats) -> ReducedImageGraph:
     import onnx
     from onnxconverter_common import float16
+
     from ..calibration.policy import FP16_KEEP_FLOAT_OPS, image_graph_policy
     from .onnx import onnx_record
     model = onnx.load(str(job.staging / floats.image.file))
@@ -153,6 +154,7 @@ def _budget(options):
 def to_int8(job, floats) -> ReducedImageGraph:
     """Calibrate once (cached), measure, and with a drift budget search the blocks to return to float."""
     import onnx
+
     from ..calibration.cache import cached_quantization, calibration_key, policy_digest
     from ..calibration.policy import image_graph_policy
     from ..calibration.quantizers import MethodOptions, qdq_form, quantize, quantized_nodes
@@ -218,6 +220,7 @@ def to_int8_dynamic(job, floats) -> ReducedImageGraph:
     """ONNX Runtime CPU only: dynamic INT8 needs no calibration images, and is its own target because neither
     TensorRT nor OpenVINO run its integer ops fast; the shared QDQ graph is `onnx-int8`."""
     import onnx
+
     from ..calibration.policy import image_graph_policy
     from ..calibration.quantizers import dynamic_quantized_nodes, quantize_dynamic_int8
     from .onnx import onnx_record

@@ -51,7 +51,8 @@ class ExportJob:
         data = dict(self.reference.manifest.data)
         data["graphs"] = {role: record.to_dict(self.staging, with_hashes=False) for role, record in graphs.items()}
         if engines:
-            data["engines"] = {role: record.to_dict(self.staging, with_hashes=False) for role, record in engines.items()}
+            data["engines"] = {role: record.to_dict(self.staging, with_hashes=False)
+                               for role, record in engines.items()}
         data["precision"] = {"target": self.plan.target.name, "compute": "fp32"}
         data.update(sections)
         return Manifest(data, self.staging)

@@ -36,9 +36,19 @@ from pathlib import Path
 from ..calibration.cache import calibration_key, changed_fields
 from ..errors import UserError, ValidationFailed
 from ..files import cache_root
-from ..runtimes.tensorrt_build import (INT8_ROUTES, TYPINGS, BatchProfile, BuildPlan, build_engine,
-                                       fp16_blocked_nodes, kept_float_nodes, missing_api, plan_build,
-                                       required_api, text_plan)
+from ..runtimes.tensorrt_build import (
+    INT8_ROUTES,
+    TYPINGS,
+    BatchProfile,
+    BuildPlan,
+    build_engine,
+    fp16_blocked_nodes,
+    kept_float_nodes,
+    missing_api,
+    plan_build,
+    required_api,
+    text_plan,
+)
 from .options import option
 from .plan import Step, Target
 from .records import ArtifactParts, CalibrationRecord, DriftCheck, PrecisionRecord, ReducedImageGraph
@@ -65,8 +75,10 @@ def qdq_with_fp16_float(model):
     node is blocked, which is why Q/DQ nodes are never on the block list (the assignment's regex also matches
     the Q/DQ pair ONNX Runtime puts after its MatMul)."""
     import warnings
+
     from onnx import version_converter
     from onnxconverter_common import float16
+
     from ..calibration.policy import FP16_KEEP_FLOAT_OPS
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     blocked = fp16_blocked_nodes(model)
@@ -84,6 +96,7 @@ def qdq_with_fp16_float(model):
 def to_int8_fp16(job, floats, int8: ReducedImageGraph) -> ReducedImageGraph:
     """The calibrated QDQ graph of `precision.to_int8` with an FP16 float part, measured in ONNX Runtime."""
     import onnx
+
     from ..calibration.policy import FP16_KEEP_FLOAT_OPS
     from . import precision
     from .onnx import onnx_record

@@ -32,7 +32,7 @@ class ConfusionMatrix:
         self.matrix += image
         return image
 
-    def __iadd__(self, other: "ConfusionMatrix"):
+    def __iadd__(self, other: ConfusionMatrix):
         self.matrix += other.matrix
         return self
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -112,7 +113,7 @@ class ModelLevel:
             difference = np.abs(getattr(reference, name) - getattr(candidate, name)).max()
             self.max_abs_diff[name] = max(self.max_abs_diff[name], float(difference))
 
-    def summary(self) -> "ModelLevelDrift":
+    def summary(self) -> ModelLevelDrift:
         groups, images = np.concatenate(self.group_cosines), np.concatenate(self.image_cosines)
         return ModelLevelDrift(**self.grouping.summary(),
                                group_embed_cosine=Cosine(float(groups.mean()), float(groups.min())),
@@ -513,7 +514,9 @@ def _open(source, image_size=None) -> Runtime:
         return source
     from ..runtimes import is_artifact
     # A checkpoint reference runs at the candidates' export size; an artifact has its own.
-    return open_runtime(source, image_size=image_size) if image_size and not is_artifact(source) else open_runtime(source)
+    if image_size and not is_artifact(source):
+        return open_runtime(source, image_size=image_size)
+    return open_runtime(source)
 
 
 def _describe(source, runtime: Runtime) -> ComparedModel:
@@ -541,8 +544,8 @@ def _vocabularies(labels, class_map, runtimes_, encoded, seed) -> tuple[list[Voc
     """Text embeddings per runtime (each through its own text graph, as deployed), and what they are."""
     count = prototype_count(labels)
     if count is not None:
-        reference_groups = np.concatenate([e.encodings[0].group_embeds.reshape(-1, e.encodings[0].group_embeds.shape[-1])
-                                           for e in encoded])
+        first = [e.encodings[0].group_embeds for e in encoded]
+        reference_groups = np.concatenate([groups.reshape(-1, groups.shape[-1]) for groups in first])
         prototypes = kmeans_prototypes(reference_groups, count, seed)
         names = [f"prototype {k}" for k in range(count)]
         shared = Vocabulary(names, (), prototypes)

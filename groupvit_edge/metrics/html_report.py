@@ -10,11 +10,12 @@ do; without a budget the page says none was applied.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
-from typing import Sequence
 
 from ..segmentation.segmenter import palette
+
 # format_figure is drift.md's rounding, so the page and the terminal table agree
 from .drift import CandidateDrift, Cosine, DriftReport, DriftVocabulary, format_figure
 
@@ -215,7 +216,7 @@ def iou_chart_svg(per_class: dict[str, float | None], title: str) -> str:
     """Horizontal bars of IoU (0..100), worst first, with an x axis, tick labels and a value on every bar;
     classes without an IoU (absent from both maps) are left out."""
     colors = palette(len(per_class))
-    color_of = {name: "#%02x%02x%02x" % tuple(int(c) for c in colors[i]) for i, name in enumerate(per_class)}
+    color_of = {name: "#" + "".join(f"{int(c):02x}" for c in colors[i]) for i, name in enumerate(per_class)}
     rows = [(name, value) for value, name in sorted((value, name) for name, value in per_class.items()
                                                      if value is not None)]
     label_px = int(max([len(name) for name, _ in rows] + [6]) * CHART_CHAR_PX) + 28

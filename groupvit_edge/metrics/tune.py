@@ -22,8 +22,7 @@ from ..errors import UserError
 from ..hardware import cpu_header, device_identity
 from ..runtimes.base import Configuration
 from ..runtimes.tuned import SCHEMA
-from .drift import DEFAULT_PROBE, MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget, check_vocabulary, \
-    validate_candidate
+from .drift import DEFAULT_PROBE, MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget, check_vocabulary, validate_candidate
 from .isolation import BackendFailed, Failure, open_guarded, run_isolated
 
 LATENCY_WINDOWS = 4

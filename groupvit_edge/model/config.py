@@ -56,7 +56,7 @@ class GroupViTConfig:
     logit_scale_init_value: float = 2.6592
 
     @classmethod
-    def from_hf_dict(cls, hf: dict) -> "GroupViTConfig":
+    def from_hf_dict(cls, hf: dict) -> GroupViTConfig:
         """Read the fields we use from a HF `GroupViTConfig` dict; unknown fields are ignored."""
         def pick(sub_cls, values: dict | None):
             values = values or {}
@@ -75,13 +75,15 @@ class GroupViTConfig:
         return config
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "GroupViTConfig":
+    def from_json(cls, path: str | Path) -> GroupViTConfig:
         try:
             hf = json.loads(Path(path).read_text())
         except (OSError, ValueError) as error:
-            raise UserError(f"cannot read model config {path}: {error}; pass a HuggingFace GroupViT config.json") from None
+            raise UserError(f"cannot read model config {path}: {error}; pass a HuggingFace GroupViT "
+                            "config.json") from None
         if hf.get("model_type", "groupvit") != "groupvit":
-            raise UserError(f"{path} describes a '{hf.get('model_type')}' model, not GroupViT: pass a GroupViT checkpoint")
+            raise UserError(f"{path} describes a '{hf.get('model_type')}' model, not GroupViT: pass a GroupViT "
+                            "checkpoint")
         return cls.from_hf_dict(hf)
 
     def to_hf_dict(self) -> dict:

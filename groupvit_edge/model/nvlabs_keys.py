@@ -30,7 +30,7 @@ Every original key either matches exactly one rule below or is in ``NVLABS_DROPP
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Mapping, Tuple
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -74,7 +74,7 @@ _GROUPING_BLOCK_SAME = [
     "mlp_channels.{fc}.{p}",
 ]
 
-RULES: List[Tuple[str, str, str]] = [
+RULES: list[tuple[str, str, str]] = [
     ("logit_scale", "logit_scale", "copy"),
     # vision embeddings
     ("img_encoder.pos_embed", "vision_model.embeddings.position_embeddings", "copy"),
@@ -124,7 +124,7 @@ NVLABS_PREFIXES = ("img_encoder.", "text_encoder.", "img_projector.", "text_proj
 _QKV = ("q", "k", "v")
 
 
-def _compile(template: str) -> "re.Pattern[str]":
+def _compile(template: str) -> re.Pattern[str]:
     parts = re.split(r"\{(\w+)\}", template)  # literal, name, literal, name, ...
     pattern = "".join(
         re.escape(part) if n % 2 == 0 else f"(?P<{part}>{_PLACEHOLDERS[part]})" for n, part in enumerate(parts)
@@ -157,7 +157,7 @@ def is_nvlabs_state_dict(state_dict: Mapping[str, object]) -> bool:
     return any(isinstance(k, str) and k.startswith(NVLABS_PREFIXES) for k in state_dict)
 
 
-def nvlabs_to_hf(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+def nvlabs_to_hf(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Rename an original NVlabs GroupViT state dict (``checkpoint['model']``) to `transformers.GroupViTModel` names.
 
     Fused q/k/v tensors are split into views and Conv1d weights squeezed into views; nothing is copied and the input
@@ -175,7 +175,7 @@ def nvlabs_to_hf(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
             "architecture",
         )
 
-    out: Dict[str, Tensor] = {}
+    out: dict[str, Tensor] = {}
     for key, tensor in state_dict.items():
         if key in NVLABS_DROPPED:
             continue
@@ -190,7 +190,7 @@ def nvlabs_to_hf(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     return out
 
 
-def hf_to_nvlabs(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+def hf_to_nvlabs(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Inverse of `nvlabs_to_hf`: rename a `transformers.GroupViTModel` state dict to the original NVlabs names.
 
     q/k/v projections are concatenated back into the fused ``qkv`` / ``in_proj`` tensors (the only copies made) and
@@ -202,8 +202,8 @@ def hf_to_nvlabs(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
             unknown[0], "transformers", len(unknown), "pass GroupViTModel.state_dict() of the default architecture"
         )
 
-    out: Dict[str, Tensor] = {}
-    pending: Dict[str, Dict[str, Tensor]] = {}  # fused NVlabs key -> {"q": ..., "k": ..., "v": ...}
+    out: dict[str, Tensor] = {}
+    pending: dict[str, dict[str, Tensor]] = {}  # fused NVlabs key -> {"q": ..., "k": ..., "v": ...}
     for key, tensor in state_dict.items():
         if key in HF_DROPPED:
             continue
@@ -233,7 +233,7 @@ def hf_to_nvlabs(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
 # --- small helpers ---------------------------------------------------------------------------------------------
 
 
-def _split_qkv(key: str, fused: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def _split_qkv(key: str, fused: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Split a [3*D, ...] tensor stacked [q; k; v] into three views (q first, as in both NVlabs attention modules)."""
     if fused.dim() == 0 or fused.shape[0] % 3 != 0:
         raise UserError(

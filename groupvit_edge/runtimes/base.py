@@ -41,13 +41,13 @@ class ImageEncoding:
     stage1_grouping: np.ndarray | None = None   # [B, G1, H/p, W/p]: the first stage's soft groups (64 for gcc-yfcc)
 
     @classmethod
-    def from_outputs(cls, outputs: dict) -> "ImageEncoding":
+    def from_outputs(cls, outputs: dict) -> ImageEncoding:
         """From a backend's outputs by name; an optional output the graph lacks stays None."""
         return cls(*(outputs[name] for name in IMAGE_OUTPUTS),
                    **{name: outputs[name] for name in OPTIONAL_IMAGE_OUTPUTS if name in outputs})
 
     @classmethod
-    def concatenate(cls, parts: list["ImageEncoding"]) -> "ImageEncoding":
+    def concatenate(cls, parts: list[ImageEncoding]) -> ImageEncoding:
         """Batches of windows encoded separately, joined in order."""
         def joined(name):
             arrays = [getattr(part, name) for part in parts]
@@ -76,6 +76,7 @@ class Runtime(abc.ABC):
 
     def close(self) -> None:
         """Release sessions and device memory; the runtime is unusable afterwards."""
+        return None  # a runtime holding nothing releasable has nothing to do
 
     def __enter__(self):
         return self

@@ -17,8 +17,8 @@ from ..errors import UserError
 from ..hardware import is_x86
 from ..imports import require
 from ..options import option
-from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe, image_graph, probe_graph
 from .base import IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS, Configuration, ImageEncoding, Runtime, importable
+from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe, image_graph, probe_graph
 
 NAME = "onnxruntime"
 EXTRA = "onnxruntime"
@@ -77,7 +77,7 @@ def configurations(manifest: Manifest) -> list[Configuration]:
             for form in ("s8", "u8")]
 
 
-def open_runtime(manifest: Manifest, options: Options) -> "OnnxRuntime":
+def open_runtime(manifest: Manifest, options: Options) -> OnnxRuntime:
     return OnnxRuntime(manifest, providers=options.providers, threads=options.threads,
                        int8_activations=options.int8_activations)
 
@@ -210,7 +210,7 @@ class OnnxRuntime(Runtime):
 
 # ------------------------------------------------------------------------------------------ block probe
 
-def block_probe(manifest: Manifest, outputs, forced, options: Options) -> "BlockProbe":
+def block_probe(manifest: Manifest, outputs, forced, options: Options) -> BlockProbe:
     return BlockProbe(manifest, outputs, forced, options)
 
 

@@ -22,9 +22,9 @@ import hashlib
 import json
 import queue
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -33,8 +33,8 @@ from ..errors import UserError
 from ..files import cache_root
 from ..imports import require
 from ..options import option
-from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe
 from .base import IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS, Configuration, ImageEncoding, Runtime, importable
+from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe
 
 NAME = "openvino"
 EXTRA = "openvino"
@@ -121,7 +121,7 @@ def configurations(manifest: Manifest, device: str = "CPU") -> list[Configuratio
             for precision, capability in PRECISION_CAPABILITY.items() if capability in capabilities]
 
 
-def open_runtime(manifest: Manifest, options: Options) -> "OpenVinoRuntime":
+def open_runtime(manifest: Manifest, options: Options) -> OpenVinoRuntime:
     return OpenVinoRuntime(manifest, **dataclasses.asdict(options))
 
 
@@ -351,7 +351,7 @@ class OpenVinoRuntime(Runtime):
 
 # ------------------------------------------------------------------------------------------ block probe
 
-def block_probe(manifest: Manifest, outputs, forced, options: Options) -> "BlockProbe":
+def block_probe(manifest: Manifest, outputs, forced, options: Options) -> BlockProbe:
     return BlockProbe(manifest, outputs, forced, options)
 
 

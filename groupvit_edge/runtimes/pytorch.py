@@ -38,7 +38,7 @@ class Options:
     resize: str = "slide"
 
 
-def open_runtime(source, options: Options) -> "TorchRuntime":
+def open_runtime(source, options: Options) -> TorchRuntime:
     if not is_installed():
         raise UserError(f"torch is not installed: the PyTorch reference needs it ({install_hint()}); run an "
                         f"exported artifact instead")
@@ -77,6 +77,7 @@ class TorchRuntime(Runtime):
 
     def __init__(self, loaded, image_size=(448, 448), threads: int | None = None, resize: str = "slide"):
         import torch
+
         from ..model.graphs import ImageGraph, TextGraph
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         check_image_size(height, width, loaded.model.config.vision.patch_size)

@@ -23,7 +23,6 @@ import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +30,8 @@ import numpy as np
 from ..artifact import Manifest
 from ..errors import UserError
 from ..options import option
-from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe
 from .base import Configuration, ImageEncoding, Runtime, importable
+from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe
 
 NAME = "tensorrt"
 EXTRA = "tensorrt"
@@ -83,7 +82,7 @@ def import_tensorrt():
     return tensorrt
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tensorrt_logger(trt):
     """The one logger of this process for `trt`: TensorRT keeps the logger of the first Builder or Runtime and
     ignores later ones, so builds and runtimes share it."""
@@ -584,7 +583,7 @@ class Options:
     gpu: int = option(0, "tensorrt: CUDA device index.", minimum=0)
 
 
-def open_runtime(manifest: Manifest, options: Options) -> "TensorRTRuntime":
+def open_runtime(manifest: Manifest, options: Options) -> TensorRTRuntime:
     return TensorRTRuntime(manifest, device_memory=options.device_memory, device=options.gpu)
 
 
@@ -649,7 +648,7 @@ class TensorRTRuntime(Runtime):
 
 # ------------------------------------------------------------------------------------------ block probe
 
-def block_probe(manifest: Manifest, outputs, forced, options: Options) -> "BlockProbe":
+def block_probe(manifest: Manifest, outputs, forced, options: Options) -> BlockProbe:
     return BlockProbe(manifest, outputs, forced, options)
 
 
@@ -658,7 +657,7 @@ class BlockProbe(Probe):
     as outputs, batch of one. `trt` and `memory` are the real module and device memory unless given."""
 
     def __init__(self, manifest: Manifest, outputs, forced, options, trt=None, memory=None):
-        from .tensorrt_build import build_probe_engine   # tensorrt_build imports this module
+        from .tensorrt_build import build_probe_engine  # tensorrt_build imports this module
         self._trt = trt if trt is not None else import_tensorrt()
         self._memory = memory if memory is not None else open_device_memory(options.device_memory, options.gpu)
         self._scratch = tempfile.TemporaryDirectory(prefix="groupvit-edge-blocks-")

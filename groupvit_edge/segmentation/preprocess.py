@@ -73,7 +73,7 @@ class Prepared:
     original_size: tuple[int, int]   # (h, w) of the input image
     window_size: tuple[int, int]     # (H, W) the export size
 
-    def without_pixels(self) -> "Prepared":
+    def without_pixels(self) -> Prepared:
         """The geometry only: what post-processing needs once the windows have been encoded."""
         return dataclasses.replace(self, windows=None)
 

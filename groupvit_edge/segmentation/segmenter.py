@@ -1,10 +1,10 @@
 """`Segmenter.segment(image)`: the whole user story in one call, the same on every backend."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -88,7 +88,7 @@ class Segmentation:
         written = []
         for suffix, image in images:
             path = Path(directory) / f"{stem}.{suffix}.png"
-            written.append(write_atomic(path, lambda temporary: image.save(temporary, format="PNG")))
+            written.append(write_atomic(path, lambda temporary, image=image: image.save(temporary, format="PNG")))
         return written
 
 
@@ -181,7 +181,7 @@ class Segmenter:
     def open(cls, source, labels=None, *, backend: str | None = None, templates=None, tokenizer=None,
              background_threshold: float | None = BACKGROUND_THRESHOLD, resize: str | None = None,
              resample: str = "pillow",
-             batch_size: int = 4, **runtime_options) -> "Segmenter":
+             batch_size: int = 4, **runtime_options) -> Segmenter:
         """An artifact directory (best installed backend) or a checkpoint (PyTorch reference)."""
         runtime = open_runtime(source, backend=backend, **runtime_options)
         return cls(runtime, labels, templates=templates, tokenizer=tokenizer,

@@ -5,9 +5,9 @@ classifier, as GroupViT's evaluation builds it), so changing the vocabulary neve
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class Vocabulary:
     text_embeds: np.ndarray          # [K, D] float32, L2-normalised
 
     @classmethod
-    def build(cls, runtime, labels: list[str] | None, templates=None, tokenizer=None) -> "Vocabulary":
+    def build(cls, runtime, labels: list[str] | None, templates=None, tokenizer=None) -> Vocabulary:
         """`labels` encoded through the runtime's text graph; None: the artifact's precomputed vocabulary, else the
         COCO object classes (DEFAULT_LABELS)."""
         templates = tuple(templates or DEFAULT_TEMPLATES)
@@ -83,7 +83,7 @@ class Vocabulary:
         return cls.encode(runtime, list(DEFAULT_LABELS) if labels is None else labels, templates, tokenizer)
 
     @classmethod
-    def encode(cls, runtime, labels: list[str], templates=None, tokenizer=None) -> "Vocabulary":
+    def encode(cls, runtime, labels: list[str], templates=None, tokenizer=None) -> Vocabulary:
         templates = tuple(templates or DEFAULT_TEMPLATES)
         tokenizer = load_tokenizer(tokenizer or _tokenizer_source(runtime))
         token_ids, per_class = tokenize_labels(tokenizer, labels, templates)
@@ -103,7 +103,7 @@ class Vocabulary:
         return write_atomic(path, write)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Vocabulary":
+    def load(cls, path: str | Path) -> Vocabulary:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return cls([str(x) for x in data["labels"]], tuple(str(x) for x in data["templates"]),
