@@ -243,7 +243,7 @@ def breakdown_openvino(artifact: Path, options: dict, threads: int) -> None:
 def breakdown_onnxruntime(graph: Path, threads: int, runs: int = 4) -> None:
     import onnx
     import onnxruntime as ort
-    from groupvit_edge.runtimes.onnxruntime import unsigned_activations
+    from groupvit_edge.quantization.form import unsigned_activations
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.enable_profiling = True

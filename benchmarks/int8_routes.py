@@ -99,8 +99,8 @@ def main():
     import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
     from groupvit_edge import runtimes
-    from groupvit_edge.calibration import CalibrationSet
-    from groupvit_edge.calibration.quantizers import WindowReader, minmax_stride
+    from groupvit_edge.quantization.calibration_set import CalibrationSet
+    from groupvit_edge.quantization.statistics import WindowReader, minmax_stride
     from groupvit_edge.errors import UserError
     from groupvit_edge.runtimes.base import Runtime
     from groupvit_edge.exporters import export
@@ -157,8 +157,8 @@ def main():
                   note="ORT's documented flow: quant_pre_process, then quantize_static with its defaults")
         elif route in ("ort-u8s8", "ort-u8s8-attn"):
             from onnxruntime.quantization import QuantType
-            from groupvit_edge.calibration.policy import image_graph_policy
-            from groupvit_edge.calibration.quantizers import float_outside_policy
+            from groupvit_edge.quantization.policy import image_graph_policy
+            from groupvit_edge.quantization.form import float_outside_policy
             windows = windows if windows is not None else calibration.windows(progress=False)
             source = scratch / "fp32-image.onnx"
             onnx.save(fp32_model, str(source))

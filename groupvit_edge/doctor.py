@@ -4,9 +4,12 @@ from __future__ import annotations
 import importlib
 import platform
 import sys
+import tempfile
 from dataclasses import dataclass
 
 from .errors import UserError
+from .exporters.options import ExportOptions
+from .exporters.plan import backend_option_groups, check, plan, targets
 from .runtimes import BACKENDS, backend_module
 
 PACKAGES = ("numpy", "PIL", "torch", "onnx", "onnxsim", "onnxconverter_common", "onnxruntime", "openvino", "nncf",
@@ -63,10 +66,7 @@ def report() -> str:
 
 def target_readiness() -> list[tuple[str, str, str]]:
     """(target, can it be built here, can it be run here): the export's own plan check, asked of each target."""
-    import tempfile
 
-    from .exporters.options import ExportOptions
-    from .exporters.plan import backend_option_groups, check, plan, targets
     options = ExportOptions.from_values(backend_option_groups())
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

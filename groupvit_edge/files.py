@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -183,7 +184,6 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def _lock(destination: Path, what: str) -> Iterator[None]:
-    import fcntl
     path = destination.parent / f".{destination.name}.lock"
     with open(path, "a+") as handle:
         try:

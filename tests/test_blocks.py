@@ -16,16 +16,14 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 import onnx
 import pytest
+from conftest import record_file
 from onnx import numpy_helper
 
-from groupvit_edge.calibration.policy import image_graph_policy
 from groupvit_edge.errors import UserError
 from groupvit_edge.exporters import export
-from groupvit_edge.exporters.precision import kept_float_blocks
 from groupvit_edge.metrics.blocks import FLOAT32_SQNR_DB, TOLERANCE_DB, per_block_divergence
 from groupvit_edge.model.blocks import block_of, block_tensors, forward_order, is_block_name
-
-from conftest import record_file
+from groupvit_edge.quantization.policy import image_graph_policy, kept_float_blocks
 
 SIZE = 224
 NOISY_BLOCK = "stage1.layer1.mlp"
@@ -156,7 +154,7 @@ def test_per_block_runs_without_torch(fp32_artifact, int8_artifact, photos):
         sys.modules["torch"] = None          # any `import torch` now raises ImportError
         import groupvit_edge.model
         from groupvit_edge.model.blocks import block_of
-        from groupvit_edge.calibration.policy import image_graph_policy
+        from groupvit_edge.quantization.policy import image_graph_policy
         from groupvit_edge.metrics.blocks import per_block_divergence
         report = per_block_divergence({str(fp32_artifact)!r}, {str(int8_artifact)!r}, [{str(photos[0])!r}])
         assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
@@ -217,6 +215,7 @@ def test_tensorrt_probe_engines_on_the_recording_fakes(fp32_artifact, int8_artif
     Runtime's figures for that form."""
     import tensorrt_harness as harness
     from tensorrt_harness.fake import FakeDeviceMemory, TensorRTWorld, fake_tensorrt
+
     from groupvit_edge.artifact import Manifest, read_manifest
     from groupvit_edge.runtimes import backend_options
     from groupvit_edge.runtimes import onnxruntime as ort_runtime

@@ -8,11 +8,11 @@ import onnx
 import pytest
 from PIL import Image
 
-from groupvit_edge import runtimes
+from groupvit_edge import hardware, runtimes
 from groupvit_edge.artifact import Preprocess, read_manifest
-from groupvit_edge.calibration import CalibrationSet
-from groupvit_edge.calibration.cache import cached_quantization
-from groupvit_edge.calibration.policy import block_of, image_graph_policy
+from groupvit_edge.quantization.calibration_set import CalibrationSet
+from groupvit_edge.quantization.cache import cached_quantization
+from groupvit_edge.quantization.policy import block_of, image_graph_policy
 from groupvit_edge.errors import UserError
 from groupvit_edge.exporters import export
 
@@ -88,7 +88,7 @@ def test_u8_activation_form_keeps_every_quantization_level(int8_artifact):
     give the same numbers; weights stay int8."""
     import onnxruntime as ort
     from onnx import TensorProto, numpy_helper
-    from groupvit_edge.runtimes.onnxruntime import unsigned_activations
+    from groupvit_edge.quantization.form import unsigned_activations
     out, _, _ = int8_artifact
     signed = onnx.load(str(out / "image.int8.onnx"))
     unsigned = unsigned_activations(onnx.load(str(out / "image.int8.onnx")))
@@ -120,9 +120,9 @@ def test_onnxruntime_chooses_the_activation_form_by_cpu_and_on_request(int8_arti
                                                                          {"int8_activations": "u8"}]
     assert "U8 activations" in runtimes.open(out, "onnxruntime", int8_activations="u8").description
     assert "S8 activations" in runtimes.open(out, "onnxruntime", int8_activations="s8").description
-    monkeypatch.setattr(ort_backend, "is_x86", lambda: False)
+    monkeypatch.setattr(hardware, "is_x86", lambda: False)
     assert ort_backend.activation_form(manifest, "auto") == "s8"
-    monkeypatch.setattr(ort_backend, "is_x86", lambda: True)
+    monkeypatch.setattr(hardware, "is_x86", lambda: True)
     assert ort_backend.activation_form(manifest, "auto") == "u8"
     fp32 = read_manifest(onnx_artifact)      # other graphs have no activation form
     assert ort_backend.activation_form(fp32, "u8") is None and len(ort_backend.configurations(fp32)) == 1
@@ -202,8 +202,8 @@ def test_ort_minmax_sees_every_calibration_window(tmp_path):
     """onnxruntime 1.32's CalibMaxIntermediateOutputs drops all but the last partial pass; our strided MinMax
     must keep the range of a window in the first pass."""
     from onnx import TensorProto, helper, numpy_helper
-    from groupvit_edge.calibration.policy import Policy
-    from groupvit_edge.calibration.quantizers import MethodOptions, minmax_stride, quantize
+    from groupvit_edge.quantization.policy import Policy
+    from groupvit_edge.quantization.statistics import MethodOptions, minmax_stride, quantize
     weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
     graph = helper.make_graph([helper.make_node("MatMul", ["pixels", "w"], ["y"], name="mm")], "g",
                               [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 4])],

@@ -15,7 +15,7 @@ import pytest
 from groupvit_edge.artifact import read_manifest
 from groupvit_edge.errors import UserError
 from groupvit_edge.exporters import export
-from groupvit_edge.exporters.drift_budget import fewest_fitting
+from groupvit_edge.quantization.search import fewest_fitting
 
 from conftest import CALIB_IMAGES
 
@@ -134,8 +134,9 @@ def test_fewest_fitting_is_a_capped_binary_search():
 def test_returning_every_quantized_node_to_float_gives_the_fp32_graph(onnx_artifact):
     """The search's candidates come from one calibration: with every node back, the graph is fp32 again."""
     import onnxruntime as ort
-    from groupvit_edge.calibration.policy import image_graph_policy
-    from groupvit_edge.calibration.quantizers import MethodOptions, quantize, quantized_nodes, return_to_float
+    from groupvit_edge.quantization.policy import image_graph_policy
+    from groupvit_edge.quantization.form import quantized_nodes, return_to_float
+    from groupvit_edge.quantization.statistics import MethodOptions, quantize
     fp32 = onnx.load(str(onnx_artifact / "image.onnx"))
     policy = image_graph_policy(fp32, attention_products=True)       # activation×activation products too
     pixels = np.random.default_rng(0).standard_normal((2, 3, 448, 448)).astype(np.float32)
@@ -190,6 +191,6 @@ def test_a_budget_search_keeps_the_fewest_float_blocks_that_fit(tmp_path):
     assert search["fits"] and 0 < len(kept) < len(ranking) and kept == ranking[:len(kept)]
     assert result.manifest.data["validation"]["drift_vs_fp32"]["model_level"]["group_embed_cosine"]["mean"] >= target
     assert len(search["steps"]) <= 1 + 8
-    from groupvit_edge.calibration.policy import block_of
+    from groupvit_edge.quantization.policy import block_of
     quantized = result.manifest.data["precision"]["quantized_nodes"]
     assert quantized and not [n for n in quantized if block_of(n) in kept]

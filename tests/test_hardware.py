@@ -9,7 +9,7 @@ import pytest
 from groupvit_edge import hardware
 from groupvit_edge.exporters import plan
 from groupvit_edge.exporters.options import ExportOptions
-from groupvit_edge.exporters.precision import int8_weight_bits
+from groupvit_edge.quantization.pipeline import int8_weight_bits
 from groupvit_edge.exporters.plan import backend_option_groups
 
 SKYLAKE = "avx2,avx512f"                                            # no VNNI, no bf16

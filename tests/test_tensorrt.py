@@ -19,10 +19,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from groupvit_edge.calibration.cache import calibration_key, changed_fields
+from groupvit_edge.quantization.cache import calibration_key, changed_fields
 from groupvit_edge import runtimes
 from groupvit_edge.artifact import MANIFEST_NAME, Preprocess, read_manifest
-from groupvit_edge.calibration import CalibrationSet
+from groupvit_edge.quantization.calibration_set import CalibrationSet
 from groupvit_edge.checks.tensorrt import check_artifact, check_graph, operator_table
 from groupvit_edge.errors import UserError
 from groupvit_edge.exporters import export
@@ -503,7 +503,7 @@ def test_int8_qdq_graph_with_an_fp16_float_part(int8_artifact, fp32_artifact):
     stays as close to fp32 as the QDQ graph with an fp32 float part."""
     import onnxruntime
     from onnx import shape_inference
-    from groupvit_edge.calibration.policy import FP16_KEEP_FLOAT_OPS
+    from groupvit_edge.quantization.policy import FP16_KEEP_FLOAT_OPS
     from groupvit_edge.segmentation.preprocess import load_image, prepare
     qdq = onnx.load(str(int8_artifact / "image.int8.onnx"))
     half = engines.qdq_with_fp16_float(qdq)

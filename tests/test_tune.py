@@ -83,7 +83,7 @@ def test_tune_measures_every_configuration_records_the_choice_and_open_uses_it(o
     assert runtimes.open(openvino_fp32, threads=1).name == "openvino"     # explicit options: the usual choice
     from groupvit_edge.runtimes import tuned as tuned_record
     monkeypatch.setattr(tuned_record, "device_identity", lambda: "another-device")
-    assert tuned_record.tuned_choice(openvino_fp32) is None            # measured elsewhere: not used here
+    assert runtimes.tuned_choice(openvino_fp32) is None            # measured elsewhere: not used here
 
 
 def test_a_configuration_that_crashes_or_cannot_open_is_a_failed_row_and_tune_chooses_among_the_rest(
@@ -194,7 +194,7 @@ def test_a_bad_vocabulary_is_refused_before_anything_is_measured(dynamic_int8, p
 
 def test_drift_tune_and_export_take_their_budget_from_one_function():
     from groupvit_edge.errors import UserError
-    from groupvit_edge.exporters.drift_budget import budget_from
+    from groupvit_edge.quantization.search import budget_from
     from groupvit_edge.exporters.options import ExportOptions
     from groupvit_edge.metrics.drift import MODEL_LEVEL_BUDGET, budget_from_flags
     assert budget_from_flags() is None and budget_from_flags(defaults=MODEL_LEVEL_BUDGET) is None

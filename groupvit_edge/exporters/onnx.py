@@ -9,7 +9,11 @@ import numpy as np
 
 from ..artifact import GraphRecord
 from ..errors import ValidationFailed
-from .records import DriftCheck, FloatGraphs
+from ..imports import require
+from ..metrics.drift import FP32_TOLERANCE, validate_candidate
+from ..quantization.records import DriftCheck
+from ..runtimes.onnxruntime import OnnxRuntime
+from .records import FloatGraphs
 
 OPSET = 17   # ≥ 17 so LayerNorm is one LayerNormalization op (DESIGN.md precision policy)
 TEXT_CONTEXT = 77
@@ -22,8 +26,7 @@ TEXT_PROBE = ((49406, 320, 49407), (49406, 1125, 49407))
 
 def build_float_graphs(job) -> FloatGraphs:
     """Trace, simplify and validate the fp32 graphs in `job.staging`; ValidationFailed when they disagree."""
-    import torch
-
+    torch = require("torch", extra="export")
     from ..model.graphs import IMAGE_INPUT, IMAGE_OUTPUTS, TEXT_INPUT, TEXT_OUTPUTS
     height, width = job.options.common.image_size
     job.log(f"tracing the image graph at {height}x{width} (opset {OPSET}) and the text graph")
@@ -37,8 +40,6 @@ def build_float_graphs(job) -> FloatGraphs:
 
 
 def _validated(job, image: GraphRecord, text: GraphRecord) -> FloatGraphs:
-    from ..metrics.drift import FP32_TOLERANCE, validate_candidate
-    from ..runtimes.onnxruntime import OnnxRuntime
     photos = job.validation.first(FP32_CHECK_PHOTOS)
     job.log(f"validating the ONNX graphs in ONNX Runtime against PyTorch on {len(photos.paths)} photos "
             f"({photos.source})")
@@ -66,9 +67,9 @@ def text_max_abs_diff(reference, candidate) -> float:
 
 
 def _export_graph(module, example, path: Path, input_name: str, output_names, batch_axis: str):
-    import onnx
-    import onnxsim
-    import torch
+    onnx = require("onnx", extra="export")
+    onnxsim = require("onnxsim", extra="export")
+    torch = require("torch", extra="export")
     dynamic = {name: {0: batch_axis} for name in (input_name, *output_names)}
     raw = path.with_suffix(".raw.onnx")
     with warnings.catch_warnings():
@@ -100,7 +101,7 @@ def _drop_unused_initializers(model) -> None:
 
 
 def onnx_record(directory: Path, file: str, precision: str = "fp32") -> GraphRecord:
-    import onnx
+    onnx = require("onnx", extra="export")
     graph = onnx.load(str(directory / file), load_external_data=False)
 
     def specs(values):

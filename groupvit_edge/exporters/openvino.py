@@ -4,7 +4,7 @@
   f32 (the fp32 tolerance) or the export fails.
 - `openvino-fp16`: the same with FP16-compressed weights (half the file); runs f16 where the device computes in f16.
 - `openvino-int8`: two routes over the same calibration photos, LayerNorm/Softmax/grouping kept float:
-    "qdq"      precision.to_int8's QDQ ONNX (one calibration for every backend), converted to IR;
+    "qdq"      quantization.pipeline.to_int8's QDQ ONNX (one calibration for every backend), converted to IR;
     "nncf-ir"  NNCF post-training quantization of the fp32 IR (FakeQuantize, OpenVINO's own form), which also
                quantizes self-attention's q·k; the grouping assignment and the grouping maps stay float.
   The default is "nncf-ir", the better by measurement where INT8 pays (benchmarks/openvino_targets.py, 448²,
@@ -27,10 +27,21 @@ from .. import hardware
 from ..artifact import GraphRecord
 from ..errors import ValidationFailed
 from ..imports import require
+from ..metrics.drift import FP32_TOLERANCE, validate_candidate
+from ..quantization.cache import cached_entry, calibration_key, policy_digest
+from ..quantization.measure import drift_labels
+from ..quantization.pipeline import int8_weight_bits, to_int8
+from ..quantization.policy import image_graph_policy
+from ..quantization.records import CalibrationRecord, DriftCheck, PrecisionRecord
+from ..quantization.search import budget_from
+from ..quantization.statistics import MethodOptions, nncf_quantize
+from ..runtimes.onnxruntime import OnnxRuntime
+from ..runtimes.openvino import PRECISION_CAPABILITY, OpenVinoRuntime
 from . import precision
+from .contract import Step, Target
+from .onnx import text_max_abs_diff
 from .options import option
-from .plan import Step, Target
-from .records import ArtifactParts, CalibrationRecord, DriftCheck, PrecisionRecord
+from .records import ArtifactParts
 
 TARGETS = (
     Target("openvino-fp32", "openvino", "openvino", "OpenVINO IR, fp32", packages=("openvino",)),
@@ -77,7 +88,6 @@ def problems(export_plan) -> list[str]:
                      "(AVX-512 BF16 or AMX): export it on the deployment CPU, or export openvino-fp32 and run "
                      "`groupvit-edge tune` on that CPU")
     if export_plan.target.name == "openvino-int8":
-        from .drift_budget import budget_from
         if _route(options) == "nncf-ir" and budget_from(options) is not None:
             found.append("a drift budget (--max-drop, --min-confident-agreement, --min-group-cosine) searches the "
                          "QDQ graph: add --openvino-int8-route qdq")
@@ -104,7 +114,6 @@ def build(job, floats) -> ArtifactParts:
 
 
 def _fp32(job, floats) -> ArtifactParts:
-    from ..metrics.drift import FP32_TOLERANCE
     parts = _float_ir(job, floats, "fp32", "f32", job.validation, FP32_TOLERANCE,
                       PrecisionRecord("fp32", ["*"], inference_precision="f32"))
     failures = parts.checks["drift_vs_fp32"].failures
@@ -150,14 +159,14 @@ def _text_ir(job, floats) -> GraphRecord:
 
 def cpu_computes(precision: str) -> bool:
     """Whether OpenVINO's CPU plugin offers `precision` (f32, bf16, f16) on this machine."""
-    from ..runtimes.openvino import PRECISION_CAPABILITY
     capabilities = _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return PRECISION_CAPABILITY[precision] in capabilities
 
 
 def _int8_qdq(job, floats) -> ArtifactParts:
-    """precision.to_int8 builds, caches and measures the QDQ ONNX; OpenVINO folds its Q/DQ pairs into INT8 ops."""
-    reduced = precision.to_int8(job, floats)
+    """quantization.pipeline.to_int8 builds, caches and measures the QDQ ONNX; OpenVINO folds its Q/DQ pairs into
+    INT8 ops."""
+    reduced = to_int8(job, floats)
     image_ir = write_ir(job, "image", job.staging / reduced.graph.file, "int8", "f32", reduced.graph)
     ir, check, text_difference = _int8_ir(job, floats, reduced.graph, image_ir, reduced.check.budget)
     graphs = {"image": reduced.graph, "text": floats.text, **ir}
@@ -170,20 +179,17 @@ def _int8_qdq(job, floats) -> ArtifactParts:
 def _int8_nncf_ir(job, floats) -> ArtifactParts:
     """NNCF on the fp32 IR: OpenVINO's own FakeQuantize form, free of TensorRT's constraints on the QDQ graph, so
     self-attention's q and k (inputs of OpenVINO's fused ScaledDotProductAttention) go to INT8 as well."""
-    import nncf
-    import onnx
-
-    from ..calibration.cache import calibration_key, policy_digest
-    from ..calibration.policy import image_graph_policy
+    nncf = require("nncf", extra="export", package="NNCF")
+    onnx = require("onnx", extra="export")
     ov = _openvino()
     calibration = job.calibration
     policy = image_graph_policy(onnx.load(str(job.staging / floats.image.file), load_external_data=False),
                                 attention_products=True)
     kept_float = nncf_ir_float_nodes(policy)
-    bits = precision.int8_weight_bits(job)
+    bits = int8_weight_bits(job)
     method = {"method": "nncf-ir", "smooth_quant_alpha": SMOOTH_QUANT_ALPHA, "fast_bias_correction": True,
               "weight_bits": bits, "nncf": nncf.__version__, "openvino": ov.__version__.split("-")[0]}
-    key = calibration_key(job.loaded.weights_sha256, calibration, method, policy=policy_digest(kept_float))
+    key = calibration_key(job.weights_sha256, calibration, method, policy=policy_digest(kept_float))
     started = time.perf_counter()
     quantized, reused = cached_ir(key, lambda: _quantize_ir(job, floats, kept_float, bits),
                                   job.options.common.cache_dir, job.log)
@@ -233,9 +239,7 @@ def _int8_ir(job, floats, onnx_image: GraphRecord, image_ir: GraphRecord, budget
 
 
 def _quantize_ir(job, floats, kept_float: list[str], weight_bits: int):
-    import nncf
-
-    from ..calibration.quantizers import MethodOptions, nncf_quantize
+    nncf = require("nncf", extra="export", package="NNCF")
     model = _openvino().convert_model(str(job.staging / floats.image.file))
     windows = job.calibration.windows()
     job.log(f"quantizing the fp32 IR with NNCF (symmetric INT8, SmoothQuant α={SMOOTH_QUANT_ALPHA}, bias "
@@ -249,8 +253,7 @@ def _quantize_ir(job, floats, kept_float: list[str], weight_bits: int):
 
 
 def cached_ir(key: dict, build_ir, root=None, log=print):
-    """The IR counterpart of calibration.cache.cached_quantization: (quantized ov.Model, reused?) for `key`."""
-    from ..calibration.cache import cached_entry
+    """The IR counterpart of quantization.cache.cached_quantization: (quantized ov.Model, reused?) for `key`."""
     ov = _openvino()
     return cached_entry(key, build_ir, "image.xml", load=lambda path: ov.Core().read_model(str(path)),
                         save=lambda model, path: ov.save_model(model, str(path), compress_to_fp16=False),
@@ -316,17 +319,13 @@ def write_ir(job, graph: str, source, precision_name: str, inference_precision: 
 def _check_ir(job, floats, graphs: dict, photos, budget=None) -> tuple[DriftCheck, float]:
     """The image IR in OpenVINO (on CPU, at the artifact's precision) against the fp32 ONNX image graph in ONNX
     Runtime on `photos`; and the text IR's largest difference from text.onnx, held to the fp32 tolerance."""
-    from ..metrics.drift import FP32_TOLERANCE, validate_candidate
-    from ..runtimes.onnxruntime import OnnxRuntime
-    from ..runtimes.openvino import OpenVinoRuntime
-    from .onnx import text_max_abs_diff
     reference = OnnxRuntime(job.working_manifest({"image": floats.image, "text": floats.text}))
     candidate = OpenVinoRuntime(job.working_manifest(graphs), cache_dir=False)
     text_difference = text_max_abs_diff(reference, candidate)
     if text_difference > FP32_TOLERANCE.max_abs_diff:
         raise ValidationFailed(f"the OpenVINO text IR disagrees with text.onnx (max abs diff {text_difference:.2e}, "
                                f"tolerance {FP32_TOLERANCE.max_abs_diff:.0e}); the artifact was not written")
-    labels = precision.drift_labels(job.options)
+    labels = drift_labels(job.options)
     drift = validate_candidate(reference, candidate, list(photos.paths), labels=labels)
     check = DriftCheck(f"{floats.image.file} in {reference.description}", candidate.description, photos, labels,
                        drift, budget, inference_precision=candidate.inference_precision)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..metrics.drift import BUDGET_BOUNDS
+from ..model.blocks import NAME_FORMS, is_block_name
 from ..options import OptionSpec, option, parse_value, spec_of
+from ..segmentation.vocabulary import parse_labels
 
 FP16_TARGETS = ("onnx-fp16", "openvino-fp16", "trt-fp16")
 CALIBRATED_TARGETS = ("onnx-int8", "openvino-int8", "trt-int8")
@@ -37,14 +39,12 @@ def image_size(value) -> tuple[int, int]:
 
 
 def labels_list(value) -> tuple[str, ...]:
-    from ..segmentation.vocabulary import parse_labels
     return tuple(parse_labels(value))
 
 
 def block_names(value) -> tuple[str, ...]:
     """"stage0.grouping,projection", or several such strings (the flag is repeatable) → block names, each of the
     form the model declares (whether the graph has that block is checked against the graph at calibration)."""
-    from ..model.blocks import NAME_FORMS, is_block_name
     texts = [value] if isinstance(value, str) else list(value)
     names = tuple(dict.fromkeys(part.strip() for text in texts for part in str(text).split(",") if part.strip()))
     malformed = [name for name in names if not is_block_name(name)]

@@ -8,12 +8,19 @@ problem, so one run of `export` tells the user everything to fix at once.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifact import owned_entries
 from ..errors import UserError
+from ..files import check_destination
 from ..runtimes import backend_module
+from ..segmentation.preprocess import list_images
+from ..segmentation.vocabulary import load_tokenizer
+from .contract import ExporterFamily, ReadinessChecker, Step, Target
+from .families import FAMILIES
 from .options import ExportOptions, OptionSpec
 
 BASE_PACKAGES = ("torch", "onnx", "onnxsim", "onnxruntime")
@@ -21,26 +28,6 @@ BASE_PACKAGES = ("torch", "onnx", "onnxsim", "onnxruntime")
 # softmax and its inputs), which is what an absurd --image-size blows up (10000² → terabytes).
 ATTENTION_HEADS = 6
 ACTIVATION_COPIES = 3
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    does: str                                  # one line, for the plan the export prints
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    family: str                                # exporters module that builds it
-    runs_on: str                               # runtime backend that runs it
-    holds: str                                 # what the artifact holds, for help texts and the README
-    packages: tuple[str, ...] = ()             # importable modules the build needs beyond BASE_PACKAGES
-    calibrated: bool = False
-    readiness: bool = False                    # its family's `readiness_report` checks an artifact's graphs for it
-    # The INT8 weight range it takes unless asked; None: what this CPU multiplies without saturating (GPUs
-    # accumulate in int32, so a GPU target needs no 7-bit range).
-    int8_weight_bits: int | None = None
 
 
 @dataclass(frozen=True)
@@ -55,11 +42,8 @@ class ExportPlan:
         return " → ".join(step.does for step in self.steps)
 
 
-def family(name: str):
-    return importlib.import_module(f"{__package__}.{name}")
-
-
-FAMILIES = ("precision", "openvino", "tensorrt")
+def family(name: str) -> ExporterFamily:
+    return FAMILIES[name]
 
 
 def targets() -> dict[str, Target]:
@@ -67,7 +51,7 @@ def targets() -> dict[str, Target]:
 
 
 def backend_option_groups() -> dict[str, type]:
-    return {name: family(name).OPTIONS for name in FAMILIES if getattr(family(name), "OPTIONS", None)}
+    return {name: options for name, found in FAMILIES.items() if (options := found.OPTIONS) is not None}
 
 
 def readiness_targets() -> dict[str, Target]:
@@ -80,7 +64,10 @@ def readiness_report(artifact_dir, target_name: str):
     checked = readiness_targets()
     if target_name not in checked:
         raise UserError(f"--target {target_name!r} has no readiness check: use one of {', '.join(checked)}")
-    return family(checked[target_name].family).readiness_report(artifact_dir, target_name)
+    checker = family(checked[target_name].family)
+    if not isinstance(checker, ReadinessChecker):
+        raise TypeError(f"the {checked[target_name].family} exporters declare a readiness check they do not define")
+    return checker.readiness_report(artifact_dir, target_name)
 
 
 def target(name: str) -> Target:
@@ -178,18 +165,15 @@ def _image_size_problems(size: tuple[int, int], patch: int = 16) -> list[str]:
 
 def _physical_memory() -> int | None:
     try:
-        import os
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
 
 
 def _path_problems(options: ExportOptions) -> list[str]:
-    from ..segmentation.preprocess import list_images
     problems = []
     tokenizer = options.common.tokenizer
     if tokenizer is not None:
-        from ..segmentation.vocabulary import load_tokenizer
         try:
             if not Path(tokenizer).exists():
                 raise UserError(f"--tokenizer {tokenizer} does not exist: pass bpe_simple_vocab_16e6.txt.gz or a "
@@ -209,8 +193,6 @@ def _path_problems(options: ExportOptions) -> list[str]:
 
 
 def _output_problems(export_plan: ExportPlan) -> list[str]:
-    from ..artifact import owned_entries
-    from ..files import check_destination
     try:
         check_destination(export_plan.out, owned_entries, "artifact", export_plan.options.common.force)
     except UserError as error:

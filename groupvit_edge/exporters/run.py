@@ -6,11 +6,17 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..artifact import MANIFEST_NAME, GraphRecord, Manifest, owned_entries, sha256_file
-from ..calibration.dataset import CalibrationSet, PhotoSet
-from ..files import replace_directory, write_text_atomic
+from ..assets import default_tokenizer, sample_photos, samples_description
+from ..files import replace_directory, tree_size, write_text_atomic
+from ..listing import listed
+from ..quantization.calibration_set import CalibrationSet, PhotoSet
+from ..runtimes.pytorch import TorchRuntime, check_image_size
+from ..segmentation.preprocess import list_images
+from ..segmentation.vocabulary import Vocabulary, load_tokenizer
+from .onnx import onnx_record
 from .options import ExportOptions
 from .plan import ExportPlan, backend_option_groups, check, family, plan, raise_problems
 from .records import ArtifactParts, FloatGraphs
@@ -18,14 +24,18 @@ from .records import ArtifactParts, FloatGraphs
 TOKENIZER_DIR = "tokenizer"
 VOCABULARY_FILE = "vocab.npz"
 
+if TYPE_CHECKING:
+    from ..model.loading import LoadedModel
+    from ..runtimes.pytorch import TorchRuntime
+
 
 @dataclass
 class ExportJob:
     """One export's resolved inputs and its staging directory: what every step receives."""
     plan: ExportPlan
     staging: Path
-    loaded: object                      # model.LoadedModel
-    reference: object                   # runtimes.pytorch.TorchRuntime over the same weights
+    loaded: LoadedModel
+    reference: TorchRuntime             # over the same weights
     tokenizer: Path
     validation: PhotoSet                # fp32 validation, and drift of targets that calibrate on nothing
     calibration: CalibrationSet | None  # calibration photos and the held-out photos their drift is measured on
@@ -41,6 +51,14 @@ class ExportJob:
 
     def backend_options(self, name: str):
         return self.options.backends[name]
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.loaded.weights_sha256
+
+    def graph_record(self, file: str, precision: str = "fp32") -> GraphRecord:
+        """The manifest record of the ONNX graph `file` in the staging directory."""
+        return onnx_record(self.staging, file, precision)
 
     def drift_photos(self) -> PhotoSet:
         return self.calibration.drift_photos() if self.calibration is not None else self.validation
@@ -90,10 +108,7 @@ def export(model, out_dir, target: str = "onnx", *, log: Callable[[str], None] =
 
 def _start(export_plan: ExportPlan, model, staging: Path, log) -> ExportJob:
     """Resolve every input once: the checkpoint, the tokenizer, validation and calibration photos."""
-    from ..assets import default_tokenizer, sample_photos, samples_description
-    from ..model import LoadedModel, load_model
-    from ..runtimes.pytorch import TorchRuntime, check_image_size
-    from ..segmentation.preprocess import list_images
+    from ..model.loading import LoadedModel, load_model
     options = export_plan.options
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model))
     height, width = options.common.image_size
@@ -140,7 +155,6 @@ def _assemble_manifest(job: ExportJob, floats: FloatGraphs, parts: ArtifactParts
 
 def _copy_tokenizer(source: Path, destination: Path) -> dict:
     """The tokenizer files into the artifact, so a device needs nothing else."""
-    from ..segmentation.vocabulary import load_tokenizer
     load_tokenizer(source)      # fail now with the tokenizer's own sentence, not on a device later
     destination.mkdir()
     if source.is_file():
@@ -156,7 +170,6 @@ def _copy_tokenizer(source: Path, destination: Path) -> dict:
 
 
 def _write_vocabulary(job: ExportJob) -> dict | None:
-    from ..segmentation.vocabulary import Vocabulary, load_tokenizer
     labels = job.options.common.labels
     if not labels:
         return None
@@ -177,7 +190,6 @@ def _keep_only_named(staging: Path, manifest: Manifest) -> None:
 
 def summary(result: ExportResult) -> str:
     """What was written, what it was measured at, and what to run next."""
-    from ..files import tree_size
     manifest, directory = result.manifest, result.directory
     lines = [f"wrote {directory} ({manifest.target}) in {result.seconds:.0f} s:"]
     for what, relative, _ in manifest.files():
@@ -193,7 +205,6 @@ def summary(result: ExportResult) -> str:
     lines += [f"checked: {check.line()}" for check in result.parts.checks.values()]
     if result.parts.search is not None and result.parts.search.chosen is not None:
         chosen = result.parts.search.chosen
-        from ..listing import listed
         lines.append(f"drift budget ({result.parts.search.budget.describe()}): met with "
                      f"{len(chosen.float_blocks)} block(s) in float ({listed(chosen.float_blocks)})")
     model = manifest.data["model"]["id"]

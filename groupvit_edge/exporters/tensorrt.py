@@ -33,9 +33,12 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..calibration.cache import calibration_key, changed_fields
 from ..errors import UserError, ValidationFailed
 from ..files import cache_root
+from ..quantization.cache import calibration_key, changed_fields
+from ..quantization.measure import drift_labels, graph_drift
+from ..quantization.pipeline import to_int8
+from ..quantization.records import CalibrationRecord, DriftCheck, PrecisionRecord, ReducedImageGraph
 from ..runtimes.tensorrt_build import (
     INT8_ROUTES,
     TYPINGS,
@@ -49,9 +52,9 @@ from ..runtimes.tensorrt_build import (
     required_api,
     text_plan,
 )
+from .contract import Step, Target
 from .options import option
-from .plan import Step, Target
-from .records import ArtifactParts, CalibrationRecord, DriftCheck, PrecisionRecord, ReducedImageGraph
+from .records import ArtifactParts
 
 DEFAULT_WORKSPACE_MB = 2048
 IMAGE_PROFILE = (1, 1, 8)            # windows per image-graph call: min, opt, max
@@ -79,7 +82,7 @@ def qdq_with_fp16_float(model):
     from onnx import version_converter
     from onnxconverter_common import float16
 
-    from ..calibration.policy import FP16_KEEP_FLOAT_OPS
+    from ..quantization.policy import FP16_KEEP_FLOAT_OPS
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     blocked = fp16_blocked_nodes(model)
     if opset is not None and opset < QDQ_FP16_OPSET:
@@ -94,18 +97,17 @@ def qdq_with_fp16_float(model):
 
 
 def to_int8_fp16(job, floats, int8: ReducedImageGraph) -> ReducedImageGraph:
-    """The calibrated QDQ graph of `precision.to_int8` with an FP16 float part, measured in ONNX Runtime."""
+    """The calibrated QDQ graph of `quantization.pipeline.to_int8` with an FP16 float part, measured in ONNX Runtime."""
     import onnx
 
-    from ..calibration.policy import FP16_KEEP_FLOAT_OPS
-    from . import precision
+    from ..quantization.policy import FP16_KEEP_FLOAT_OPS
     from .onnx import onnx_record
     job.log(f"converting the float part of {int8.graph.file} to FP16 (float32 kept for "
             f"{', '.join(FP16_KEEP_FLOAT_OPS)} and the grouping assignment; Q/DQ scales FP16, opset "
             f"{QDQ_FP16_OPSET})")
     half = qdq_with_fp16_float(onnx.load(str(job.staging / int8.graph.file)))
     onnx.save(half, str(job.staging / INT8_FP16_FILE))
-    check = precision.measure_graph_drift(job, floats, INT8_FP16_FILE, job.drift_photos(), int8.check.budget)
+    check = graph_drift(job, floats, INT8_FP16_FILE, job.drift_photos(), int8.check.budget)
     job.log(f"  {check.line()}")
     record = dataclasses.replace(int8.precision, float_part="fp16",
                                  float32_kept=FP16_KEEP_FLOAT_OPS + ["grouping assignment"])
@@ -287,8 +289,8 @@ def _reduce_steps(plan: BuildPlan, options) -> list[Step]:
 
 def problems(export_plan) -> list[str]:
     """TensorRT, a GPU, and a build plan this TensorRT supports: all known before anything is traced."""
+    from ..quantization.search import budget_from
     from ..runtimes.tensorrt import device_properties, import_tensorrt
-    from .drift_budget import budget_from
     options = export_plan.options.backends["tensorrt"]
     try:
         BatchProfile(options.batch_min, options.batch_opt, options.batch_max)
@@ -359,9 +361,9 @@ def _reduced_image_graph(job, floats, plan: BuildPlan) -> ReducedImageGraph | No
     if plan.source == "fp16":
         return precision.to_fp16(job, floats)
     if plan.source == "qdq":
-        return precision.to_int8(job, floats)
+        return to_int8(job, floats)
     if plan.source == "qdq-fp16":
-        return to_int8_fp16(job, floats, precision.to_int8(job, floats))
+        return to_int8_fp16(job, floats, to_int8(job, floats))
     return None
 
 
@@ -388,7 +390,7 @@ def _implicit_calibration(job, trt, source: Path, root: Path):
     calibration = job.calibration
     preprocess = job.preprocess
     # The INT8 step's key, plus what TensorRT names the tensors after (the exact graph) and writes the table with.
-    key = calibration_key(job.loaded.weights_sha256, calibration, IMPLICIT_METHOD,
+    key = calibration_key(job.weights_sha256, calibration, IMPLICIT_METHOD,
                           tensorrt=trt.__version__, network_sha256=sha256_file(source))
     cache = CalibrationCacheFile(root, key, log=job.log)
     memory = open_device_memory()
@@ -417,7 +419,7 @@ def _precision(job, plan: BuildPlan, reduced, graphs: dict, calibration):
                                  engines=engines_typing)
         return record, CalibrationRecord(calibration_set, IMPLICIT_METHOD,
                                          cache.reused, cache=str(cache.directory))
-    from ..calibration.policy import FP16_KEEP_FLOAT_OPS
+    from ..quantization.policy import FP16_KEEP_FLOAT_OPS
     kept = kept_float_nodes(job.staging / graphs["image"].file)
     return PrecisionRecord("fp16", FP16_KEEP_FLOAT_OPS + ["grouping assignment"], sorted(kept),
                            engines=engines_typing), None
@@ -429,9 +431,8 @@ def _check_engines(job, floats, graphs, engines, section, compute: str, photos, 
     from ..metrics.drift import validate_candidate
     from ..runtimes.onnxruntime import OnnxRuntime
     from ..runtimes.tensorrt import TensorRTRuntime
-    from . import precision
     reference = OnnxRuntime(job.working_manifest({"image": floats.image, "text": floats.text}))
-    labels = precision.drift_labels(job.options)
+    labels = drift_labels(job.options)
     # The working manifest's precision is the engines' own, so the check names what actually ran.
     precision = {"target": job.plan.target.name, "compute": compute}
     with TensorRTRuntime(job.working_manifest(graphs, engines, tensorrt=section, precision=precision)) as runtime:

@@ -19,9 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import runtimes
+from ..artifact import read_manifest
 from ..errors import UserError
 from ..options import check_number
+from ..runtimes import is_artifact
 from ..runtimes.base import Runtime
+from ..segmentation import Segmenter
+from ..segmentation.preprocess import list_images, load_image, prepare
+from ..segmentation.vocabulary import parse_labels
 from .drift import DEFAULT_PROBE, format_figure
 from .isolation import BackendFailed, Failure, open_guarded, run_isolated
 
@@ -127,7 +133,6 @@ class _Plan:
 
 
 def _plan(artifact: str, settings: BenchSettings) -> _Plan:
-    from .. import runtimes
     try:
         backend, _ = runtimes.choose_backend(artifact, verify=False)   # each child checks the files when it opens
     except UserError as error:
@@ -142,7 +147,6 @@ def measure_artifact(plan: _Plan, images: list[str], reference: str | None, sett
     """Everything for one row but its peak RSS, measured in the calling process (bench runs it in a child).
     Whatever the backend raises while opening the artifact or running a graph makes a failed row; a UserError is
     the user's input, found late, and anything else a bug: both propagate."""
-    from .. import runtimes
     runtime = open_guarded(lambda: runtimes.open(plan.artifact, plan.backend, **plan.options))
     if isinstance(runtime, Failure):
         return BenchRow.failed(plan.artifact, runtime)
@@ -156,7 +160,6 @@ def measure_artifact(plan: _Plan, images: list[str], reference: str | None, sett
 
 def _measure(artifact: str, runtime: Runtime, images: list[str], reference: str | None,
              settings: BenchSettings) -> BenchRow:
-    from ..segmentation.preprocess import load_image, prepare
     backend = runtime.description
     windows = np.concatenate([prepare(load_image(p), runtime.manifest.preprocess).windows for p in images])
     graph_ms = _image_graph_ms(runtime, windows, settings)
@@ -191,7 +194,6 @@ def _image_graph_ms(runtime: Runtime, windows: np.ndarray, settings: BenchSettin
 
 def _end_to_end_ms(runtime: Runtime, images: list[str], settings: BenchSettings) -> list[float]:
     """Milliseconds per timed photo, segmented from its file: load, windows, graph and the paper's protocol."""
-    from ..segmentation import Segmenter
     labels = None if runtime.manifest.vocabulary_path() else list(settings.segment_labels)
     segmenter = Segmenter(runtime, labels)
     end_to_end_ms = []
@@ -230,8 +232,6 @@ def _row_in_child(plan: _Plan, images, reference, settings) -> BenchRow:
 def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | None = None,
               isolate: bool = True, log=print) -> BenchReport:
     """One row per artifact (see the module's docstring for what fails a row and what ends bench)."""
-    from ..segmentation.preprocess import list_images, load_image
-    from ..segmentation.vocabulary import parse_labels
     from .drift import check_vocabulary
     settings = settings or BenchSettings()
     for flag, value, least in (("--warmup", settings.warmup, 0), ("--runs", settings.runs, 1),
@@ -268,8 +268,6 @@ def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | No
 
 def _manifests(artifacts: list[str]) -> dict:
     """Each artifact's manifest, read without hashing its files (each row's process does that when it opens it)."""
-    from ..artifact import read_manifest
-    from ..runtimes import is_artifact
     if not artifacts:
         raise UserError("bench needs at least one artifact directory")
     for artifact in artifacts:
@@ -281,7 +279,6 @@ def _manifests(artifacts: list[str]) -> dict:
 
 def _check_reference(reference: str, manifests: dict) -> None:
     """Refuse, before anything is measured, a reference that cannot run here or be compared with every artifact."""
-    from .. import runtimes
     backend, manifest = runtimes.choose_backend(reference, verify=False)
     if backend == runtimes.REFERENCE_BACKEND:     # a checkpoint runs at each artifact's size
         if not runtimes.backend_module(backend).is_installed():

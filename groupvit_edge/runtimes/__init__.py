@@ -1,40 +1,34 @@
 """One Runtime interface, one module per backend; `open` picks the backend an artifact and this machine allow.
 
-Each backend module defines NAME, EXTRA (the pip extra that installs it), `Options` (a dataclass of its runtime
-options), `is_installed()`, `install_hint() -> str` (how to get it onto this machine), `devices() -> list[str]`
-(what this machine offers it: providers, devices, GPUs; called only when installed; a UserError says why there is
-none), `unsupported_reason(manifest) -> str | None` and `open_runtime(manifest, options) -> Runtime`; a backend
-with a throughput mode also defines `throughput_options(streams) -> dict`. No code outside a backend's module knows
-anything about that backend.
+Each backend module implements `base.RuntimeBackend` (`backends.BACKEND_MODULES` lists them, and mypy checks each
+against it); a backend with a throughput mode also implements `base.ThroughputBackend`. No code outside a
+backend's module knows anything about that backend.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 
 from ..artifact import MANIFEST_NAME, read_manifest
 from ..errors import UserError
 from ..options import parse_value
-from .base import ImageEncoding, Runtime
+from .backends import ARTIFACT_BACKENDS, BACKEND_MODULES, REFERENCE_BACKEND
+from .base import ImageEncoding, Runtime, RuntimeBackend, ThroughputBackend
+from .tuned import recorded_choice
 
-# Artifact backends in order of preference: the fastest one the artifact and the machine support wins.
-ARTIFACT_BACKENDS = ("tensorrt", "openvino", "onnxruntime")
-REFERENCE_BACKEND = "torch"
-_MODULES = {"torch": "pytorch", "onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 BACKENDS = ARTIFACT_BACKENDS + (REFERENCE_BACKEND,)     # every registered backend, artifact backends first
 
 
-def backend_module(name: str):
-    if name not in _MODULES:
-        raise UserError(f"backend {name!r} is unknown: use one of {', '.join(_MODULES)}")
-    return importlib.import_module(f"{__name__}.{_MODULES[name]}")
+def backend_module(name: str) -> RuntimeBackend:
+    if name not in BACKEND_MODULES:
+        raise UserError(f"backend {name!r} is unknown: use one of {', '.join(BACKEND_MODULES)}")
+    return BACKEND_MODULES[name]
 
 
 def available_backends() -> list[str]:
     """Backends whose packages are importable here. Every backend module imports without its package, so asking
     each one is safe on any machine."""
-    return [name for name in _MODULES if backend_module(name).is_installed()]
+    return [name for name in BACKEND_MODULES if backend_module(name).is_installed()]
 
 
 def is_artifact(source) -> bool:
@@ -46,7 +40,6 @@ def open(source, backend: str | None = None, **options) -> Runtime:  # noqa: A00
     neither a backend nor options are given); a checkpoint/model spec → the PyTorch reference.
     `options` are the chosen backend's runtime options (its `Options` fields)."""
     if backend is None and not options and is_artifact(source):
-        from .tuned import tuned_choice
         backend, options = tuned_choice(source) or (None, {})    # what `tune` measured fastest on this device
     name, target = choose_backend(source, backend)
     return backend_module(name).open_runtime(target, backend_options(name, options, source))
@@ -79,6 +72,17 @@ def choose_backend(source, backend: str | None = None, verify: bool = True) -> t
     raise UserError(f"no backend can run {source} ({detail}); re-export it for a backend installed here")
 
 
+def tuned_choice(artifact) -> tuple[str, dict] | None:
+    """The configuration `tune` chose for this artifact on this device, where its backend and options exist."""
+    recorded = recorded_choice(artifact)
+    if recorded is None:
+        return None
+    backend, options = recorded
+    if backend not in ARTIFACT_BACKENDS or not set(options) <= option_names(backend):
+        return None
+    return backend, options
+
+
 def option_names(name: str) -> set[str]:
     return {f.name for f in dataclasses.fields(backend_module(name).Options)}
 
@@ -86,8 +90,8 @@ def option_names(name: str) -> set[str]:
 def throughput_options(name: str, streams) -> dict:
     """Backend `name`'s runtime options for `streams` windows in flight at once; none for a backend without a
     throughput mode (calls one window after another are then its throughput)."""
-    declared = getattr(backend_module(name), "throughput_options", None)
-    return declared(streams) if declared is not None else {}
+    module = backend_module(name)
+    return module.throughput_options(streams) if isinstance(module, ThroughputBackend) else {}
 
 
 def check_options(name: str, options, source=None, fix: str | None = None) -> None:
@@ -97,12 +101,12 @@ def check_options(name: str, options, source=None, fix: str | None = None) -> No
     for option in options:
         if option in accepted:
             continue
-        owners = [other for other in _MODULES if option in option_names(other)]
+        owners = [other for other in BACKEND_MODULES if option in option_names(other)]
         if owners:
             raise UserError(f"runtime option {option!r} applies to {', '.join(owners)}, not to {name}"
                             f"{f', which runs {source}' if source is not None else ''}: "
                             f"{fix or f'drop it or choose --backend {owners[0]}'}")
-        known = sorted(set().union(*(option_names(other) for other in _MODULES)))
+        known = sorted(set().union(*(option_names(other) for other in BACKEND_MODULES)))
         raise UserError(f"runtime option {option!r} is unknown: use one of {', '.join(known)}")
 
 

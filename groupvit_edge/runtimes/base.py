@@ -4,6 +4,7 @@ from __future__ import annotations
 import abc
 import importlib
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -27,14 +28,15 @@ class Configuration:
     label: str                 # e.g. "openvino, int8 IR, bf16"
 
 
-# The image graph's outputs (DESIGN.md). `stage1_grouping` is optional: artifacts whose graph lacks it still run.
+# The image graph's outputs, the artifact's contract with every runtime. `stage1_grouping` is optional:
+# artifacts whose graph lacks it still run.
 IMAGE_OUTPUTS = ("group_embeds", "image_embed", "grouping")
 OPTIONAL_IMAGE_OUTPUTS = ("stage1_grouping",)
 
 
 @dataclass
 class ImageEncoding:
-    """Outputs of the image graph for a batch of windows (see DESIGN.md for the contract)."""
+    """Outputs of the image graph for a batch of windows, by the names every artifact's image graph gives them."""
     group_embeds: np.ndarray   # [B, G, D] float32, L2-normalised
     image_embed: np.ndarray    # [B, D] float32, L2-normalised
     grouping: np.ndarray       # [B, G, H/p, W/p] float32, soft maps multiplied over stages
@@ -83,3 +85,37 @@ class Runtime(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+class RuntimeBackend(Protocol):
+    """One module per backend (runtimes.backends lists them; mypy checks each against this). Every backend module
+    imports without its package, so asking any of them is safe on any machine."""
+
+    @property
+    def NAME(self) -> str: ...  # noqa: N802 - module constants
+    @property
+    def EXTRA(self) -> str: ...  # noqa: N802 - the pip extra that installs it
+    @property
+    def Options(self) -> type: ...  # noqa: N802 - a dataclass of its runtime options (options.option fields)
+
+    def is_installed(self) -> bool: ...
+
+    def install_hint(self) -> str: ...
+
+    def devices(self) -> list[str]:
+        """What this machine offers it (providers, devices, GPUs); called only when installed."""
+
+    def unsupported_reason(self, manifest: Manifest) -> str | None: ...
+
+    def open_runtime(self, target: Any, options: Any) -> Runtime:
+        """`target`: the manifest (an artifact backend) or the model spec (the reference)."""
+
+    def configurations(self, manifest: Manifest) -> list[Configuration]:
+        """The ways it can run this artifact here, one per precision it selects, for `tune`."""
+
+
+@runtime_checkable
+class ThroughputBackend(Protocol):
+    """A backend with a throughput mode: its options for `streams` windows in flight at once."""
+
+    def throughput_options(self, streams) -> dict: ...

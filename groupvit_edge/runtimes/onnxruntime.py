@@ -14,9 +14,9 @@ import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
-from ..hardware import is_x86
 from ..imports import require
 from ..options import option
+from ..quantization.form import activation_label, default_activation_form, unsigned_activations
 from .base import IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS, Configuration, ImageEncoding, Runtime, importable
 from .probes import IMAGE_INPUT, REFERENCE_SUFFIX, Probe, image_graph, probe_graph
 
@@ -87,48 +87,6 @@ def activation_form(manifest: Manifest, asked: str) -> str | None:
     if manifest.graphs["image"].get("precision", "fp32") != STATIC_INT8:
         return None
     return default_activation_form() if asked == "auto" else asked
-
-
-def default_activation_form() -> str:
-    return "u8" if is_x86() else "s8"
-
-
-def activation_label(form: str | None) -> str:
-    """", U8 activations" for a static INT8 graph's form; nothing for other graphs."""
-    return f", {form.upper()} activations" if form else ""
-
-
-def unsigned_activations(model):
-    """`model` with every activation Q/DQ pair moved from int8 (zero point z) to uint8 (zero point z + 128): the
-    same scale, the same levels. Weights (constant inputs of DequantizeLinear) stay int8."""
-    from onnx import TensorProto, numpy_helper
-    constants = {init.name: init for init in model.graph.initializer}
-    shifted: dict[str, str] = {}
-
-    def unsigned_zero(name: str) -> str:
-        if name not in shifted:
-            zero = numpy_helper.to_array(constants[name]).astype(np.int16) + 128
-            model.graph.initializer.append(numpy_helper.from_array(zero.astype(np.uint8), f"{name}_u8"))
-            shifted[name] = f"{name}_u8"
-        return shifted[name]
-
-    quantized = set()
-    for node in model.graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[0] not in constants and len(node.input) == 3 \
-                and constants[node.input[2]].data_type == TensorProto.INT8:
-            node.input[2] = unsigned_zero(node.input[2])
-            quantized.add(node.output[0])
-    for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in quantized:
-            node.input[2] = unsigned_zero(node.input[2])
-    for value in list(model.graph.value_info) + list(model.graph.output):
-        if value.name in quantized:
-            value.type.tensor_type.elem_type = TensorProto.UINT8
-    used = {name for node in model.graph.node for name in node.input}
-    unused = [init for init in model.graph.initializer if init.name not in used]
-    for init in unused:
-        model.graph.initializer.remove(init)
-    return model
 
 
 def _session_options(ort, threads: int | None):

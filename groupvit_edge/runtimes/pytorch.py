@@ -7,6 +7,7 @@ import numpy as np
 
 from ..artifact import Manifest, Preprocess, new_manifest_data
 from ..errors import UserError
+from ..imports import require
 from .base import ImageEncoding, Runtime, importable
 
 NAME = "torch"
@@ -22,8 +23,13 @@ def install_hint() -> str:
     return f"pip install torch==2.13.0 groupvit-edge[{EXTRA}]"
 
 
+def _torch():
+    return require("torch", EXTRA, what="the PyTorch reference", otherwise=" (install the CPU wheel first: pip install "
+                   "torch==2.13.0)")
+
+
 def devices() -> list[str]:
-    import torch
+    torch = _torch()
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -42,7 +48,7 @@ def open_runtime(source, options: Options) -> TorchRuntime:
     if not is_installed():
         raise UserError(f"torch is not installed: the PyTorch reference needs it ({install_hint()}); run an "
                         f"exported artifact instead")
-    from ..model import LoadedModel, load_model
+    from ..model.loading import LoadedModel, load_model
     loaded = source if isinstance(source, LoadedModel) else load_model(str(source))
     return TorchRuntime(loaded, image_size=options.image_size, threads=options.threads, resize=options.resize)
 
@@ -76,8 +82,7 @@ class TorchRuntime(Runtime):
     name = NAME
 
     def __init__(self, loaded, image_size=(448, 448), threads: int | None = None, resize: str = "slide"):
-        import torch
-
+        torch = _torch()
         from ..model.graphs import ImageGraph, TextGraph
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         check_image_size(height, width, loaded.model.config.vision.patch_size)

@@ -269,7 +269,7 @@ def kept_float_nodes(onnx_path: Path) -> set[str]:
 
 def fp16_blocked_nodes(model) -> set[str]:
     """`kept_float_nodes` of a loaded ONNX model."""
-    from ..calibration.policy import FP16_KEEP_FLOAT_OPS, image_graph_policy
+    from ..quantization.policy import FP16_KEEP_FLOAT_OPS, image_graph_policy
     op_types = {node.name: node.op_type for node in model.graph.node}
     kept = {name for name, op in op_types.items() if op in FP16_KEEP_FLOAT_OPS}
     return (kept | set(image_graph_policy(model).assignment)) - {n for n, op in op_types.items() if op in _QDQ_OPS}

@@ -11,9 +11,10 @@ from ..hardware import device_identity
 SCHEMA = "groupvit-edge/tune/1"
 
 
-def tuned_choice(artifact) -> tuple[str, dict] | None:
-    """(backend, runtime options) that `tune` chose for this artifact on this device, or None (none recorded, a
-    different device, or an unreadable record — which is ignored: it only ever picks among valid choices)."""
+def recorded_choice(artifact) -> tuple[str, dict] | None:
+    """(backend, runtime options) that `tune` recorded for this artifact on this device, or None (none recorded, a
+    different device, or an unreadable record — which is ignored: it only ever picks among valid choices).
+    `runtimes.tuned_choice` keeps it only where the backend and its options exist."""
     path = Path(artifact) / TUNED_NAME
     if not path.is_file():
         return None
@@ -24,8 +25,5 @@ def tuned_choice(artifact) -> tuple[str, dict] | None:
             return None
         backend, options = str(chosen["backend"]), dict(chosen["options"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None
-    from . import ARTIFACT_BACKENDS, option_names
-    if backend not in ARTIFACT_BACKENDS or not set(options) <= option_names(backend):
         return None
     return backend, options

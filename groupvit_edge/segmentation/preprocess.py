@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..artifact import Preprocess
+from ..assets import SAMPLES, sample_photos
 from ..errors import UserError
 from ..imports import require
 
@@ -153,7 +154,6 @@ def find_images(sources) -> list[FoundImage]:
     directory or a special file is an error. None (or no sources) means the sample photos shipped with
     groupvit-edge."""
     if sources is None or (not isinstance(sources, (str, Path)) and len(sources) == 0):
-        from ..assets import SAMPLES, sample_photos
         return [FoundImage(path, SAMPLES, Path(path.name)) for path in sample_photos()]
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
     found = []

@@ -7,9 +7,10 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import UserError
+from ..files import write_atomic
 from ..runtimes import Runtime
 from ..runtimes import open as open_runtime
 from ..runtimes.base import ImageEncoding
@@ -81,7 +82,6 @@ class Segmentation:
 
     def save(self, directory: str | Path, stem: str) -> list[Path]:
         """<stem>.overlay.png, <stem>.labels.png and (when groups are known) <stem>.groups.png, overlay first."""
-        from ..files import write_atomic
         images = [("overlay", self.overlay()), ("labels", self.label_image())]
         if self.groups is not None:
             images.append(("groups", self.group_image()))
@@ -120,7 +120,6 @@ LEGEND_SIZE = 16
 
 
 def _draw_legend(image: Image.Image, fractions: dict[str, float], class_names: list[str]) -> Image.Image:
-    from PIL import ImageFont
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=LEGEND_SIZE)
     colors = palette(len(class_names))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import write_atomic
 from ..tokenizer import DEFAULT_TEMPLATES, ClipTokenizer, tokenize_labels
 
 TEXT_BATCH = 256   # prompts per text-graph call: bounds memory for large vocabularies
@@ -94,7 +95,6 @@ class Vocabulary:
         return cls(list(labels), tuple(templates), class_embeds.astype(np.float32))
 
     def save(self, path: str | Path) -> Path:
-        from ..files import write_atomic
 
         def write(temporary: Path) -> None:
             with open(temporary, "wb") as stream:      # a file object: np.savez would append .npz to a path

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import onnx
+from ..files import all_ours, cache_root, replace_directory
+from ..imports import require
 
-from ..files import cache_root
+if TYPE_CHECKING:
+    import onnx
 
 # Bumped whenever what we do around a calibrator changes its result (e.g. keeping policy-float nodes float).
 REVISION = 2
@@ -37,6 +39,7 @@ def policy_digest(names: list[str]) -> str:
 def cached_quantization(key: dict, build: Callable[[], onnx.ModelProto], root: Path | None = None,
                         log=print) -> tuple[onnx.ModelProto, bool]:
     """Return (quantized graph, reused?) for `key`, building and storing it when no matching entry exists."""
+    onnx = require("onnx", extra="export", what="calibration")
     return cached_entry(key, build, "image.qdq.onnx", load=lambda path: onnx.load(str(path)),
                         save=lambda model, path: onnx.save(model, str(path)), root=root, log=log)
 
@@ -55,7 +58,6 @@ def cached_entry(key: dict, build: Callable, file_name: str, load: Callable, sav
             return load(result_file), True
         log(f"calibration cache {entry} was made with different {', '.join(changed_fields(stored, key))}; "
             f"recalibrating")
-    from ..files import all_ours, replace_directory
     result = build()
     with replace_directory(entry, ours=all_ours, what="calibration cache entry",
                            announce=False, log=log) as staging:

@@ -11,16 +11,22 @@ Blocks (one attention, one MLP, one grouping block, …, as the model names them
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import onnx
-
+from ..errors import UserError
 from ..model.blocks import ASSIGNMENT_NODES as ASSIGNMENT
 from ..model.blocks import ATTENTION_PRODUCTS, block_of, forward_order
+
+if TYPE_CHECKING:
+    import onnx
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 # Ops the FP16 path keeps in float32 (their ranges or reductions overflow or lose precision in fp16).
 FP16_KEEP_FLOAT_OPS = ["LayerNormalization", "Softmax", "ReduceMax", "Equal", "ReduceL2", "LpNormalization",
                        "ReduceSum", "ReduceMean", "Erf"]
+# What the INT8 targets keep in float, as the manifest states it.
+INT8_KEPT_FLOAT = ["LayerNormalization", "Softmax", "Erf (GELU)", "activation×activation MatMul",
+                   "grouping assignment", "L2 normalisation"]
 
 
 @dataclass
@@ -64,3 +70,25 @@ def image_graph_policy(model: onnx.ModelProto, attention_products: bool = False)
         allowed = (has_weight or attention) and not after_relu and not ASSIGNMENT.search(node.name)
         (quantizable if allowed else keep_float).append(node.name)
     return Policy(quantizable, keep_float, assignment)
+
+
+def int8_kept_float(attention_products: bool) -> list[str]:
+    """INT8_KEPT_FLOAT, for a graph whose attention products are INT8 when `attention_products`."""
+    if not attention_products:
+        return list(INT8_KEPT_FLOAT)
+    return [kind.replace("activation×activation MatMul", "grouping maps product") for kind in INT8_KEPT_FLOAT]
+
+
+def kept_float_blocks(policy: Policy, asked) -> list[str]:
+    """The `--keep-float` blocks in forward order, each one this graph quantizes; a UserError names any other."""
+    if not asked:
+        return []
+    known = policy.block_names()
+    unknown = [name for name in asked if name not in known]
+    if unknown:
+        raise UserError(f"--keep-float {unknown[0]!r} is not a block of this model's image graph: use names from "
+                        f"{', '.join(known)}")
+    if set(known) <= set(asked):
+        raise UserError("--keep-float lists every block, which leaves nothing in INT8: drop some blocks, or export "
+                        "--target onnx for the fp32 graph")
+    return forward_order(asked)

@@ -2,7 +2,7 @@
 
 Calibrate once. Rank GroupViT's blocks (the model's own: patch embedding, each layer's attention and MLP, the
 grouping blocks, projections) by the error each adds. Every candidate is the same quantized graph with the
-k most harmful blocks computing in float again (`calibration.quantizers.return_to_float`): no recalibration, so
+k most harmful blocks computing in float again (`form.return_to_float`): no recalibration, so
 candidates differ only in k. A binary search over k (at most all blocks but one: all of them is the fp32 graph),
 capped at `--search-steps` measurements, keeps the smallest k that fits; when none fits the export fails with
 the table of what each step reached.
@@ -13,17 +13,26 @@ meaningful with any weights, and on class mIoU only when the user names the voca
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ValidationFailed
+from ..imports import require
 from ..listing import listed
 from ..metrics.drift import MODEL_LEVEL_BUDGET, DriftBudget, budget_from_flags
+from ..segmentation.preprocess import load_image, prepare
+from .calibration_set import PhotoSet
+from .form import return_to_float
+from .measure import FloatImageAndText, QuantizationJob, graph_drift, image_graph_ms
+from .policy import Policy
 from .records import BudgetSearch, DriftCheck, SearchStep
+
+if TYPE_CHECKING:
+    import onnx
 
 CANDIDATE_FILE = "image.int8.candidate.onnx"
 SENSITIVITY_PHOTOS = 2
-LATENCY_RUNS = 5
 
 
 def budget_from(options) -> DriftBudget | None:
@@ -33,12 +42,10 @@ def budget_from(options) -> DriftBudget | None:
                              defaults=MODEL_LEVEL_BUDGET, class_level=given.drift_labels is not None)
 
 
-def search(job, floats, fp32, quantized, policy, photos, budget: DriftBudget, first: DriftCheck) -> BudgetSearch:
-    """Leave the chosen candidate as the INT8 image graph in the staging directory, or raise ValidationFailed."""
-    import onnx
-
-    from ..calibration.quantizers import return_to_float
-    from . import precision
+def search(job: QuantizationJob, floats: FloatImageAndText, fp32: onnx.ModelProto, quantized: onnx.ModelProto,
+           policy: Policy, photos: PhotoSet, budget: DriftBudget, first: DriftCheck, int8_file: str) -> BudgetSearch:
+    """Leave the chosen candidate as `int8_file` in the staging directory, or raise ValidationFailed."""
+    onnx = require("onnx", extra="export")
     ranking = block_sensitivity(fp32, quantized, policy, photos, job.preprocess)
     blocks = [block for block, _ in ranking]
     job.log(f"drift exceeds the budget ({'; '.join(first.failures)}): searching which of {len(blocks)} blocks to "
@@ -48,7 +55,7 @@ def search(job, floats, fp32, quantized, policy, photos, budget: DriftBudget, fi
     def measure(count: int) -> SearchStep:
         nodes = [name for block in blocks[:count] for name in policy.blocks()[block]]
         onnx.save(return_to_float(quantized, fp32, nodes), str(job.staging / CANDIDATE_FILE))
-        check = precision.measure_graph_drift(job, floats, CANDIDATE_FILE, photos, budget, precision="int8")
+        check = graph_drift(job, floats, CANDIDATE_FILE, photos, budget, precision="int8")
         step = SearchStep(blocks[:count], check)
         job.log(f"  {count} block(s) in float: {check.line()} → {'fits' if step.fits else 'exceeds'}")
         measured[count] = step
@@ -62,11 +69,12 @@ def search(job, floats, fp32, quantized, policy, photos, budget: DriftBudget, fi
                                f"artifact was not written. Loosen the budget, calibrate on more photos "
                                f"(--calib-dir), or export --target onnx for fp32. Each step:\n{result.table()}")
     chosen = return_to_float(quantized, fp32, [n for b in result.chosen.float_blocks for n in policy.blocks()[b]])
-    onnx.save(chosen, str(job.staging / precision.INT8_FILE))
-    result.chosen.check.candidate = f"{precision.INT8_FILE} in ONNX Runtime"
+    onnx.save(quantized, str(job.staging / CANDIDATE_FILE))
+    onnx.save(chosen, str(job.staging / int8_file))
+    result.chosen.check.candidate = f"{int8_file} in ONNX Runtime"
+    result.image_graph_ms = {"fully_quantized": image_graph_ms(job, floats, CANDIDATE_FILE),
+                             "chosen": image_graph_ms(job, floats, int8_file)}
     (job.staging / CANDIDATE_FILE).unlink(missing_ok=True)
-    result.image_graph_ms = {"fully_quantized": _median_ms(quantized, job.preprocess),
-                             "chosen": _median_ms(chosen, job.preprocess)}
     job.log(f"chose {len(result.chosen.float_blocks)} block(s) in float ({listed(result.chosen.float_blocks)}); "
             f"image graph {result.image_graph_ms['fully_quantized']:.0f} → {result.image_graph_ms['chosen']:.0f} ms")
     return result
@@ -93,29 +101,15 @@ def fewest_fitting(blocks: int, steps: int, fits) -> int | None:
     return fitting
 
 
-def _median_ms(model, preprocess) -> float:
-    """The image graph's median latency as ONNX Runtime runs an INT8 graph on this machine."""
-    import onnxruntime as ort
-
-    from ..metrics.bench import median_ms
-    from ..runtimes.onnxruntime import default_activation_form, unsigned_activations
-    if default_activation_form() == "u8":
-        model = unsigned_activations(copy.deepcopy(model))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    pixels = np.zeros((1, 3, preprocess.height, preprocess.width), dtype=np.float32)
-    return median_ms(lambda: session.run(None, {"pixels": pixels}), LATENCY_RUNS)
-
-
-def block_sensitivity(fp32, quantized, policy, photos, preprocess) -> list[tuple[str, float]]:
+def block_sensitivity(fp32: onnx.ModelProto, quantized: onnx.ModelProto, policy: Policy, photos: PhotoSet,
+                      preprocess) -> list[tuple[str, float]]:
     """Rank blocks by the error each adds: relative error at its quantized nodes' outputs minus at their inputs.
 
     One run of each graph on a few held-out windows with the tensors exposed; errors compound downstream, so
     the jump across a block, not the error at its output, is what the block itself contributes.
     """
-    import onnx
-    import onnxruntime as ort
-
-    from ..segmentation.preprocess import load_image, prepare
+    onnx = require("onnx", extra="export")
+    ort = require("onnxruntime", extra="export")
     nodes = {node.name: node for node in fp32.graph.node}
     watched = {block: [(nodes[n].input[0], nodes[n].output[0]) for n in names if n in nodes]
                for block, names in policy.blocks().items()}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Preprocess
+from ..assets import sample_photos, samples_description
 from ..errors import UserError
 from ..progress import progress_bar
 from ..segmentation.preprocess import IMAGE_SUFFIXES, load_image, prepare
@@ -55,7 +56,6 @@ class CalibrationSet:
         """Calibration photos (from `directory`, else the shipped sample photos) and held-out photos to measure
         drift on: `validation` when given, else photos of the same source not drawn for calibration, else the
         shipped sample photos. Resolved once per export and handed to every step that needs it."""
-        from ..assets import sample_photos, samples_description
         if count < 1:
             raise UserError(f"--calib-count {count} must be at least 1")
         if directory is None:

@@ -1,0 +1,79 @@
+"""Measure: a reduced image graph against the fp32 image graph, both in ONNX Runtime, on held-out photos.
+
+The candidate runs as ONNX Runtime runs a graph of its precision on this machine (an INT8 graph in its activation
+form), so the figure recorded is the figure of what will run. Speed is measured the same way.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from ..artifact import GraphRecord, Manifest, Preprocess
+from ..metrics.bench import median_ms
+from ..metrics.drift import DEFAULT_PROBE, DriftBudget, validate_candidate
+from ..runtimes.onnxruntime import OnnxRuntime
+from .calibration_set import CalibrationSet, PhotoSet
+from .form import activation_label
+from .records import DriftCheck
+
+LATENCY_RUNS = 5
+
+
+class FloatImageAndText(Protocol):
+    image: GraphRecord
+    text: GraphRecord
+
+
+class QuantizationJob(Protocol):
+    """What the quantization steps read from the export job that runs them."""
+    staging: Path
+    calibration: CalibrationSet | None
+    log: Callable[[str], None]
+    plan: Any                                     # exporters.plan.ExportPlan (the layer above)
+
+    @property
+    def options(self) -> Any: ...                 # exporters.options.ExportOptions (the layer above)
+
+    @property
+    def preprocess(self) -> Preprocess: ...
+
+    @property
+    def weights_sha256(self) -> str: ...
+
+    def drift_photos(self) -> PhotoSet: ...
+
+    def working_manifest(self, graphs: dict[str, GraphRecord]) -> Manifest: ...
+
+    def graph_record(self, file: str, precision: str) -> GraphRecord: ...
+
+
+def drift_labels(options) -> str:
+    return options.budget.drift_labels or DEFAULT_PROBE
+
+
+def _runtime(job: QuantizationJob, floats: FloatImageAndText, image: GraphRecord) -> OnnxRuntime:
+    return OnnxRuntime(job.working_manifest({"image": image, "text": floats.text}))
+
+
+def graph_drift(job: QuantizationJob, floats: FloatImageAndText, candidate_file: str, photos: PhotoSet,
+                budget: DriftBudget | None = None, precision: str = "fp32") -> DriftCheck:
+    """Drift of the image graph `candidate_file` against the fp32 image graph."""
+    reference = _runtime(job, floats, floats.image)
+    candidate = _runtime(job, floats, job.graph_record(candidate_file, precision))
+    labels = drift_labels(job.options)
+    drift = validate_candidate(reference, candidate, list(photos.paths), labels=labels)
+    form = activation_label(candidate.int8_activations)
+    return DriftCheck(f"{floats.image.file} in ONNX Runtime", f"{candidate_file} in ONNX Runtime{form}", photos,
+                      labels, drift, budget)
+
+
+def image_graph_ms(job: QuantizationJob, floats: FloatImageAndText, file: str, precision: str = "int8") -> float:
+    """The median latency of one window through the image graph `file`, as ONNX Runtime runs it here."""
+    runtime = _runtime(job, floats, job.graph_record(file, precision))
+    pixels = np.zeros((1, 3, job.preprocess.height, job.preprocess.width), dtype=np.float32)
+    try:
+        return median_ms(lambda: runtime.encode_image(pixels), LATENCY_RUNS)
+    finally:
+        runtime.close()
