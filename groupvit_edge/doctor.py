@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .errors import UserError
 from .exporters.options import ExportOptions
-from .exporters.plan import backend_option_groups, check, plan, targets
+from .exporters.plan import backend_option_groups, check, make_plan, targets
 from .runtimes import BACKENDS, backend_module
 
 PACKAGES = ("numpy", "PIL", "torch", "onnx", "onnxsim", "onnxconverter_common", "onnxruntime", "openvino", "nncf",
@@ -71,7 +71,7 @@ def target_readiness() -> list[tuple[str, str, str]]:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name, target in targets().items():
-            problems = check(plan("random:0", name, f"{scratch}/{name}", options))
+            problems = check(make_plan("random:0", name, f"{scratch}/{name}", options))
             build = "can build" if not problems else f"cannot build ({problems[0].split(';')[0]})"
             module = backend_module(target.runs_on)
             run = "can run" if module.is_installed() else f"cannot run ({module.install_hint()})"

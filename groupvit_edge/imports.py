@@ -1,5 +1,5 @@
 """Optional packages imported where they are needed: a missing one is a UserError naming the pip command, never an
-ImportError trace (DESIGN.md). Needs only errors.py, so any module may use it."""
+ImportError trace. Needs only errors.py, so any module may use it."""
 from __future__ import annotations
 
 import importlib

@@ -6,17 +6,16 @@ import json
 import numpy as np
 import onnx
 import pytest
+from conftest import CALIB_IMAGES, EVAL_IMAGES
 from PIL import Image
 
 from groupvit_edge import hardware, runtimes
 from groupvit_edge.artifact import Preprocess, read_manifest
-from groupvit_edge.quantization.calibration_set import CalibrationSet
-from groupvit_edge.quantization.cache import cached_quantization
-from groupvit_edge.quantization.policy import block_of, image_graph_policy
 from groupvit_edge.errors import UserError
 from groupvit_edge.exporters import export
-
-from conftest import CALIB_IMAGES, EVAL_IMAGES
+from groupvit_edge.quantization.cache import cached_quantization
+from groupvit_edge.quantization.calibration_set import CalibrationSet
+from groupvit_edge.quantization.policy import block_of, image_graph_policy
 
 SMALL = Preprocess(height=224, width=224, stride=(112, 112))
 
@@ -88,6 +87,7 @@ def test_u8_activation_form_keeps_every_quantization_level(int8_artifact):
     give the same numbers; weights stay int8."""
     import onnxruntime as ort
     from onnx import TensorProto, numpy_helper
+
     from groupvit_edge.quantization.form import unsigned_activations
     out, _, _ = int8_artifact
     signed = onnx.load(str(out / "image.int8.onnx"))
@@ -202,6 +202,7 @@ def test_ort_minmax_sees_every_calibration_window(tmp_path):
     """onnxruntime 1.32's CalibMaxIntermediateOutputs drops all but the last partial pass; our strided MinMax
     must keep the range of a window in the first pass."""
     from onnx import TensorProto, helper, numpy_helper
+
     from groupvit_edge.quantization.policy import Policy
     from groupvit_edge.quantization.statistics import MethodOptions, minmax_stride, quantize
     weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")

@@ -11,13 +11,12 @@ import time
 import numpy as np
 import onnx
 import pytest
+from conftest import CALIB_IMAGES
 
 from groupvit_edge.artifact import read_manifest
 from groupvit_edge.errors import UserError
 from groupvit_edge.exporters import export
 from groupvit_edge.quantization.search import fewest_fitting
-
-from conftest import CALIB_IMAGES
 
 SIZE = 224
 
@@ -134,8 +133,9 @@ def test_fewest_fitting_is_a_capped_binary_search():
 def test_returning_every_quantized_node_to_float_gives_the_fp32_graph(onnx_artifact):
     """The search's candidates come from one calibration: with every node back, the graph is fp32 again."""
     import onnxruntime as ort
-    from groupvit_edge.quantization.policy import image_graph_policy
+
     from groupvit_edge.quantization.form import quantized_nodes, return_to_float
+    from groupvit_edge.quantization.policy import image_graph_policy
     from groupvit_edge.quantization.statistics import MethodOptions, quantize
     fp32 = onnx.load(str(onnx_artifact / "image.onnx"))
     policy = image_graph_policy(fp32, attention_products=True)       # activation×activation products too

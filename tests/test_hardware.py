@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 
 from groupvit_edge import hardware
-from groupvit_edge.exporters import plan
+from groupvit_edge.exporters import make_plan
 from groupvit_edge.exporters.options import ExportOptions
-from groupvit_edge.quantization.pipeline import int8_weight_bits
 from groupvit_edge.exporters.plan import backend_option_groups
+from groupvit_edge.quantization.pipeline import int8_weight_bits
 
 SKYLAKE = "avx2,avx512f"                                            # no VNNI, no bf16
 ZEN4 = "avx2,avx512f,avx512_vnni,avx512_bf16"
@@ -37,7 +37,7 @@ def test_arm_never_saturates(monkeypatch):
 
 def _job(target, **options):
     typed = ExportOptions.from_values(backend_option_groups(), **options)
-    return SimpleNamespace(options=typed, plan=plan("random:0", target, "out", typed))
+    return SimpleNamespace(options=typed, plan=make_plan("random:0", target, "out", typed))
 
 
 def test_int8_weight_bits_are_as_asked_else_the_targets_else_the_cpus(monkeypatch):

@@ -724,14 +724,14 @@ def test_the_plan_lists_the_steps_the_installed_tensorrt_builds(monkeypatch, ver
     """The printed and recorded plan is the work `build` does: which graph the engines parse depends on the
     installed TensorRT's build plan."""
     from groupvit_edge.exporters.options import ExportOptions
-    from groupvit_edge.exporters.plan import backend_option_groups, plan
+    from groupvit_edge.exporters.plan import backend_option_groups, make_plan
 
     def installed():
         if version is None:
             raise UserError("TensorRT is not installed")
         return SimpleNamespace(__version__=version)
     monkeypatch.setattr(trt_runtime, "import_tensorrt", installed)
-    planned = plan("random:0", target, "out", ExportOptions.from_values(backend_option_groups()))
+    planned = make_plan("random:0", target, "out", ExportOptions.from_values(backend_option_groups()))
     assert [step.name for step in planned.steps] == expected
     engines_step = next(step for step in planned.steps if step.name == "engines")
     if version is not None:

@@ -7,9 +7,9 @@ its targets, its options and its steps; `run.export` resolves the inputs once an
 from __future__ import annotations
 
 from .options import ExportOptions
-from .plan import ExportPlan, check, plan, targets
+from .plan import ExportPlan, check, make_plan, targets
 from .run import ExportResult, export
 
 TARGETS = tuple(targets())
 
-__all__ = ["TARGETS", "ExportOptions", "ExportPlan", "ExportResult", "check", "export", "plan"]
+__all__ = ["TARGETS", "ExportOptions", "ExportPlan", "ExportResult", "check", "export", "make_plan"]

@@ -15,7 +15,7 @@ from ..quantization.records import DriftCheck
 from ..runtimes.onnxruntime import OnnxRuntime
 from .records import FloatGraphs
 
-OPSET = 17   # ≥ 17 so LayerNorm is one LayerNormalization op (DESIGN.md precision policy)
+OPSET = 17   # ≥ 17 so LayerNorm is one LayerNormalization op (quantization.policy keeps it float)
 TEXT_CONTEXT = 77
 IMAGE_FILE, TEXT_FILE = "image.onnx", "text.onnx"
 FP32_CHECK_PHOTOS = 4          # the fp32 check is exact to ~1e-7: a few photos' windows show any broken graph

@@ -7,10 +7,8 @@
     "qdq"      quantization.pipeline.to_int8's QDQ ONNX (one calibration for every backend), converted to IR;
     "nncf-ir"  NNCF post-training quantization of the fp32 IR (FakeQuantize, OpenVINO's own form), which also
                quantizes self-attention's q·k; the grouping assignment and the grouping maps stay float.
-  The default is "nncf-ir", the better by measurement where INT8 pays (benchmarks/openvino_targets.py, 448²,
-  2 threads, 128 calibration images, 50 held-out images, on an AVX-512 CPU): 60.9 vs 70.6 ms median, 16.5 vs
-  13.9 windows/s, with the same drift. On an AVX2-only CPU (no VNNI) INT8 is no faster than fp32 and the routes
-  are within noise. The drift-budget search works on the QDQ graph, so it needs `--openvino-int8-route qdq`.
+  The default is "nncf-ir", the faster with the same drift where INT8 pays (benchmarks/openvino_targets.py;
+  figures in docs/benchmarks.md). The drift-budget search works on the QDQ graph, so it needs `--openvino-int8-route qdq`.
 
 The text graph stays fp32 in every target: it runs once per vocabulary, not per image. Every IR's drift against
 the fp32 ONNX image graph in ONNX Runtime is measured on held-out photos, in OpenVINO at the artifact's precision.

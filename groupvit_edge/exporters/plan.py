@@ -1,6 +1,6 @@
 """Plan → check: what an export will do, and everything it lacks, known before any slow work starts.
 
-`plan()` has no side effects: the target's steps and options (a TensorRT target's steps follow the installed
+`make_plan()` has no side effects: the target's steps and options (a TensorRT target's steps follow the installed
 TensorRT's build plan, so it reads that version). `check()` looks at the machine and the inputs (files exist,
 packages import, options apply to the target, the output directory may be written) and returns *every*
 problem, so one run of `export` tells the user everything to fix at once.
@@ -77,7 +77,7 @@ def target(name: str) -> Target:
     return found[name]
 
 
-def plan(model, target_name: str, out, options: ExportOptions) -> ExportPlan:
+def make_plan(model, target_name: str, out, options: ExportOptions) -> ExportPlan:
     chosen = target(target_name)
     steps = family(chosen.family).steps(chosen, options)
     return ExportPlan(str(model), chosen, Path(out), options, tuple(steps))

@@ -16,9 +16,10 @@ from ..quantization.calibration_set import CalibrationSet, PhotoSet
 from ..runtimes.pytorch import TorchRuntime, check_image_size
 from ..segmentation.preprocess import list_images
 from ..segmentation.vocabulary import Vocabulary, load_tokenizer
+from . import onnx
 from .onnx import onnx_record
 from .options import ExportOptions
-from .plan import ExportPlan, backend_option_groups, check, family, plan, raise_problems
+from .plan import ExportPlan, backend_option_groups, check, family, make_plan, raise_problems
 from .records import ArtifactParts, FloatGraphs
 
 TOKENIZER_DIR = "tokenizer"
@@ -90,13 +91,13 @@ def export(model, out_dir, target: str = "onnx", *, log: Callable[[str], None] =
     `target`. Options are the CLI's flags in snake case (see `groupvit-edge export --help`)."""
     started = time.perf_counter()
     typed = ExportOptions.from_values(backend_option_groups(), **options)
-    export_plan = plan(getattr(model, "model_id", model), target, out_dir, typed)
+    export_plan = make_plan(getattr(model, "model_id", model), target, out_dir, typed)
     raise_problems(export_plan, check(export_plan))
     log(f"export {export_plan.target.name}: {export_plan.describe()}")
     with replace_directory(out_dir, ours=owned_entries, what="artifact", force=typed.common.force,
                            log=log) as staging:
         job = _start(export_plan, model, staging, log)
-        floats = family("onnx").build_float_graphs(job)
+        floats = onnx.build_float_graphs(job)
         parts = family(export_plan.target.family).build(job, floats)
         data = _assemble_manifest(job, floats, parts, started)
         _keep_only_named(staging, Manifest(data, staging))

@@ -1,4 +1,4 @@
-"""The precision policy (DESIGN.md), as node lists of the exported image graph.
+"""The precision policy, as node lists of the exported image graph.
 
 INT8 goes to the big matrix products with weights: the patch embedding, attention projections, MLPs and the
 projection head. Everything else stays float — LayerNorm, Softmax, GELU, the activation×activation products of

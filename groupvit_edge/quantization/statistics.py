@@ -31,9 +31,8 @@ SMOOTH_QUANT_ALPHA = 0.95
 HISTOGRAM_WINDOWS = 16     # ORT entropy/percentile calibrators: ~330 MB per 448² window (measured)
 # 7-bit weights (values in [-64, 63]; NNCF's overflow fix, ORT's reduce_range) where the CPU needs them
 # (hardware.int8_weight_bits): x86 CPUs without VNNI or AMX multiply u8×s8 pairs into int16 with saturation
-# (vpmaddubsw), which full-range weights overflow. Measured on an AVX2-only EPYC by benchmarks/int8_saturation.py
-# (NNCF graph in ONNX Runtime, 448²): group cosine mean/min 0.9813/0.9512 with 8-bit weights, 0.9962/0.9927 with
-# 7-bit; computed exactly, 0.9977/0.9901 and 0.9961/0.9915. 7-bit stays symmetric INT8, so TensorRT and VNNI CPUs
+# (vpmaddubsw), which full-range weights overflow (benchmarks/int8_saturation.py measures both; docs/benchmarks.md
+# has the figures). 7-bit stays symmetric INT8, so TensorRT and VNNI CPUs
 # read the same graph at a small cost.
 WEIGHT_BITS = (7, 8)
 
