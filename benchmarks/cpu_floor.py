@@ -61,7 +61,7 @@ def run(args, out: Path) -> None:
     openvino_int8 = [row for row in rows if row.name.startswith("openvino-int8")]
     best = min(openvino_int8, key=lambda row: row.median_ms)
     breakdown_openvino(artifacts["openvino-int8"], best.options, args.threads)
-    breakdown_onnxruntime(artifacts["onnx-int8"] / "image.int8.onnx", args.threads)
+    breakdown_onnxruntime(artifacts["onnx-int8"] / "image.int8.onnx", args.threads, out)
     verdict(rows)
 
 
@@ -240,13 +240,14 @@ def breakdown_openvino(artifact: Path, options: dict, threads: int) -> None:
                      f"one inference)", totals, counts, "node type / kernel")
 
 
-def breakdown_onnxruntime(graph: Path, threads: int, runs: int = 4) -> None:
+def breakdown_onnxruntime(graph: Path, threads: int, scratch: Path, runs: int = 4) -> None:
     import onnx
     import onnxruntime as ort
     from groupvit_edge.quantization.form import unsigned_activations
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.enable_profiling = True
+    options.profile_file_prefix = str(scratch / "onnxruntime_profile")   # not in the working directory
     options.log_severity_level = 3
     model = unsigned_activations(onnx.load(str(graph)))
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -254,7 +255,10 @@ def breakdown_onnxruntime(graph: Path, threads: int, runs: int = 4) -> None:
     for _ in range(runs):
         session.run(None, {"pixels": pixels})
     totals, counts = collections.Counter(), collections.Counter()
-    for event in json.loads(Path(session.end_profiling()).read_text()):
+    profile = Path(session.end_profiling())
+    events = json.loads(profile.read_text())
+    profile.unlink()
+    for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             totals[event["args"]["op_name"]] += event["dur"] / 1000 / runs
             counts[event["args"]["op_name"]] += 1 / runs
