@@ -28,7 +28,8 @@ from ..runtimes.base import Runtime
 from ..segmentation import Segmenter
 from ..segmentation.preprocess import list_images, load_image, prepare
 from ..segmentation.vocabulary import parse_labels
-from .drift import DEFAULT_PROBE, format_figure
+from .drift import DEFAULT_PROBE, check_vocabulary, validate_candidate
+from .drift_report import format_figure
 from .isolation import BackendFailed, Failure, open_guarded, run_isolated
 
 SCHEMA = "groupvit-edge/bench/1"
@@ -172,7 +173,6 @@ def _measure(artifact: str, runtime: Runtime, images: list[str], reference: str 
                    windows_per_image=len(windows) / len(images), status="ok")
     if reference is None or settings.labels is None:
         return row
-    from .drift import validate_candidate
     drift = validate_candidate(reference, runtime, images, labels=settings.labels)
     return dataclasses.replace(row, miou_vs_reference=drift.class_level.miou_vs_reference,
                                group_agreement_confident=drift.model_level.group_agreement_confident,
@@ -232,7 +232,6 @@ def _row_in_child(plan: _Plan, images, reference, settings) -> BenchRow:
 def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | None = None,
               isolate: bool = True, log=print) -> BenchReport:
     """One row per artifact (see the module's docstring for what fails a row and what ends bench)."""
-    from .drift import check_vocabulary
     settings = settings or BenchSettings()
     for flag, value, least in (("--warmup", settings.warmup, 0), ("--runs", settings.runs, 1),
                                ("--batch", settings.batch, 1), ("--threads", settings.threads, 1),

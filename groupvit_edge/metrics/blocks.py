@@ -35,10 +35,14 @@ import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
+from ..files import write_json_atomic, write_text_atomic
 from ..model.blocks import BlockTensors, block_tensors, forward_order, is_block_name
 from ..options import check_number
 from ..progress import progress_bar
+from ..runtimes import backend_module, backend_options, choose_backend, is_artifact
 from ..runtimes.probes import IMAGE_INPUT, image_graph
+from ..segmentation.preprocess import list_images, load_image, prepare
+from .html_report import CHART_CHAR_PX, CHART_FONT_PX, CHART_ROW_PX
 
 SCHEMA = "groupvit-edge/blocks/1"
 TOLERANCE_DB = 30.0
@@ -199,7 +203,6 @@ class BlockReport:
 
     def write(self, directory) -> list[Path]:
         """blocks.json, blocks.md and blocks.svg in `directory`, each written atomically."""
-        from ..files import write_json_atomic, write_text_atomic
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         return [write_json_atomic(directory / "blocks.json", self.to_dict()),
@@ -216,7 +219,6 @@ def _decibels(noise_ratio: float) -> str:
 def divergence_chart_svg(report: BlockReport) -> str:
     """One row per block in forward order: free-running SQNR at its output (red below the tolerance, dashed line
     at it) and its share of the blocks' own noise."""
-    from .html_report import CHART_CHAR_PX, CHART_FONT_PX, CHART_ROW_PX
     label_px = int(max(len(f.block) for f in report.blocks) * CHART_CHAR_PX) + 12
     sqnr_px, share_px, gap_px, top, axis_px = 360, 200, 90, 34, 48
     finite = [f.sqnr_db for f in report.blocks if not f.identical]
@@ -256,7 +258,6 @@ def divergence_chart_svg(report: BlockReport) -> str:
 
 def _chart_row(figures: BlockFigures, y: int, label_px: int, share_left: int, sqnr_x, share_x, first: bool,
                departed: bool) -> str:
-    from .html_report import CHART_FONT_PX, CHART_ROW_PX
     baseline = y + CHART_ROW_PX / 2 + CHART_FONT_PX * 0.35
     bar = f'y="{y + 4}" height="{CHART_ROW_PX - 8}"'
     weight = ' font-weight="bold"' if first else ""
@@ -283,8 +284,6 @@ def per_block_divergence(reference, candidate, images=None, *, backend: str | No
     measures against); the candidate on `backend`, or the best backend installed for it, with that backend's
     runtime `options` (e.g. device="GPU" for OpenVINO).
     """
-    from ..runtimes import backend_module, backend_options
-    from ..segmentation.preprocess import list_images, load_image, prepare
     check_number("--tolerance-db", tolerance_db, minimum=0.0, maximum=FLOAT32_SQNR_DB)
     reference_name, reference_manifest = _backend_for(reference, reference_backend, "--ref")
     candidate_name, candidate_manifest = _backend_for(candidate, backend, "--candidate")
@@ -333,7 +332,6 @@ def _accumulate(sums: dict[str, _Accumulated], expected: dict, found: dict, tens
 
 
 def _backend_for(source, backend: str | None, flag: str) -> tuple[str, Manifest]:
-    from ..runtimes import backend_module, choose_backend, is_artifact
     if not is_artifact(source):
         raise UserError(f"{flag} {source} is not an artifact: per-block divergence compares two artifacts' graphs, "
                         f"so export the fp32 reference first (groupvit-edge export --model {source} --target onnx "
