@@ -10,6 +10,7 @@ import errno
 import os
 import signal
 import sys
+from typing import Any
 
 import click
 
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
         click.echo("aborted", err=True)
         sys.exit(130)
     except OSError as error:
-        hint = ENVIRONMENT_ERRORS.get(error.errno)
+        hint = ENVIRONMENT_ERRORS.get(error.errno) if error.errno is not None else None
         if hint is None:
             raise
         click.echo(f"error: {error.filename or 'a file'}: {error.strerror}: {hint}", err=True)
@@ -95,7 +96,7 @@ def _click_option(f: dataclasses.Field, prefix_help: str = ""):
     spec = spec_of(f)
     shown = f.default if not isinstance(f.default, tuple) else "x".join(map(str, f.default))
     default_note = "" if f.default is None or f.default is False or f.default == () else f" [default: {shown}]"
-    kwargs = {"help": prefix_help + spec.help + default_note, "default": None}
+    kwargs: dict[str, Any] = {"help": prefix_help + spec.help + default_note, "default": None}
     if spec.is_flag:
         kwargs.update(is_flag=True, default=False)
     elif spec.multiple:

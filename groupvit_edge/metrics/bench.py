@@ -16,11 +16,12 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
 from .. import runtimes
-from ..artifact import read_manifest
+from ..artifact import Manifest, read_manifest
 from ..errors import UserError
 from ..options import check_number
 from ..runtimes import is_artifact
@@ -154,7 +155,7 @@ def measure_artifact(plan: _Plan, images: list[str], reference: str | None, sett
     try:
         return _measure(plan.artifact, runtime, images, reference, settings)
     except BackendFailed as error:
-        return BenchRow.failed(plan.artifact, Failure.of(error.__cause__))
+        return BenchRow.failed(plan.artifact, Failure.of(error.__cause__ or error))
     finally:
         runtime.close()
 
@@ -284,7 +285,8 @@ def _check_reference(reference: str, manifests: dict) -> None:
             raise UserError(f"--ref {reference} is a checkpoint, which runs in PyTorch, and torch is not installed "
                             f"here: pass an fp32 artifact as --ref, or pip install groupvit-edge[export]")
         return
-    size = (manifest.preprocess.height, manifest.preprocess.width)
+    preprocess = cast(Manifest, manifest).preprocess       # not a checkpoint: an artifact's manifest
+    size = (preprocess.height, preprocess.width)
     for artifact, theirs in manifests.items():
         if (theirs.preprocess.height, theirs.preprocess.width) != size:
             raise UserError(f"{artifact} was exported at {theirs.preprocess.height}x{theirs.preprocess.width} but "
@@ -324,6 +326,7 @@ class BenchReport:
                 lines.append(f"| {r.artifact} | | | {r.status} | | | | |{stream_cell} {rss} | | | |")
                 continue
             miou, confident = r.miou_vs_reference, r.group_agreement_confident
+            assert r.image_graph_ms is not None and r.end_to_end_ms is not None, "a measured row has its timings"
             lines.append(
                 f"| {r.artifact} | {r.target} | {r.backend} | ok | {r.size_mb:.1f} "
                 f"| {r.image_graph_ms.p50:.1f} / {r.image_graph_ms.p90:.1f} "

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -156,14 +157,15 @@ class BlockReport:
         `share` of it (at most `most`). Within tolerance nothing is added: that noise is not worth INT8 speed."""
         check_number("suggest share", share, minimum=0.0, maximum=1.0)
         check_number("suggest most", most, minimum=1)
-        picked, covered = [], 0.0
+        picked: list[str] = []
+        covered = 0.0
         for figures in self.ranking() if self.first_departure is not None else []:
             if len(picked) >= most or covered >= 100.0 * share:
                 break
             if figures.block in self.float_blocks or not figures.own_noise_ratio:
                 continue
             picked.append(figures.block)
-            covered += figures.share
+            covered += figures.share or 0.0
         return forward_order(set(self.float_blocks) | set(picked))
 
     def to_dict(self) -> dict:
@@ -297,10 +299,10 @@ def per_block_divergence(reference, candidate, images=None, *, backend: str | No
     paths = list_images(images)
     preprocess = reference_manifest.preprocess
     with ExitStack() as stack:
-        reference_probe = stack.enter_context(backend_module(reference_name).block_probe(
+        reference_probe = stack.enter_context(_prober(reference_name).block_probe(
             reference_manifest, outputs, (), backend_options(reference_name, {})))
         forced = [tensor for tensor in inputs if tensor not in reference_probe.missing]
-        candidate_probe = stack.enter_context(backend_module(candidate_name).block_probe(
+        candidate_probe = stack.enter_context(_prober(candidate_name).block_probe(
             candidate_manifest, outputs, forced, backend_options(candidate_name, options)))
         measured = [tensor for tensor in outputs if tensor not in reference_probe.missing + candidate_probe.missing]
         windows = (window for path in progress_bar(paths, progress, "per block")
@@ -317,7 +319,9 @@ def per_block_divergence(reference, candidate, images=None, *, backend: str | No
 def _compare(reference_probe, candidate_probe, windows, tensors) -> tuple[dict, dict, int]:
     """Sums of the candidate's free-running and teacher-forced tensors against the reference's, and the count of
     windows; one window at a time, so memory stays that of one window's block tensors."""
-    free, teacher_forced, count = {}, {}, 0
+    free: dict[str, _Accumulated] = {}
+    teacher_forced: dict[str, _Accumulated] = {}
+    count = 0
     for window in windows:
         expected = reference_probe.run(window)
         _accumulate(free, expected, candidate_probe.run(window), tensors)
@@ -340,7 +344,16 @@ def _backend_for(source, backend: str | None, flag: str) -> tuple[str, Manifest]
     if not hasattr(backend_module(name), "block_probe"):
         raise UserError(f"per-block divergence cannot expose the blocks of a {name} run: choose --backend "
                         f"onnxruntime, openvino or tensorrt")
-    return name, manifest
+    return name, cast(Manifest, manifest)      # an artifact's: choose_backend returns its manifest
+
+
+class _ProbingBackend(Protocol):
+    """A backend module that can expose block tensors (ONNX Runtime, OpenVINO, TensorRT)."""
+    def block_probe(self, manifest: Manifest, outputs, inputs, options) -> AbstractContextManager: ...
+
+
+def _prober(name: str) -> _ProbingBackend:
+    return cast(_ProbingBackend, backend_module(name))    # _backend_for checked that it has block_probe
 
 
 def _check_comparable(reference, candidate, reference_manifest: Manifest, candidate_manifest: Manifest) -> None:

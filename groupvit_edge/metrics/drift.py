@@ -88,6 +88,7 @@ class GroupingComparison:
     def add(self, reference: WindowDecision, candidate: WindowDecision, valid: tuple[int, int]) -> float:
         """Compare one window's final groups; returns that window's agreement."""
         rows, columns = valid
+        assert reference.confident is not None, "the reference's decisions carry their margins"
         same = reference.groups[:rows, :columns] == candidate.groups[:rows, :columns]
         confident = reference.confident[:rows, :columns]
         self.pixels += same.size
@@ -186,12 +187,12 @@ def kmeans_prototypes(vectors: np.ndarray, count: int, seed: int = 0, iterations
                         f"choose a smaller K or more images")
     rng = np.random.default_rng(seed)
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    centroids = [vectors[rng.integers(len(vectors))]]
+    seeds = [vectors[rng.integers(len(vectors))]]
     for _ in range(1, count):
-        distance = np.min(1.0 - vectors @ np.stack(centroids).T, axis=1).clip(min=0)
+        distance = np.min(1.0 - vectors @ np.stack(seeds).T, axis=1).clip(min=0)
         probabilities = distance / distance.sum() if distance.sum() > 0 else None
-        centroids.append(vectors[rng.choice(len(vectors), p=probabilities)])
-    centroids = np.stack(centroids)
+        seeds.append(vectors[rng.choice(len(vectors), p=probabilities)])
+    centroids = np.stack(seeds)
     for _ in range(iterations):
         assignment = (vectors @ centroids.T).argmax(axis=1)
         updated = np.stack([vectors[assignment == k].sum(axis=0) if np.any(assignment == k) else centroids[k]
@@ -276,7 +277,7 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
             tick = time.perf_counter()
             encodings.append(encode_windows(runtime, prepared.windows, batch_size))
             encode_seconds[index] += time.perf_counter() - tick
-        truth = _ground_truth(masks_dir, path, class_map, prepared.original_size) if masks_dir else None
+        truth = _ground_truth(masks_dir, path, class_map, prepared.original_size) if masks_dir and class_map else None
         encoded.append(MeasuredPhoto(path, prepared.without_pixels(), encodings, truth))
 
     tick = time.perf_counter()
@@ -361,10 +362,10 @@ def _vocabularies(labels, class_map, runtimes_, encoded, seed) -> tuple[list[Voc
         first = [e.encodings[0].group_embeds for e in encoded]
         reference_groups = np.concatenate([groups.reshape(-1, groups.shape[-1]) for groups in first])
         prototypes = kmeans_prototypes(reference_groups, count, seed)
-        names = [f"prototype {k}" for k in range(count)]
-        shared = Vocabulary(names, (), prototypes)
+        prototype_names = [f"prototype {k}" for k in range(count)]
+        shared = Vocabulary(prototype_names, (), prototypes)
         # Prototypes are groups, not things on a background: every pixel takes its nearest prototype.
-        return [shared] * len(runtimes_), DriftVocabulary("prototypes", names, seed=seed), None
+        return [shared] * len(runtimes_), DriftVocabulary("prototypes", prototype_names, seed=seed), None
     if labels is None and class_map is not None:
         labels = class_map.foreground
     names = parse_labels(labels) if labels is not None else None
@@ -395,8 +396,8 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
     # Pixels whose reference class decision is a near-tie (relative margin < `margin`) flip under any change of
     # arithmetic; with weak or random weights they can be most of the image.
     confident_versus_reference = ConfusionMatrix(len(class_names), ignore_index=None)
-    truth_reference = ConfusionMatrix(len(class_names)) if with_truth else None
-    truth_candidate = ConfusionMatrix(len(class_names)) if with_truth else None
+    # Each side's class maps against the ground truth: reference, candidate.
+    truth = (ConfusionMatrix(len(class_names)), ConfusionMatrix(len(class_names))) if with_truth else None
     model_level = ModelLevel()
     per_image = []
     for item in encoded:
@@ -415,9 +416,9 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
         versus_reference.update(ref_labels, cand_labels)
         confident_versus_reference.update(ref_labels[ref_confident], cand_labels[ref_confident])
         per_image.append((float(np.mean(ref_labels == cand_labels)), str(item.path)))
-        if with_truth:
-            truth_reference.update(item.ground_truth, ref_labels)
-            truth_candidate.update(item.ground_truth, cand_labels)
+        if truth is not None:
+            truth[0].update(item.ground_truth, ref_labels)
+            truth[1].update(item.ground_truth, cand_labels)
     iou = versus_reference.iou
     class_level = ClassLevelDrift(
         miou_vs_reference=100.0 * versus_reference.mean_iou,
@@ -428,7 +429,8 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
         per_class_iou={name: (None if np.isnan(value) else 100.0 * value) for name, value in zip(class_names, iou)},
         worst_images=[WorstImage(path, 100.0 * agreement) for agreement, path in sorted(per_image)[:worst]])
     ground_truth = None
-    if with_truth:
+    if truth is not None:
+        truth_reference, truth_candidate = truth
         ground_truth = GroundTruthDrift(
             reference_miou=100.0 * truth_reference.mean_iou, candidate_miou=100.0 * truth_candidate.mean_iou,
             drop=100.0 * (truth_reference.mean_iou - truth_candidate.mean_iou),

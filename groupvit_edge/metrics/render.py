@@ -99,6 +99,7 @@ def comparison(item: MeasuredPhoto, index: int, evidence: PhotoEvidence) -> Imag
     vocabulary, logit_scale = evidence.vocabularies[index], evidence.logit_scales[index]
     background, class_names = evidence.background, evidence.class_names
     image, prepared = load_image(item.path), item.prepared
+    assert item.reference_cache is not None, "measure_drift compares a photo before keeping it as evidence"
     reference_decisions, reference_labels, class_confident = item.reference_cache
     encoding = item.encodings[index]
     candidate_groups = window_groups(encoding.grouping, prepared)

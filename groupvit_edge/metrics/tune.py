@@ -86,6 +86,7 @@ class TuneReport:
             if m.error:
                 lines.append(f"| {m.configuration.label} | failed: {m.error} | | | | | no |")
                 continue
+            assert m.drift is not None, "a configuration that ran has its drift"
             model = m.drift.model_level
             confident = "—" if model.group_agreement_confident is None else f"{model.group_agreement_confident:.3f}"
             chosen = " (chosen)" if m is self.chosen else ""
@@ -114,7 +115,7 @@ def configurations(manifest) -> list[Configuration]:
 def choose(measured: list[Measured]) -> Measured | None:
     """The fastest configuration that fits the budget; never one outside it."""
     fitting = [m for m in measured if m.fits]
-    return min(fitting, key=lambda m: m.latency_ms) if fitting else None
+    return min(fitting, key=lambda m: m.latency_ms or 0.0) if fitting else None
 
 
 def tune(artifact, images=None, *, reference=None, budget: DriftBudget | None = None, labels=None,
@@ -185,7 +186,7 @@ def measure_configuration(task: _Task, configuration: Configuration) -> Measured
         entry.drift = validate_candidate(truth, runtime, task.photos, labels=task.labels)
         return entry
     except BackendFailed as error:
-        return Measured(configuration, error=Failure.of(error.__cause__).reason)
+        return Measured(configuration, error=Failure.of(error.__cause__ or error).reason)
     finally:
         runtime.close()
 
