@@ -30,9 +30,7 @@ def render_drift_report(report: DriftReport, directory, photos_from=None) -> Pat
     The worst-photo panels are drawn from `report.evidence` (a report `measure_drift` returned); a report read
     from drift.json has none, and takes the worst-photo PNGs saved beside it in `photos_from` (those missing
     there are left out of the page)."""
-    # Read before the swap: `photos_from` may be the folder being replaced.
-    panels = [[(name, worst_caption(rank, worst), png) for rank, worst, name, png in photos]
-              for photos in _worst_photos(report, photos_from)]
+    panels = _worst_photos(report, photos_from)      # read before the swap: `photos_from` may be `directory`
     with replace_directory(directory, ours=_report_entries, what="drift report", announce=False) as staging:
         _write_report_files(report, panels, staging)
     return Path(directory)
@@ -42,8 +40,8 @@ def _report_entries(directory: Path):
     return all_ours(directory) if (Path(directory) / "drift.json").is_file() else None
 
 
-def _worst_photos(report: DriftReport, photos_from) -> list[list[tuple[int, WorstImage, str, bytes]]]:
-    """Per candidate, (rank, worst photo, PNG file name, PNG) of each of its worst photos that can be shown."""
+def _worst_photos(report: DriftReport, photos_from) -> list[list[tuple[str, str, bytes]]]:
+    """Per candidate, (PNG file name, caption, PNG) of each of its worst photos that can be shown."""
     evidence = report.evidence
     by_path = {str(item.path): item for item in evidence.photos} if evidence is not None else {}
     found = []
@@ -52,9 +50,10 @@ def _worst_photos(report: DriftReport, photos_from) -> list[list[tuple[int, Wors
         for rank, worst in enumerate(candidate.class_level.worst_images, start=1):
             name = f"{_candidate_slug(index, candidate.source)}-worst{rank}-{Path(worst.image).stem}.png"
             if evidence is not None:
-                photos.append((rank, worst, name, _png(comparison(by_path[worst.image], index, evidence))))
+                photos.append((name, worst_caption(rank, worst),
+                               _png(comparison(by_path[worst.image], index, evidence))))
             elif photos_from is not None and (Path(photos_from) / name).is_file():
-                photos.append((rank, worst, name, (Path(photos_from) / name).read_bytes()))
+                photos.append((name, worst_caption(rank, worst), (Path(photos_from) / name).read_bytes()))
         found.append(photos)
     return found
 
