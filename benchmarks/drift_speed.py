@@ -26,6 +26,7 @@ def main():
 
     from groupvit_edge.exporters import export
     from groupvit_edge.metrics.drift import measure_drift
+    from groupvit_edge.metrics.render import render_drift_report
     from groupvit_edge.model import load_model
 
     images = sorted((SHARED / "coco" / "eval2017" / "images").glob("*.jpg"))[: args.limit]
@@ -35,7 +36,9 @@ def main():
         export(loaded, artifact, "onnx", tokenizer=SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz",
                     validation_images=images[0], log=lambda m: None)
         started = time.perf_counter()
-        report = measure_drift(loaded, [artifact], images, labels=args.labels, report_dir=args.report)
+        report = measure_drift(loaded, [artifact], images, labels=args.labels)
+        if args.report:
+            render_drift_report(report, args.report)
         wall = time.perf_counter() - started
     timing = report.timing
     print(report.to_markdown())

@@ -5,14 +5,6 @@ Importing this package needs only numpy and Pillow: torch is needed to export, n
 __version__ = "0.1.0"
 
 from .errors import UserError  # noqa: E402
-
-
-def __getattr__(name):
-    # Lazy so that `import groupvit_edge` stays cheap and torch-free.
-    if name in ("Segmenter", "Segmentation"):
-        from .segmentation import segmenter
-        return getattr(segmenter, name)
-    raise AttributeError(f"module 'groupvit_edge' has no attribute {name!r}")
-
+from .segmentation.segmenter import Segmentation, Segmenter  # noqa: E402
 
 __all__ = ["Segmenter", "Segmentation", "UserError", "__version__"]

@@ -10,14 +10,33 @@ import errno
 import os
 import signal
 import sys
+from typing import Any
 
 import click
 
+from .doctor import report as doctor_report
 from .errors import UserError, ValidationFailed
+from .exporters import export as export_artifact
+from .exporters.options import GROUPS
+from .exporters.plan import backend_option_groups, readiness_report, readiness_targets, targets
+from .files import exit_on_signal
+from .info import describe
 from .listing import listed
-from .metrics.blocks import TOLERANCE_DB
-from .metrics.drift import CONFIDENT_MARGIN, DEFAULT_PROBE
+from .metrics.bench import BenchSettings, benchmark
+from .metrics.blocks import TOLERANCE_DB, per_block_divergence
+from .metrics.classmaps import resolve
+from .metrics.drift import CONFIDENT_MARGIN, DEFAULT_PROBE, MODEL_LEVEL_BUDGET, budget_from_flags, measure_drift
+from .metrics.drift_report import read_drift_report
+from .metrics.evaluate import evaluate
+from .metrics.render import render_drift_report, write_json
+from .metrics.tune import tune as tune_artifact
 from .options import check_number, spec_of
+from .runtimes import ARTIFACT_BACKENDS, backend_module, option_names
+from .segmentation import Segmenter
+from .segmentation.postprocess import BACKGROUND_THRESHOLD
+from .segmentation.preprocess import find_images, list_images, output_names
+from .segmentation.segmenter import check_label_count
+from .segmentation.vocabulary import parse_labels
 
 # Conditions of the machine rather than bugs: a full disk or a directory we may not write.
 ENVIRONMENT_ERRORS = {
@@ -35,7 +54,6 @@ IMAGES_HELP = ("Photos: files or directories, searched recursively (repeatable).
 
 def main(argv=None) -> int:
     """Console entry point: user errors are one sentence and exit 2, failed checks exit 1, bugs stay tracebacks."""
-    from .files import exit_on_signal
     signal.signal(signal.SIGTERM, exit_on_signal)      # staging directories and locks go with the process
     try:
         cli.main(args=argv, standalone_mode=False, prog_name="groupvit-edge")
@@ -49,7 +67,7 @@ def main(argv=None) -> int:
         click.echo("aborted", err=True)
         sys.exit(130)
     except OSError as error:
-        hint = ENVIRONMENT_ERRORS.get(error.errno)
+        hint = ENVIRONMENT_ERRORS.get(error.errno) if error.errno is not None else None
         if hint is None:
             raise
         click.echo(f"error: {error.filename or 'a file'}: {error.strerror}: {hint}", err=True)
@@ -78,7 +96,7 @@ def _click_option(f: dataclasses.Field, prefix_help: str = ""):
     spec = spec_of(f)
     shown = f.default if not isinstance(f.default, tuple) else "x".join(map(str, f.default))
     default_note = "" if f.default is None or f.default is False or f.default == () else f" [default: {shown}]"
-    kwargs = {"help": prefix_help + spec.help + default_note, "default": None}
+    kwargs: dict[str, Any] = {"help": prefix_help + spec.help + default_note, "default": None}
     if spec.is_flag:
         kwargs.update(is_flag=True, default=False)
     elif spec.multiple:
@@ -101,14 +119,11 @@ def _options_from(*kinds):
 
 
 def _export_option_kinds():
-    from .exporters.options import GROUPS
-    from .exporters.plan import backend_option_groups
     return (*GROUPS.values(), *backend_option_groups().values())
 
 
 def _runtime_options(function):
     """One flag per runtime option of any backend (a flag several backends share appears once)."""
-    from .runtimes import ARTIFACT_BACKENDS, backend_module
     seen = {}
     for name in ARTIFACT_BACKENDS:
         for f in dataclasses.fields(backend_module(name).Options):
@@ -127,7 +142,6 @@ def _given(values: dict) -> dict:
 
 def _runtime_values(values: dict) -> dict:
     """Pop the runtime options out of a command's values, keeping the ones the user gave."""
-    from .runtimes import ARTIFACT_BACKENDS, option_names
     names = set().union(*(option_names(name) for name in ARTIFACT_BACKENDS))
     given = _given({name: values.pop(name) for name in list(values) if name in names})
     if "threads" in given:
@@ -155,7 +169,6 @@ def cli():
 
 
 def _targets_help() -> str:
-    from .exporters.plan import targets
     return "One of: " + ", ".join(targets()) + "."
 
 
@@ -169,7 +182,6 @@ def _targets_help() -> str:
 @_options_from(*_export_option_kinds())
 def export(model_spec, target, out_dir, **values):
     """Export a GroupViT checkpoint to an artifact directory (checked before anything slow starts)."""
-    from .exporters import export as export_artifact
     export_artifact(model_spec, out_dir, target, log=click.echo, **_given(values))
 
 
@@ -194,11 +206,6 @@ def export(model_spec, target, out_dir, **values):
 def segment(source, images, more_images, labels, out_dir, backend, tokenizer, resize, no_background, resample, show,
             **values):
     """Segment photos with an artifact or checkpoint SOURCE; writes overlay, label and group PNGs per photo."""
-    from .segmentation import Segmenter
-    from .segmentation.postprocess import BACKGROUND_THRESHOLD
-    from .segmentation.preprocess import find_images, output_names
-    from .segmentation.segmenter import check_label_count
-    from .segmentation.vocabulary import parse_labels
     found = find_images(list(images) + list(more_images))
     if not images and not more_images:
         click.echo(f"no photos given: segmenting the {len(found)} sample photos shipped with groupvit-edge")
@@ -261,14 +268,13 @@ def _summary(result, show: str) -> str:
 def drift(reference, candidates, images, labels, masks_dir, classes, max_drop, min_confident_agreement,
           min_group_cosine, margin, report_dir, json_path):
     """Compare candidate artifacts with a reference on the same photos: class-level and model-level drift."""
-    from .metrics.classmaps import resolve
-    from .metrics.drift import budget_from_flags, measure_drift
-    from .metrics.report import write_json
     check_number("--margin", margin, minimum=0.0, maximum=0.999)
     budget = budget_from_flags(max_drop, min_confident_agreement, min_group_cosine)
     report = measure_drift(reference, list(candidates), list(images) or None, labels=labels, masks_dir=masks_dir,
                            class_map=resolve(classes) if masks_dir else None, confident_margin=margin,
-                           report_dir=report_dir, budget=budget)
+                           budget=budget)
+    if report_dir:
+        render_drift_report(report, report_dir)
     click.echo(report.to_markdown())
     if json_path:
         write_json(report.to_dict(), json_path)
@@ -283,6 +289,16 @@ def drift(reference, candidates, images, labels, masks_dir, classes, max_drop, m
     if failures:
         raise ValidationFailed("; ".join(failures))
     click.echo(f"every candidate is within the budget ({budget.describe()})")
+
+
+@cli.command("report", epilog="Example:\n\n  groupvit-edge report report/drift.json --out report-again/")
+@click.argument("drift_json")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Where report.html goes, beside drift.json, drift.md and the PNGs it shows.")
+def report_command(drift_json, out_dir):
+    """Re-render report.html from a saved drift.json (the worst-photo PNGs are taken from its folder)."""
+    render_drift_report(read_drift_report(drift_json), out_dir, photos_from=os.path.dirname(drift_json) or ".")
+    click.echo(f"wrote {os.path.join(out_dir, 'report.html')} (and its folder)")
 
 
 @cli.command("eval", epilog="Example:\n\n  groupvit-edge eval artifacts/fp32 --images coco/eval2017/images "
@@ -301,8 +317,6 @@ def drift(reference, candidates, images, labels, masks_dir, classes, max_drop, m
 @_runtime_options
 def evaluate_command(source, images, masks_dir, classes, backend, limit, resample, json_path, **values):
     """mIoU, per-class IoU and pixel accuracy of SOURCE on labelled photos (the paper's protocol)."""
-    from .metrics.evaluate import evaluate
-    from .metrics.report import write_json
     report = evaluate(source, list(images), masks_dir, classes, backend=backend, limit=limit, resample=resample,
                       **_runtime_values(values))
     click.echo(report.to_markdown())
@@ -327,9 +341,6 @@ def evaluate_command(source, images, masks_dir, classes, backend, limit, resampl
 def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, batch, streams, json_path):
     """Speed, size, memory and drift of each artifact, one row each; exits 1 when an artifact could not be
     measured (its row says why)."""
-    from .metrics.bench import BenchSettings, benchmark
-    from .metrics.report import write_json
-    from .segmentation.preprocess import list_images
     paths = list_images(list(images) or None)[:limit]
     report = benchmark(list(artifacts), paths, reference=reference, settings=BenchSettings(
         warmup=warmup, runs=runs, threads=threads, batch=batch, streams=streams, labels=labels), log=click.echo)
@@ -363,8 +374,6 @@ def tune(artifact, images, reference, labels, max_drop, min_confident_agreement,
          dry_run):
     """Measure every backend × precision this device offers for ARTIFACT and record the fastest within the drift
     budget; `segment` and the Python API then use it on this device."""
-    from .metrics.drift import MODEL_LEVEL_BUDGET, budget_from_flags
-    from .metrics.tune import tune as tune_artifact
     budget = budget_from_flags(max_drop, min_confident_agreement, min_group_cosine, defaults=MODEL_LEVEL_BUDGET)
     report = tune_artifact(artifact, list(images) or None, reference=reference, budget=budget, labels=labels,
                            threads=threads, runs=runs, record=not dry_run, log=click.echo)
@@ -394,7 +403,6 @@ def tune(artifact, images, reference, labels, max_drop, min_confident_agreement,
 @_runtime_options
 def diagnose(reference, candidate, images, backend, tolerance_db, suggest, report_dir, **values):
     """Where a candidate departs from the fp32 reference, block by block, and which blocks put the error there."""
-    from .metrics.blocks import per_block_divergence
     report = per_block_divergence(reference, candidate, list(images) or None, backend=backend,
                                   tolerance_db=tolerance_db, progress=True, **_runtime_values(values))
     click.echo(report.to_markdown())
@@ -411,12 +419,10 @@ def diagnose(reference, candidate, images, backend, tolerance_db, suggest, repor
 def info(artifact):
     """What ARTIFACT holds and how it was proven: target, precision, files, calibration, drift at export, the
     configuration tune chose."""
-    from .info import describe
     click.echo(describe(artifact))
 
 
 def _readiness_targets() -> list[str]:
-    from .exporters.plan import readiness_targets
     return list(readiness_targets())
 
 
@@ -431,9 +437,7 @@ READINESS_TARGETS = _readiness_targets()
               show_default=True, help="Target to check --artifact for.")
 def doctor(artifact, target):
     """Show which backends this machine has and which targets it can build and run."""
-    from .doctor import report
-    from .exporters.plan import readiness_report
-    click.echo(report())
+    click.echo(doctor_report())
     if artifact is not None:
         readiness = readiness_report(artifact, target)
         click.echo("\n" + readiness.format(limit=50))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .artifact import read_manifest
+from .errors import UserError
 from .listing import listed
+from .runtimes import choose_backend, tuned_choice
 
 
 def describe(artifact) -> str:
@@ -69,9 +71,6 @@ def _check_line(check: dict) -> str:
 
 
 def _runs_here(directory: Path) -> str:
-    from .errors import UserError
-    from .runtimes import choose_backend
-    from .runtimes.tuned import tuned_choice
     tuned = tuned_choice(directory)
     try:
         backend, _ = choose_backend(directory, tuned[0] if tuned else None)

@@ -231,7 +231,7 @@ def test_a_bench_child_that_dies_becomes_a_failed_row(onnx_artifact, coco_images
 
 
 def test_bench_fails_a_row_for_the_backend_but_a_bug_stays_a_traceback(onnx_artifact, coco_images, monkeypatch):
-    from groupvit_edge import segmentation
+    from groupvit_edge.metrics import bench
     from groupvit_edge.metrics.bench import BenchSettings, benchmark
     settings = BenchSettings(warmup=0, runs=1, labels=None)
     opened = runtimes.open
@@ -253,7 +253,7 @@ def test_bench_fails_a_row_for_the_backend_but_a_bug_stays_a_traceback(onnx_arti
         def __init__(self, *args, **kwargs):
             raise TypeError("a bug in the measuring code")
 
-    monkeypatch.setattr(segmentation, "Segmenter", MeasuringCodeWithABug)
+    monkeypatch.setattr(bench, "Segmenter", MeasuringCodeWithABug)
     with pytest.raises(TypeError, match="a bug in the measuring code"):
         benchmark([onnx_artifact], coco_images[:1], settings=settings, isolate=False, log=lambda m: None)
 

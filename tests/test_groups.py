@@ -72,9 +72,10 @@ def test_segment_writes_group_maps_for_all_50_coco_photos(onnx_artifact, tmp_pat
 def test_the_drift_report_shows_both_sides_groups_and_tells_near_ties_from_flips(onnx_artifact, tmp_path):
     import json
     from groupvit_edge.metrics.drift import DriftBudget, measure_drift
+    from groupvit_edge.metrics.render import render_drift_report
     photo = sorted(EVAL_IMAGES.glob("*.jpg"))[0]
-    measure_drift(onnx_artifact, [onnx_artifact], [photo], labels="prototypes:4", report_dir=tmp_path / "r",
-                  budget=DriftBudget(min_group_cosine=0.999), progress=False)
+    render_drift_report(measure_drift(onnx_artifact, [onnx_artifact], [photo], labels="prototypes:4",
+                                      budget=DriftBudget(min_group_cosine=0.999), progress=False), tmp_path / "r")
     data = json.loads((tmp_path / "r" / "drift.json").read_text())
     assert data["budget"] == "group cosine mean ≥ 0.999" and data["candidates"][0]["failures"] == []
     assert "Within the budget (group cosine mean ≥ 0.999)" in (tmp_path / "r" / "report.html").read_text()

@@ -325,19 +325,21 @@ def test_sigterm_mid_export_leaves_nothing_behind(tmp_path):
 
 def test_a_drift_report_replaces_the_previous_one_whole(onnx_artifact, tmp_path):
     from groupvit_edge.metrics.drift import measure_drift
+    from groupvit_edge.metrics.render import render_drift_report
     report = tmp_path / "report"
     report.mkdir()
     (report / "drift.json").write_text("{}")
     (report / "99-old-candidate-worst1-x.png").write_bytes(b"stale")
     photo = sorted(EVAL_IMAGES.glob("*.jpg"))[0]
-    measure_drift(onnx_artifact, [onnx_artifact], [photo], labels="prototypes:4", report_dir=report, progress=False)
+    render_drift_report(measure_drift(onnx_artifact, [onnx_artifact], [photo], labels="prototypes:4", progress=False),
+                        report)
     assert not (report / "99-old-candidate-worst1-x.png").exists() and (report / "drift.md").is_file()
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "holiday.jpg").write_bytes(b"...")
     with pytest.raises(UserError, match="not a groupvit-edge drift report"):
-        measure_drift(onnx_artifact, [onnx_artifact], [photo], labels="prototypes:4", report_dir=foreign,
-                      progress=False)
+        render_drift_report(measure_drift(onnx_artifact, [onnx_artifact], [photo], labels="prototypes:4",
+                                          progress=False), foreign)
     assert (foreign / "holiday.jpg").exists()
 
 

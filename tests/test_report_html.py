@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 
 from groupvit_edge import runtimes
-from groupvit_edge.metrics.drift import DriftBudget, DriftReport, measure_drift
+from groupvit_edge.metrics.drift import measure_drift
+from groupvit_edge.metrics.drift_report import DriftBudget, DriftReport
 from groupvit_edge.metrics.html_report import (CANDIDATE_HEADINGS, LEGEND_SECTION, RUN_SECTION,
                                                candidate_section_id, render_html)
+from groupvit_edge.metrics.render import render_drift_report
 from groupvit_edge.runtimes.base import ImageEncoding, Runtime
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +64,8 @@ def drift_run(tmp_path_factory, coco_images) -> tuple[DriftReport, Path]:
     noisy = _NoisyGroupEmbeddings(runtimes.open(artifact), scale=0.1)
     directory = scratch / "report"
     report = measure_drift(artifact, [artifact, noisy], coco_images[:2], labels="prototypes:8", worst=2,
-                           report_dir=directory, progress=False)
+                           progress=False)
+    render_drift_report(report, directory)
     return report, directory
 
 
@@ -280,13 +283,67 @@ def test_panels_must_match_the_candidates(report):
 
 
 def test_drift_report_folder_includes_report_html(tmp_path, coco_images, report_dir):
-    """`drift --report` writes report.html itself (the call in metrics/report.py's _write_report_files)."""
+    """`drift --report` writes report.html itself (the call in metrics/render.py's _write_report_files)."""
     artifact = report_dir.parent / "fp32"
-    measure_drift(artifact, [artifact], coco_images[:1], labels="prototypes:4", worst=1,
-                  report_dir=tmp_path / "report", progress=False)
+    render_drift_report(measure_drift(artifact, [artifact], coco_images[:1], labels="prototypes:4", worst=1,
+                                      progress=False), tmp_path / "report")
     page = tmp_path / "report" / "report.html"
-    assert page.is_file(), "metrics/report.py does not call html_report.write_html"
+    assert page.is_file(), "metrics/render.py does not call html_report.write_html"
     assert page.read_text(encoding="utf-8").count('src="data:image/png;base64,') == 1
+
+
+# ------------------------------------------------------------------------------------ re-rendered from drift.json
+
+def test_a_saved_drift_json_reads_back_as_the_report_and_renders_the_same_page(report, report_dir, data, tmp_path):
+    """measure → drift.json → from_dict → render gives the page the measured report gave, byte for byte: the
+    worst-photo PNGs come from the saved folder, everything else from drift.json alone."""
+    saved = DriftReport.from_dict(data)
+    assert saved == report and saved.evidence is None and saved.to_dict() == data
+    render_drift_report(saved, tmp_path / "again", photos_from=report_dir)
+    assert (tmp_path / "again" / "report.html").read_bytes() == (report_dir / "report.html").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == sorted(p.name for p in report_dir.iterdir()
+                                                                              if p.name != "report.png")
+    for name in ("drift.json", "drift.md"):
+        assert (tmp_path / "again" / name).read_text() == (report_dir / name).read_text()
+
+
+def test_a_budget_reads_back_from_its_description():
+    for budget in (DriftBudget(), DriftBudget(max_drop=1.0, min_confident_group_agreement=99.9),
+                   DriftBudget(min_group_agreement=99.0, min_group_cosine=0.995, min_group_cosine_worst=0.9,
+                               max_abs_diff=1e-3)):
+        assert DriftBudget.from_description(budget.describe()) == budget
+
+
+def test_the_report_command_rerenders_a_saved_report(report_dir, tmp_path):
+    done = _cli("report", report_dir / "drift.json", "--out", tmp_path / "again")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "again" / "report.html").read_bytes() == (report_dir / "report.html").read_bytes()
+    # into the folder it reads from: the worst-photo PNGs are read before the folder is replaced
+    done = _cli("report", tmp_path / "again" / "drift.json", "--out", tmp_path / "again")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "again" / "report.html").read_bytes() == (report_dir / "report.html").read_bytes()
+
+
+def test_the_report_command_refuses_bad_input_in_one_sentence(tmp_path):
+    not_json = tmp_path / "notes.json"
+    not_json.write_text("hello")
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"schema": "groupvit-edge/eval/1", "miou": 50.0}))
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text(json.dumps({"schema": "groupvit-edge/drift/1", "reference": {}}))
+    for given, needle in ((tmp_path / "gone.json", "does not exist"), (not_json, "is not JSON"),
+                          (eval_json, "is not a groupvit-edge drift report"),
+                          (truncated, "is not a groupvit-edge drift report")):
+        done = _cli("report", given, "--out", tmp_path / "out")
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"error: {given} {needle}") and "groupvit-edge drift --report" in lines[0]
+        assert not (tmp_path / "out").exists()
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "groupvit_edge.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
 # ---------------------------------------------------------------------------------------------- real browser

@@ -16,11 +16,12 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
 from .. import runtimes
-from ..artifact import read_manifest
+from ..artifact import Manifest, read_manifest
 from ..errors import UserError
 from ..options import check_number
 from ..runtimes import is_artifact
@@ -28,7 +29,8 @@ from ..runtimes.base import Runtime
 from ..segmentation import Segmenter
 from ..segmentation.preprocess import list_images, load_image, prepare
 from ..segmentation.vocabulary import parse_labels
-from .drift import DEFAULT_PROBE, format_figure
+from .drift import DEFAULT_PROBE, check_vocabulary, validate_candidate
+from .drift_report import format_figure
 from .isolation import BackendFailed, Failure, open_guarded, run_isolated
 
 SCHEMA = "groupvit-edge/bench/1"
@@ -153,7 +155,7 @@ def measure_artifact(plan: _Plan, images: list[str], reference: str | None, sett
     try:
         return _measure(plan.artifact, runtime, images, reference, settings)
     except BackendFailed as error:
-        return BenchRow.failed(plan.artifact, Failure.of(error.__cause__))
+        return BenchRow.failed(plan.artifact, Failure.of(error.__cause__ or error))
     finally:
         runtime.close()
 
@@ -172,7 +174,6 @@ def _measure(artifact: str, runtime: Runtime, images: list[str], reference: str 
                    windows_per_image=len(windows) / len(images), status="ok")
     if reference is None or settings.labels is None:
         return row
-    from .drift import validate_candidate
     drift = validate_candidate(reference, runtime, images, labels=settings.labels)
     return dataclasses.replace(row, miou_vs_reference=drift.class_level.miou_vs_reference,
                                group_agreement_confident=drift.model_level.group_agreement_confident,
@@ -232,7 +233,6 @@ def _row_in_child(plan: _Plan, images, reference, settings) -> BenchRow:
 def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | None = None,
               isolate: bool = True, log=print) -> BenchReport:
     """One row per artifact (see the module's docstring for what fails a row and what ends bench)."""
-    from .drift import check_vocabulary
     settings = settings or BenchSettings()
     for flag, value, least in (("--warmup", settings.warmup, 0), ("--runs", settings.runs, 1),
                                ("--batch", settings.batch, 1), ("--threads", settings.threads, 1),
@@ -285,7 +285,8 @@ def _check_reference(reference: str, manifests: dict) -> None:
             raise UserError(f"--ref {reference} is a checkpoint, which runs in PyTorch, and torch is not installed "
                             f"here: pass an fp32 artifact as --ref, or pip install groupvit-edge[export]")
         return
-    size = (manifest.preprocess.height, manifest.preprocess.width)
+    preprocess = cast(Manifest, manifest).preprocess       # not a checkpoint: an artifact's manifest
+    size = (preprocess.height, preprocess.width)
     for artifact, theirs in manifests.items():
         if (theirs.preprocess.height, theirs.preprocess.width) != size:
             raise UserError(f"{artifact} was exported at {theirs.preprocess.height}x{theirs.preprocess.width} but "
@@ -325,6 +326,7 @@ class BenchReport:
                 lines.append(f"| {r.artifact} | | | {r.status} | | | | |{stream_cell} {rss} | | | |")
                 continue
             miou, confident = r.miou_vs_reference, r.group_agreement_confident
+            assert r.image_graph_ms is not None and r.end_to_end_ms is not None, "a measured row has its timings"
             lines.append(
                 f"| {r.artifact} | {r.target} | {r.backend} | ok | {r.size_mb:.1f} "
                 f"| {r.image_graph_ms.p50:.1f} / {r.image_graph_ms.p90:.1f} "

@@ -26,19 +26,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 
 from ..artifact import Manifest
 from ..errors import UserError
+from ..files import write_json_atomic, write_text_atomic
 from ..model.blocks import BlockTensors, block_tensors, forward_order, is_block_name
 from ..options import check_number
 from ..progress import progress_bar
+from ..runtimes import backend_module, backend_options, choose_backend, is_artifact
 from ..runtimes.probes import IMAGE_INPUT, image_graph
+from ..segmentation.preprocess import list_images, load_image, prepare
+from .html_report import CHART_CHAR_PX, CHART_FONT_PX, CHART_ROW_PX
 
 SCHEMA = "groupvit-edge/blocks/1"
 TOLERANCE_DB = 30.0
@@ -152,14 +157,15 @@ class BlockReport:
         `share` of it (at most `most`). Within tolerance nothing is added: that noise is not worth INT8 speed."""
         check_number("suggest share", share, minimum=0.0, maximum=1.0)
         check_number("suggest most", most, minimum=1)
-        picked, covered = [], 0.0
+        picked: list[str] = []
+        covered = 0.0
         for figures in self.ranking() if self.first_departure is not None else []:
             if len(picked) >= most or covered >= 100.0 * share:
                 break
             if figures.block in self.float_blocks or not figures.own_noise_ratio:
                 continue
             picked.append(figures.block)
-            covered += figures.share
+            covered += figures.share or 0.0
         return forward_order(set(self.float_blocks) | set(picked))
 
     def to_dict(self) -> dict:
@@ -199,7 +205,6 @@ class BlockReport:
 
     def write(self, directory) -> list[Path]:
         """blocks.json, blocks.md and blocks.svg in `directory`, each written atomically."""
-        from ..files import write_json_atomic, write_text_atomic
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         return [write_json_atomic(directory / "blocks.json", self.to_dict()),
@@ -216,7 +221,6 @@ def _decibels(noise_ratio: float) -> str:
 def divergence_chart_svg(report: BlockReport) -> str:
     """One row per block in forward order: free-running SQNR at its output (red below the tolerance, dashed line
     at it) and its share of the blocks' own noise."""
-    from .html_report import CHART_CHAR_PX, CHART_FONT_PX, CHART_ROW_PX
     label_px = int(max(len(f.block) for f in report.blocks) * CHART_CHAR_PX) + 12
     sqnr_px, share_px, gap_px, top, axis_px = 360, 200, 90, 34, 48
     finite = [f.sqnr_db for f in report.blocks if not f.identical]
@@ -256,7 +260,6 @@ def divergence_chart_svg(report: BlockReport) -> str:
 
 def _chart_row(figures: BlockFigures, y: int, label_px: int, share_left: int, sqnr_x, share_x, first: bool,
                departed: bool) -> str:
-    from .html_report import CHART_FONT_PX, CHART_ROW_PX
     baseline = y + CHART_ROW_PX / 2 + CHART_FONT_PX * 0.35
     bar = f'y="{y + 4}" height="{CHART_ROW_PX - 8}"'
     weight = ' font-weight="bold"' if first else ""
@@ -283,8 +286,6 @@ def per_block_divergence(reference, candidate, images=None, *, backend: str | No
     measures against); the candidate on `backend`, or the best backend installed for it, with that backend's
     runtime `options` (e.g. device="GPU" for OpenVINO).
     """
-    from ..runtimes import backend_module, backend_options
-    from ..segmentation.preprocess import list_images, load_image, prepare
     check_number("--tolerance-db", tolerance_db, minimum=0.0, maximum=FLOAT32_SQNR_DB)
     reference_name, reference_manifest = _backend_for(reference, reference_backend, "--ref")
     candidate_name, candidate_manifest = _backend_for(candidate, backend, "--candidate")
@@ -298,10 +299,10 @@ def per_block_divergence(reference, candidate, images=None, *, backend: str | No
     paths = list_images(images)
     preprocess = reference_manifest.preprocess
     with ExitStack() as stack:
-        reference_probe = stack.enter_context(backend_module(reference_name).block_probe(
+        reference_probe = stack.enter_context(_prober(reference_name).block_probe(
             reference_manifest, outputs, (), backend_options(reference_name, {})))
         forced = [tensor for tensor in inputs if tensor not in reference_probe.missing]
-        candidate_probe = stack.enter_context(backend_module(candidate_name).block_probe(
+        candidate_probe = stack.enter_context(_prober(candidate_name).block_probe(
             candidate_manifest, outputs, forced, backend_options(candidate_name, options)))
         measured = [tensor for tensor in outputs if tensor not in reference_probe.missing + candidate_probe.missing]
         windows = (window for path in progress_bar(paths, progress, "per block")
@@ -318,7 +319,9 @@ def per_block_divergence(reference, candidate, images=None, *, backend: str | No
 def _compare(reference_probe, candidate_probe, windows, tensors) -> tuple[dict, dict, int]:
     """Sums of the candidate's free-running and teacher-forced tensors against the reference's, and the count of
     windows; one window at a time, so memory stays that of one window's block tensors."""
-    free, teacher_forced, count = {}, {}, 0
+    free: dict[str, _Accumulated] = {}
+    teacher_forced: dict[str, _Accumulated] = {}
+    count = 0
     for window in windows:
         expected = reference_probe.run(window)
         _accumulate(free, expected, candidate_probe.run(window), tensors)
@@ -333,7 +336,6 @@ def _accumulate(sums: dict[str, _Accumulated], expected: dict, found: dict, tens
 
 
 def _backend_for(source, backend: str | None, flag: str) -> tuple[str, Manifest]:
-    from ..runtimes import backend_module, choose_backend, is_artifact
     if not is_artifact(source):
         raise UserError(f"{flag} {source} is not an artifact: per-block divergence compares two artifacts' graphs, "
                         f"so export the fp32 reference first (groupvit-edge export --model {source} --target onnx "
@@ -342,7 +344,16 @@ def _backend_for(source, backend: str | None, flag: str) -> tuple[str, Manifest]
     if not hasattr(backend_module(name), "block_probe"):
         raise UserError(f"per-block divergence cannot expose the blocks of a {name} run: choose --backend "
                         f"onnxruntime, openvino or tensorrt")
-    return name, manifest
+    return name, cast(Manifest, manifest)      # an artifact's: choose_backend returns its manifest
+
+
+class _ProbingBackend(Protocol):
+    """A backend module that can expose block tensors (ONNX Runtime, OpenVINO, TensorRT)."""
+    def block_probe(self, manifest: Manifest, outputs, inputs, options) -> AbstractContextManager: ...
+
+
+def _prober(name: str) -> _ProbingBackend:
+    return cast(_ProbingBackend, backend_module(name))    # _backend_for checked that it has block_probe
 
 
 def _check_comparable(reference, candidate, reference_manifest: Manifest, candidate_manifest: Manifest) -> None:

@@ -6,6 +6,9 @@ Two levels, because random or weak weights can make class maps degenerate:
 - model level: final-group agreement (overall and on pixels whose reference decision is not a near-tie),
   cosine of group and image embeddings, max abs difference of every graph output.
 With ground-truth masks the candidate's own mIoU is compared with the reference's too.
+
+Measuring writes nothing: `measure_drift` returns a `DriftReport` (`drift_report`), which `render` turns into
+drift.json, drift.md and report.html.
 """
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..assets import samples_description
 from ..errors import UserError
 from ..options import check_number
 from ..progress import progress_bar
-from ..runtimes import Runtime
+from ..runtimes import Runtime, is_artifact
 from ..runtimes import open as open_runtime
 from ..runtimes.base import ImageEncoding
 from ..segmentation.postprocess import BACKGROUND_THRESHOLD, resize_bilinear, top_two
@@ -30,8 +34,26 @@ from ..segmentation.segmenter import encode_windows, label_map
 from ..segmentation.vocabulary import Vocabulary, parse_labels
 from .classmaps import ClassMap
 from .confusion import ConfusionMatrix
+from .drift_report import (
+    CandidateDrift,
+    ClassLevelDrift,
+    ComparedModel,
+    Cosine,
+    DriftBudget,
+    DriftImages,
+    DriftReport,
+    DriftSettings,
+    DriftTiming,
+    DriftVocabulary,
+    GroundTruthDrift,
+    GroundTruthMasks,
+    MeasuredPhoto,
+    ModelLevelDrift,
+    PhotoEvidence,
+    WorstImage,
+)
+from .evaluate import read_mask
 
-SCHEMA = "groupvit-edge/drift/1"
 CONFIDENT_MARGIN = 0.01      # reference relative margin best vs second group below which a pixel is a near-tie
 PROTOTYPE_PREFIX = "prototypes:"
 OUTPUTS = ("group_embeds", "image_embed", "grouping")
@@ -66,6 +88,7 @@ class GroupingComparison:
     def add(self, reference: WindowDecision, candidate: WindowDecision, valid: tuple[int, int]) -> float:
         """Compare one window's final groups; returns that window's agreement."""
         rows, columns = valid
+        assert reference.confident is not None, "the reference's decisions carry their margins"
         same = reference.groups[:rows, :columns] == candidate.groups[:rows, :columns]
         confident = reference.confident[:rows, :columns]
         self.pixels += same.size
@@ -121,127 +144,6 @@ class ModelLevel:
                                max_abs_diff=dict(self.max_abs_diff))
 
 
-# ------------------------------------------------------------------------------------------- typed results
-
-@dataclass(frozen=True)
-class Cosine:
-    mean: float
-    min: float
-
-
-@dataclass(frozen=True)
-class ModelLevelDrift:
-    """Vocabulary-free figures. Agreements are percentages of pixels; None where there was nothing to count."""
-    group_agreement: float | None            # final group equals the reference's
-    group_agreement_confident: float | None  # the same over pixels whose reference decision is not a near-tie
-    near_tie_share: float | None             # pixels whose reference best-vs-second group margin is below margin
-    group_embed_cosine: Cosine
-    image_embed_cosine: Cosine
-    max_abs_diff: dict[str, float]           # per image-graph output
-
-
-@dataclass(frozen=True)
-class WorstImage:
-    image: str                               # the photo's path as given
-    agreement: float                         # percent of its pixels whose class equals the reference's
-
-
-@dataclass(frozen=True)
-class ClassLevelDrift:
-    """The candidate's label maps scored against the reference's as ground truth (percent / mIoU points)."""
-    miou_vs_reference: float
-    pixel_agreement: float
-    miou_vs_reference_confident: float | None
-    pixel_agreement_confident: float | None
-    near_tie_class_share: float
-    per_class_iou: dict[str, float | None]
-    worst_images: list[WorstImage]           # worst first
-
-
-@dataclass(frozen=True)
-class GroundTruthDrift:
-    reference_miou: float
-    candidate_miou: float
-    drop: float
-    reference_pixel_accuracy: float
-    candidate_pixel_accuracy: float
-
-
-@dataclass(frozen=True)
-class ComparedModel:
-    """One side of a comparison, the reference or a candidate: an artifact, checkpoint or runtime."""
-    source: str
-    backend: str                             # the runtime's description: what ran it, at which precision
-    target: str
-    model_sha256: str
-
-
-@dataclass(frozen=True)
-class CandidateDrift(ComparedModel):
-    """How far one candidate is from the reference: what `drift`, export validation, `bench`, `tune` and
-    `groupvit_edge.testing` all read."""
-    class_level: ClassLevelDrift
-    model_level: ModelLevelDrift
-    ground_truth: GroundTruthDrift | None
-    encode_seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["timing"] = {"encode_s": data.pop("encode_seconds")}
-        return data
-
-
-@dataclass(frozen=True)
-class DriftBudget:
-    """Limits a candidate must stay within; a None limit is not checked. Agreements in percent, mIoU in points
-    (below 100 against the reference, or below the reference's own mIoU against ground truth), cosines as is."""
-    max_drop: float | None = None
-    min_confident_group_agreement: float | None = None
-    min_group_agreement: float | None = None
-    min_group_cosine: float | None = None          # mean over groups and windows
-    min_group_cosine_worst: float | None = None    # the worst group of any window
-    max_abs_diff: float | None = None              # any image-graph output
-
-    def failures(self, drift: CandidateDrift) -> list[str]:
-        """One sentence per limit `drift` exceeds."""
-        model, name = drift.model_level, drift.source
-        failed = []
-        if self.max_drop is not None:
-            drop = 100.0 - drift.class_level.miou_vs_reference
-            if drop > self.max_drop:
-                failed.append(f"{name}: mIoU vs reference {drift.class_level.miou_vs_reference:.2f} is {drop:.2f} "
-                              f"points below 100 (allowed {self.max_drop})")
-            truth = drift.ground_truth
-            if truth is not None and truth.drop > self.max_drop:
-                failed.append(f"{name}: ground-truth mIoU {truth.candidate_miou:.2f} is {truth.drop:.2f} points "
-                              f"below the reference's {truth.reference_miou:.2f} (allowed {self.max_drop})")
-        checks = ((self.min_confident_group_agreement, model.group_agreement_confident, "confident-pixel group "
-                   "agreement", "%", 3),
-                  (self.min_group_agreement, model.group_agreement, "group agreement", "%", 3),
-                  (self.min_group_cosine, model.group_embed_cosine.mean, "mean group-embedding cosine", "", 5),
-                  (self.min_group_cosine_worst, model.group_embed_cosine.min, "minimum group-embedding cosine",
-                   "", 5))
-        for limit, value, what, unit, digits in checks:
-            if limit is not None and (value is None or value < limit):
-                shown = "unmeasured" if value is None else f"{value:.{digits}f}{unit}"
-                failed.append(f"{name}: {what} {shown} is below {limit}{unit}")
-        if self.max_abs_diff is not None:
-            output, worst = max(model.max_abs_diff.items(), key=lambda item: item[1])
-            if worst > self.max_abs_diff:
-                failed.append(f"{name}: max abs difference {worst:.2e} in {output} exceeds {self.max_abs_diff:.0e}")
-        return failed
-
-    def describe(self) -> str:
-        parts = [f"mIoU drop ≤ {self.max_drop}" if self.max_drop is not None else None,
-                 f"confident group agreement ≥ {self.min_confident_group_agreement}%"
-                 if self.min_confident_group_agreement is not None else None,
-                 f"group agreement ≥ {self.min_group_agreement}%" if self.min_group_agreement is not None else None,
-                 f"group cosine mean ≥ {self.min_group_cosine}" if self.min_group_cosine is not None else None,
-                 f"group cosine min ≥ {self.min_group_cosine_worst}" if self.min_group_cosine_worst is not None
-                 else None,
-                 f"max abs diff ≤ {self.max_abs_diff:.0e}" if self.max_abs_diff is not None else None]
-        return ", ".join(part for part in parts if part) or "no limits"
-
 
 # The budget flags' ranges: mIoU points and agreement percentages in [0, 100], cosines in [-1, 1].
 BUDGET_BOUNDS = {"max_drop": {"minimum": 0.0, "maximum": 100.0},
@@ -285,12 +187,12 @@ def kmeans_prototypes(vectors: np.ndarray, count: int, seed: int = 0, iterations
                         f"choose a smaller K or more images")
     rng = np.random.default_rng(seed)
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    centroids = [vectors[rng.integers(len(vectors))]]
+    seeds = [vectors[rng.integers(len(vectors))]]
     for _ in range(1, count):
-        distance = np.min(1.0 - vectors @ np.stack(centroids).T, axis=1).clip(min=0)
+        distance = np.min(1.0 - vectors @ np.stack(seeds).T, axis=1).clip(min=0)
         probabilities = distance / distance.sum() if distance.sum() > 0 else None
-        centroids.append(vectors[rng.choice(len(vectors), p=probabilities)])
-    centroids = np.stack(centroids)
+        seeds.append(vectors[rng.choice(len(vectors), p=probabilities)])
+    centroids = np.stack(seeds)
     for _ in range(iterations):
         assignment = (vectors @ centroids.T).argmax(axis=1)
         updated = np.stack([vectors[assignment == k].sum(axis=0) if np.any(assignment == k) else centroids[k]
@@ -326,97 +228,6 @@ def check_vocabulary(labels) -> None:
 
 # ---------------------------------------------------------------------------------------------- the harness
 
-@dataclass
-class _Encoded:
-    """One image: its geometry and each runtime's encoding of its windows (pixels are not kept)."""
-    path: Path
-    prepared: Prepared
-    encodings: list[ImageEncoding]      # [reference, candidate 1, ...]
-    ground_truth: np.ndarray | None = None
-    reference_cache: tuple | None = None   # (reference WindowDecisions, reference label map)
-
-
-@dataclass(frozen=True)
-class DriftImages:
-    count: int
-    source: list[str]                   # the directories or files given, or the shipped samples' description
-    windows: int
-    size: list[int]                     # [height, width] of a window
-    resize: str
-
-
-@dataclass(frozen=True)
-class DriftVocabulary:
-    kind: str                           # "prototypes", "labels" (names given) or "artifact" (the artifacts' own)
-    labels: list[str]
-    seed: int | None = None             # prototypes: the k-means seed
-    templates: list[str] | None = None  # class names: the prompt templates
-
-    def to_dict(self) -> dict:
-        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
-
-
-@dataclass(frozen=True)
-class DriftSettings:
-    confident_margin: float
-    background_threshold: float | None  # None for prototypes, which have no background
-
-
-@dataclass(frozen=True)
-class GroundTruthMasks:
-    masks: str                          # the masks directory
-    classes: str                        # the class map's name
-
-
-@dataclass(frozen=True)
-class DriftTiming:
-    reference_encode_s: float
-    vocabulary_s: float
-    postprocess_and_metrics_s: float
-    total_s: float
-
-
-@dataclass(frozen=True)
-class DriftReport:
-    """One drift run: what was compared on which photos, and how far each candidate is. `to_dict()` is
-    drift.json (schema SCHEMA)."""
-    reference: ComparedModel
-    images: DriftImages
-    vocabulary: DriftVocabulary
-    settings: DriftSettings
-    ground_truth: GroundTruthMasks | None
-    candidates: list[CandidateDrift]
-    timing: DriftTiming
-    budget: DriftBudget | None = None   # with one, drift.json and report.html carry each candidate's verdict
-
-    def failures(self, budget: DriftBudget | float) -> list[str]:
-        """One sentence per limit a candidate exceeds; a number is a `max_drop` in mIoU points."""
-        budget = budget if isinstance(budget, DriftBudget) else DriftBudget(max_drop=budget)
-        return [failure for candidate in self.candidates for failure in budget.failures(candidate)]
-
-    def verdict(self, candidate: CandidateDrift) -> list[str] | None:
-        """`candidate`'s failures under the run's budget; None when the run had no budget. Derived rather than
-        stored, so a copy of the report with another budget (dataclasses.replace) is judged by that one."""
-        return None if self.budget is None else self.budget.failures(candidate)
-
-    def to_dict(self) -> dict:
-        candidates = [candidate.to_dict() for candidate in self.candidates]
-        if self.budget is not None:
-            for entry, candidate in zip(candidates, self.candidates):
-                entry["failures"] = self.verdict(candidate)
-        data = {"schema": SCHEMA, "reference": dataclasses.asdict(self.reference),
-                "images": dataclasses.asdict(self.images), "vocabulary": self.vocabulary.to_dict(),
-                "settings": dataclasses.asdict(self.settings),
-                "ground_truth": dataclasses.asdict(self.ground_truth) if self.ground_truth else None,
-                "candidates": candidates, "timing": dataclasses.asdict(self.timing)}
-        if self.budget is not None:
-            data["budget"] = self.budget.describe()
-        return data
-
-    def to_markdown(self) -> str:
-        return drift_markdown(self)
-
-
 def validate_candidate(reference, candidate, images, *, labels=DEFAULT_PROBE,
                        margin: float = CONFIDENT_MARGIN, **options) -> CandidateDrift:
     """The one comparison of a candidate with a reference on `images`: export validation, `bench`, `tune` and
@@ -427,7 +238,7 @@ def validate_candidate(reference, candidate, images, *, labels=DEFAULT_PROBE,
 
 def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks_dir=None,
                   class_map: ClassMap | None = None, confident_margin: float = CONFIDENT_MARGIN,
-                  worst: int = 5, seed: int = 0, batch_size: int = 4, report_dir=None,
+                  worst: int = 5, seed: int = 0, batch_size: int = 4,
                   budget: DriftBudget | None = None, progress: bool = True) -> DriftReport:
     """Run the reference and every candidate on the same windows of `images` and compare them.
 
@@ -435,7 +246,8 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
     `labels`: class names, "prototypes:K" (K k-means centroids of the reference's group embeddings), or None
     for the artifacts' vocabulary (the class map's names when masks are given; DEFAULT_PROBE when a reference or
     candidate has no vocabulary, as a checkpoint or an artifact exported without --labels). With `budget`, the
-    report judges each candidate by it too.
+    report judges each candidate by it too. Nothing is written: `render.render_drift_report` writes the report
+    folder, its worst-photo panels drawn from the report's `evidence`.
     """
     started = time.perf_counter()
     if not candidates:
@@ -457,7 +269,7 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
                             f"{preprocess.height}x{preprocess.width}: compare artifacts of the same size")
 
     encode_seconds = [0.0] * len(runtimes_)
-    encoded: list[_Encoded] = []
+    encoded: list[MeasuredPhoto] = []
     for path in progress_bar(paths, progress, "encoding"):
         prepared = prepare(load_image(path), preprocess)
         encodings = []
@@ -465,8 +277,8 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
             tick = time.perf_counter()
             encodings.append(encode_windows(runtime, prepared.windows, batch_size))
             encode_seconds[index] += time.perf_counter() - tick
-        truth = _ground_truth(masks_dir, path, class_map, prepared.original_size) if masks_dir else None
-        encoded.append(_Encoded(path, prepared.without_pixels(), encodings, truth))
+        truth = _ground_truth(masks_dir, path, class_map, prepared.original_size) if masks_dir and class_map else None
+        encoded.append(MeasuredPhoto(path, prepared.without_pixels(), encodings, truth))
 
     tick = time.perf_counter()
     vocabularies, vocabulary, background = _vocabularies(labels, class_map, runtimes_, encoded, seed)
@@ -495,16 +307,21 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
         timing=DriftTiming(reference_encode_s=encode_seconds[0], vocabulary_s=text_seconds,
                            postprocess_and_metrics_s=postprocess_seconds,
                            total_s=time.perf_counter() - started),
-        budget=budget)
-    if report_dir is not None:
-        from .report import write_report
-        write_report(report, encoded, vocabularies, logit_scales, background, class_names, report_dir)
+        budget=budget, evidence=_evidence(candidate_drifts, encoded, vocabularies, logit_scales, background,
+                                          class_names))
     return report
+
+
+def _evidence(candidates: list[CandidateDrift], encoded: list[MeasuredPhoto], vocabularies, logit_scales,
+              background, class_names) -> PhotoEvidence:
+    """What the worst-photo panels need, kept for the worst photos only."""
+    worst = {image.image for candidate in candidates for image in candidate.class_level.worst_images}
+    return PhotoEvidence([item for item in encoded if str(item.path) in worst], vocabularies, logit_scales,
+                         background, class_names)
 
 
 def _sources(images) -> list[str]:
     if not images:
-        from ..assets import samples_description
         return [samples_description()]
     return [str(p) for p in (images if isinstance(images, (list, tuple)) else [images])]
 
@@ -512,7 +329,6 @@ def _sources(images) -> list[str]:
 def _open(source, image_size=None) -> Runtime:
     if isinstance(source, Runtime):
         return source
-    from ..runtimes import is_artifact
     # A checkpoint reference runs at the candidates' export size; an artifact has its own.
     if image_size and not is_artifact(source):
         return open_runtime(source, image_size=image_size)
@@ -531,7 +347,6 @@ def _ground_truth(masks_dir, image_path: Path, class_map: ClassMap, size) -> np.
     mask_path = Path(masks_dir) / f"{image_path.stem}.png"
     if not mask_path.is_file():
         raise UserError(f"no mask {mask_path} for image {image_path.name}: masks must be PNGs named like the images")
-    from .evaluate import read_mask
     mask = class_map.convert(read_mask(mask_path))
     if mask.shape != tuple(size):
         raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
@@ -547,10 +362,10 @@ def _vocabularies(labels, class_map, runtimes_, encoded, seed) -> tuple[list[Voc
         first = [e.encodings[0].group_embeds for e in encoded]
         reference_groups = np.concatenate([groups.reshape(-1, groups.shape[-1]) for groups in first])
         prototypes = kmeans_prototypes(reference_groups, count, seed)
-        names = [f"prototype {k}" for k in range(count)]
-        shared = Vocabulary(names, (), prototypes)
+        prototype_names = [f"prototype {k}" for k in range(count)]
+        shared = Vocabulary(prototype_names, (), prototypes)
         # Prototypes are groups, not things on a background: every pixel takes its nearest prototype.
-        return [shared] * len(runtimes_), DriftVocabulary("prototypes", names, seed=seed), None
+        return [shared] * len(runtimes_), DriftVocabulary("prototypes", prototype_names, seed=seed), None
     if labels is None and class_map is not None:
         labels = class_map.foreground
     names = parse_labels(labels) if labels is not None else None
@@ -581,8 +396,8 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
     # Pixels whose reference class decision is a near-tie (relative margin < `margin`) flip under any change of
     # arithmetic; with weak or random weights they can be most of the image.
     confident_versus_reference = ConfusionMatrix(len(class_names), ignore_index=None)
-    truth_reference = ConfusionMatrix(len(class_names)) if with_truth else None
-    truth_candidate = ConfusionMatrix(len(class_names)) if with_truth else None
+    # Each side's class maps against the ground truth: reference, candidate.
+    truth = (ConfusionMatrix(len(class_names)), ConfusionMatrix(len(class_names))) if with_truth else None
     model_level = ModelLevel()
     per_image = []
     for item in encoded:
@@ -601,9 +416,9 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
         versus_reference.update(ref_labels, cand_labels)
         confident_versus_reference.update(ref_labels[ref_confident], cand_labels[ref_confident])
         per_image.append((float(np.mean(ref_labels == cand_labels)), str(item.path)))
-        if with_truth:
-            truth_reference.update(item.ground_truth, ref_labels)
-            truth_candidate.update(item.ground_truth, cand_labels)
+        if truth is not None:
+            truth[0].update(item.ground_truth, ref_labels)
+            truth[1].update(item.ground_truth, cand_labels)
     iou = versus_reference.iou
     class_level = ClassLevelDrift(
         miou_vs_reference=100.0 * versus_reference.mean_iou,
@@ -614,43 +429,11 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
         per_class_iou={name: (None if np.isnan(value) else 100.0 * value) for name, value in zip(class_names, iou)},
         worst_images=[WorstImage(path, 100.0 * agreement) for agreement, path in sorted(per_image)[:worst]])
     ground_truth = None
-    if with_truth:
+    if truth is not None:
+        truth_reference, truth_candidate = truth
         ground_truth = GroundTruthDrift(
             reference_miou=100.0 * truth_reference.mean_iou, candidate_miou=100.0 * truth_candidate.mean_iou,
             drop=100.0 * (truth_reference.mean_iou - truth_candidate.mean_iou),
             reference_pixel_accuracy=100.0 * truth_reference.pixel_accuracy,
             candidate_pixel_accuracy=100.0 * truth_candidate.pixel_accuracy)
     return _Comparison(class_level, model_level.summary(), ground_truth)
-
-
-def format_figure(value, digits: int = 2, suffix: str = "") -> str:
-    """A figure as drift.md and report.html show it; an unmeasured one (None) as a dash."""
-    return "—" if value is None else f"{value:.{digits}f}{suffix}"
-
-
-def drift_markdown(report: DriftReport) -> str:
-    """The terminal table: one row per candidate, class level then model level, under the run's description."""
-    images, vocabulary = report.images, report.vocabulary
-    lines = [f"Drift vs {report.reference.source} ({report.reference.backend}) on {images.count} "
-             f"images ({images.windows} windows, {images.size[0]}x{images.size[1]}), "
-             f"vocabulary: {vocabulary.kind} ({len(vocabulary.labels)} classes)", "",
-             "| candidate | target | mIoU vs ref (all / confident) | pixel agree % | group agree % (all / confident) "
-             "| near-tie % "
-             "| group cos mean / min | image cos mean / min | max abs diff grouping | GT mIoU ref → cand |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for c in report.candidates:
-        cls, model, truth = c.class_level, c.model_level, c.ground_truth
-        gt = f"{truth.reference_miou:.2f} → {truth.candidate_miou:.2f}" if truth else "—"
-        lines.append(
-            f"| {c.source} | {c.target} | {format_figure(cls.miou_vs_reference)} / "
-            f"{format_figure(cls.miou_vs_reference_confident)} | {format_figure(cls.pixel_agreement)} "
-            f"| {format_figure(model.group_agreement)} / {format_figure(model.group_agreement_confident, 3)} "
-            f"| {format_figure(model.near_tie_share, 1)} "
-            f"| {model.group_embed_cosine.mean:.5f} / {model.group_embed_cosine.min:.5f} "
-            f"| {model.image_embed_cosine.mean:.5f} / {model.image_embed_cosine.min:.5f} "
-            f"| {model.max_abs_diff['grouping']:.2e} | {gt} |")
-    timing = report.timing
-    lines += ["", f"time: {timing.total_s:.1f} s total, reference encoding {timing.reference_encode_s:.1f} s, "
-                  f"post-processing + metrics {timing.postprocess_and_metrics_s:.1f} s "
-                  f"({100 * timing.postprocess_and_metrics_s / max(timing.total_s, 1e-9):.1f}%)"]
-    return "\n".join(lines)

@@ -16,7 +16,7 @@ from ..segmentation.postprocess import BACKGROUND_THRESHOLD
 from ..segmentation.preprocess import list_images
 from .classmaps import ClassMap, resolve
 from .confusion import ConfusionMatrix
-from .drift import format_figure
+from .drift_report import format_figure
 
 SCHEMA = "groupvit-edge/eval/1"
 

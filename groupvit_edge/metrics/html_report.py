@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
+from ..files import write_bytes_atomic
 from ..segmentation.segmenter import palette
 
 # format_figure is drift.md's rounding, so the page and the terminal table agree
-from .drift import CandidateDrift, Cosine, DriftReport, DriftVocabulary, format_figure
+from .drift_report import CandidateDrift, Cosine, DriftReport, DriftVocabulary, format_figure
 
 Panel = tuple[str, bytes]            # (caption, PNG bytes)
 # The page's fixed outline, which the tests and benchmarks/report_in_browser.py look for.
@@ -56,7 +57,6 @@ CHART_VALUE_PX = 56                  # room right of a full bar for "100.0"
 
 def write_html(report: DriftReport, panels: Sequence[Sequence[Panel]], path: str | Path) -> Path:
     """Write report.html for `report`; `panels[i]` are candidate i's (caption, PNG) photo panels."""
-    from ..files import write_bytes_atomic
     # Bytes, not text: the page declares UTF-8 and must not depend on the locale that writes it.
     return write_bytes_atomic(path, render_html(report, panels).encode("utf-8"))
 

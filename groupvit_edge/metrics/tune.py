@@ -17,12 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import TUNED_NAME
+from .. import runtimes
+from ..artifact import TUNED_NAME, read_manifest
 from ..errors import UserError
+from ..files import write_json_atomic
 from ..hardware import cpu_header, device_identity
+from ..runtimes import ARTIFACT_BACKENDS, backend_module
 from ..runtimes.base import Configuration
 from ..runtimes.tuned import SCHEMA
-from .drift import DEFAULT_PROBE, MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget, check_vocabulary, validate_candidate
+from ..segmentation.preprocess import list_images, load_image, prepare
+from .bench import median_ms, stream_throughput
+from .drift import DEFAULT_PROBE, MODEL_LEVEL_BUDGET, check_vocabulary, validate_candidate
+from .drift_report import CandidateDrift, DriftBudget
 from .isolation import BackendFailed, Failure, open_guarded, run_isolated
 
 LATENCY_WINDOWS = 4
@@ -80,6 +86,7 @@ class TuneReport:
             if m.error:
                 lines.append(f"| {m.configuration.label} | failed: {m.error} | | | | | no |")
                 continue
+            assert m.drift is not None, "a configuration that ran has its drift"
             model = m.drift.model_level
             confident = "—" if model.group_agreement_confident is None else f"{model.group_agreement_confident:.3f}"
             chosen = " (chosen)" if m is self.chosen else ""
@@ -96,7 +103,6 @@ class TuneReport:
 
 def configurations(manifest) -> list[Configuration]:
     """Every (backend, precision) this machine can run the artifact with, asking each installed backend."""
-    from ..runtimes import ARTIFACT_BACKENDS, backend_module
     found = []
     for name in ARTIFACT_BACKENDS:
         try:
@@ -109,7 +115,7 @@ def configurations(manifest) -> list[Configuration]:
 def choose(measured: list[Measured]) -> Measured | None:
     """The fastest configuration that fits the budget; never one outside it."""
     fitting = [m for m in measured if m.fits]
-    return min(fitting, key=lambda m: m.latency_ms) if fitting else None
+    return min(fitting, key=lambda m: m.latency_ms or 0.0) if fitting else None
 
 
 def tune(artifact, images=None, *, reference=None, budget: DriftBudget | None = None, labels=None,
@@ -119,9 +125,6 @@ def tune(artifact, images=None, *, reference=None, budget: DriftBudget | None = 
     (default MODEL_LEVEL_BUDGET). `labels` is the vocabulary class-level drift is measured with; without it,
     prototypes:16 is reported but not gated, so a budget with a max_drop needs it. Each configuration runs in
     its own process unless `isolate=False`."""
-    from .. import runtimes
-    from ..artifact import read_manifest
-    from ..segmentation.preprocess import list_images, load_image, prepare
     started = time.perf_counter()
     manifest = read_manifest(artifact)
     found = configurations(manifest)
@@ -173,7 +176,6 @@ class _Task:
 
 def measure_configuration(task: _Task, configuration: Configuration) -> Measured:
     """One configuration's speed and drift; what its backend raises while opening or running is its error."""
-    from .. import runtimes
     runtime = open_guarded(lambda: runtimes.open(task.artifact, configuration.backend,
                                                  **{**configuration.options, **task.options}))
     if isinstance(runtime, Failure):
@@ -184,7 +186,7 @@ def measure_configuration(task: _Task, configuration: Configuration) -> Measured
         entry.drift = validate_candidate(truth, runtime, task.photos, labels=task.labels)
         return entry
     except BackendFailed as error:
-        return Measured(configuration, error=Failure.of(error.__cause__).reason)
+        return Measured(configuration, error=Failure.of(error.__cause__ or error).reason)
     finally:
         runtime.close()
 
@@ -202,7 +204,6 @@ def default_reference(manifest) -> str:
 
 
 def _speed(entry: Measured, runtime, windows: np.ndarray, runs: int) -> Measured:
-    from .bench import median_ms, stream_throughput
     cycle = iter(np.resize(np.arange(len(windows)), runs + 2))
     entry.latency_ms = median_ms(lambda: runtime.encode_image(windows[next(cycle)][None]), runs, warmup=2)
     entry.windows_per_s = stream_throughput(runtime, windows, warmup=1)
@@ -211,7 +212,6 @@ def _speed(entry: Measured, runtime, windows: np.ndarray, runs: int) -> Measured
 
 def record_choice(report: TuneReport) -> Path | None:
     """Write the choice into the artifact, or remove a stale one when nothing fits."""
-    from ..files import write_json_atomic
     path = report.artifact / TUNED_NAME
     if report.chosen is None:
         path.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..metrics.drift import DriftBudget, DriftReport, measure_drift
-from ..metrics.report import write_json
+from ..metrics.render import render_drift_report, write_json
 
 
 def assert_drift_within(reference, candidate, *, images=None, labels="prototypes:16", max_drop: float | None = 1.0,
@@ -33,8 +33,8 @@ def assert_drift_within(reference, candidate, *, images=None, labels="prototypes
     budget = DriftBudget(max_drop=max_drop, min_confident_group_agreement=min_confident_group_agreement,
                          min_group_cosine=min_group_cosine, min_group_cosine_worst=min_group_cosine_worst)
     report_dir = Path(report_dir or tempfile.mkdtemp(prefix="groupvit-drift-"))
-    report = measure_drift(reference, [candidate], images, labels=labels, report_dir=report_dir, progress=False,
-                           budget=budget, **options)
+    report = measure_drift(reference, [candidate], images, labels=labels, progress=False, budget=budget, **options)
+    render_drift_report(report, report_dir)
     failures = report.failures(budget)
     if failures:
         raise AssertionError("\n".join(["drift budget exceeded:", *failures, "", report.to_markdown(), "",

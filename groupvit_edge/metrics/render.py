@@ -1,4 +1,5 @@
-"""Drift report files: drift.json, drift.md, side-by-side PNGs of the worst images, per-class IoU charts."""
+"""The drift report folder: drift.json, drift.md, report.html, side-by-side PNGs of the worst photos and per-class
+IoU charts, rendered from a `DriftReport` — one just measured, or one read back from a saved drift.json."""
 from __future__ import annotations
 
 import io
@@ -6,52 +7,67 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
+from ..files import all_ours, replace_directory, write_json_atomic
+from ..segmentation.groups import group_image, photo_map, raw_group_map, window_groups
 from ..segmentation.preprocess import load_image
 from ..segmentation.segmenter import Segmentation, label_map, palette
-from .drift import WorstImage
+from .drift_report import DriftReport, MeasuredPhoto, PhotoEvidence, WorstImage
 from .html_report import Panel, write_html
 
 DISAGREE = (255, 40, 40)
 
 
 def write_json(data: dict, path: str | Path) -> Path:
-    from ..files import write_json_atomic
     return write_json_atomic(path, data)
 
 
-def write_report(report, encoded, vocabularies, logit_scales, background, class_names, directory) -> Path:
-    """The report folder, written like an artifact: built beside it and swapped in, so an interrupted run leaves
-    the previous report or the new one, never truncated PNGs or a mix."""
-    from ..files import replace_directory
+def render_drift_report(report: DriftReport, directory, photos_from=None) -> Path:
+    """Write the report folder for `report` into `directory`, like an artifact: built beside it and swapped in, so
+    an interrupted run leaves the previous report or the new one, never truncated PNGs or a mix.
+
+    The worst-photo panels are drawn from `report.evidence` (a report `measure_drift` returned); a report read
+    from drift.json has none, and takes the worst-photo PNGs saved beside it in `photos_from` (those missing
+    there are left out of the page)."""
+    panels = _worst_photos(report, photos_from)      # read before the swap: `photos_from` may be `directory`
     with replace_directory(directory, ours=_report_entries, what="drift report", announce=False) as staging:
-        _write_report_files(report, encoded, vocabularies, logit_scales, background, class_names, staging)
+        _write_report_files(report, panels, staging)
     return Path(directory)
 
 
 def _report_entries(directory: Path):
-    from ..files import all_ours
     return all_ours(directory) if (Path(directory) / "drift.json").is_file() else None
 
 
-def _write_report_files(report, encoded, vocabularies, logit_scales, background, class_names, directory: Path):
+def _worst_photos(report: DriftReport, photos_from) -> list[list[tuple[str, str, bytes]]]:
+    """Per candidate, (PNG file name, caption, PNG) of each of its worst photos that can be shown."""
+    evidence = report.evidence
+    by_path = {str(item.path): item for item in evidence.photos} if evidence is not None else {}
+    found = []
+    for index, candidate in enumerate(report.candidates, start=1):
+        photos = []
+        for rank, worst in enumerate(candidate.class_level.worst_images, start=1):
+            name = f"{_candidate_slug(index, candidate.source)}-worst{rank}-{Path(worst.image).stem}.png"
+            if evidence is not None:
+                photos.append((name, worst_caption(rank, worst),
+                               _png(comparison(by_path[worst.image], index, evidence))))
+            elif photos_from is not None and (Path(photos_from) / name).is_file():
+                photos.append((name, worst_caption(rank, worst), (Path(photos_from) / name).read_bytes()))
+        found.append(photos)
+    return found
+
+
+def _write_report_files(report: DriftReport, panels: list[list[tuple[str, str, bytes]]], directory: Path):
     write_json(report.to_dict(), directory / "drift.json")
     (directory / "drift.md").write_text(report.to_markdown() + "\n")
-    by_path = {str(item.path): item for item in encoded}
-    panels: list[list[Panel]] = []
-    for index, candidate in enumerate(report.candidates, start=1):
-        slug = f"{index:02d}-{_slug(candidate.source)}"
-        written = []
-        for rank, worst in enumerate(candidate.class_level.worst_images, start=1):
-            item = by_path[worst.image]
-            png = _png(comparison(item, index, vocabularies[index], logit_scales[index], background, class_names))
-            (directory / f"{slug}-worst{rank}-{item.path.stem}.png").write_bytes(png)
-            written.append((worst_caption(rank, worst), png))
-        panels.append(written)
+    for index, (candidate, photos) in enumerate(zip(report.candidates, panels), start=1):
+        for name, _, png in photos:
+            (directory / name).write_bytes(png)
         iou_chart(candidate.class_level.per_class_iou, f"per-class IoU vs reference: {candidate.source}"
-                  ).save(directory / f"{slug}-per-class-iou.png")
-    write_html(report, panels, directory / "report.html")
+                  ).save(directory / f"{_candidate_slug(index, candidate.source)}-per-class-iou.png")
+    page_panels: list[list[Panel]] = [[(caption, png) for _, caption, png in photos] for photos in panels]
+    write_html(report, page_panels, directory / "report.html")
 
 
 def worst_caption(rank: int, worst: WorstImage) -> str:
@@ -65,19 +81,24 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", Path(text).name or text).strip("-")[:40] or "candidate"
+def _candidate_slug(index: int, source: str) -> str:
+    """How candidate `index`'s files are named."""
+    return f"{index:02d}-" + (re.sub(r"[^A-Za-z0-9]+", "-", Path(source).name or source).strip("-")[:40]
+                              or "candidate")
 
 
 NEAR_TIE = (255, 190, 0)
 TITLE_SIZE = 18
 
 
-def comparison(item, index: int, vocabulary, logit_scale, background, class_names) -> Image.Image:
-    """Two rows for one photo — classes: reference | candidate | where they differ; groups: reference | candidate |
-    where they differ — with differences on near-tie pixels (amber) told apart from confident flips (red)."""
-    from ..segmentation.groups import group_image, photo_map, raw_group_map, window_groups
+def comparison(item: MeasuredPhoto, index: int, evidence: PhotoEvidence) -> Image.Image:
+    """Two rows for one photo — classes: reference | candidate `index` | where they differ; groups: reference |
+    candidate | where they differ — with differences on near-tie pixels (amber) told apart from confident flips
+    (red)."""
+    vocabulary, logit_scale = evidence.vocabularies[index], evidence.logit_scales[index]
+    background, class_names = evidence.background, evidence.class_names
     image, prepared = load_image(item.path), item.prepared
+    assert item.reference_cache is not None, "measure_drift compares a photo before keeping it as evidence"
     reference_decisions, reference_labels, class_confident = item.reference_cache
     encoding = item.encodings[index]
     candidate_groups = window_groups(encoding.grouping, prepared)
@@ -113,7 +134,6 @@ def _differences(image: Image.Image, differ: np.ndarray, confident: np.ndarray) 
 
 
 def _grid(rows: list[list[Image.Image]], titles: list[list[str]]) -> Image.Image:
-    from PIL import ImageFont
     font = ImageFont.load_default(size=TITLE_SIZE)
     width, height = rows[0][0].size
     band = TITLE_SIZE + 10
