@@ -226,7 +226,7 @@ def test_tensorrt_probe_engines_on_the_recording_fakes(fp32_artifact, int8_artif
     trt = fake_tensorrt(harness.api_snapshot("10.3"), world := TensorRTWorld())
     int8 = read_manifest(int8_artifact)
     plan = trt_build.plan_build("trt-int8", "10.3.0", "weak", "explicit")   # QDQ graph, policy layers pinned
-    image = int8.graphs["image"]
+    image = int8.data["graphs"]["image"]
     manifest = Manifest({**int8.data, "engines": {"image": {**image, "source": image["file"],
                                                             "plan": plan.to_manifest()}}}, int8.directory)
     found = block_tensors(onnx.load(str(fp32_artifact / "image.onnx"), load_external_data=False).graph)

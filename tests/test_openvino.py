@@ -256,8 +256,8 @@ def test_fp16_ir_halves_the_weights_and_records_its_drift(ir_fp32, tmp_path, ran
     out = _export(tmp_path / "fp16", "openvino-fp16", random_checkpoint, bpe_path)   # no photos: FP16 needs none
     manifest = read_manifest(out)
     record = manifest.graphs["image_ir"]
-    assert record["precision"] == "fp16" and record["inference_precision"] == "f16"
-    assert manifest.graphs["text_ir"]["precision"] == "fp32"
+    assert record.precision == "fp16" and record.inference_precision == "f16"
+    assert manifest.graphs["text_ir"].precision == "fp32"
     ratio = (out / "image.bin").stat().st_size / (ir_fp32 / "image.bin").stat().st_size
     assert 0.45 < ratio < 0.55
     runtime = runtimes.open(out, cache_dir="")
@@ -283,8 +283,8 @@ def test_bf16_target_is_measured_in_bf16_and_refused_on_a_cpu_without_it(tmp_pat
     out = _export(tmp_path / "bf16", "openvino-bf16", random_checkpoint, bpe_path)
     manifest = read_manifest(out)
     assert manifest.data["precision"]["compute"] == "bf16"
-    assert manifest.graphs["image_ir"]["precision"] == "fp32"
-    assert manifest.graphs["image_ir"]["inference_precision"] == "bf16"
+    assert manifest.graphs["image_ir"].precision == "fp32"
+    assert manifest.graphs["image_ir"].inference_precision == "bf16"
     drift = manifest.data["validation"]["drift_vs_fp32"]
     assert drift["inference_precision"] == "bf16"
     assert drift["model_level"]["group_embed_cosine"]["mean"] > 0.99
@@ -316,7 +316,7 @@ def _check_int8(out, route):
     manifest = read_manifest(out)
     precision = manifest.data["precision"]
     assert precision["route"] == route and precision["compute"] == "int8"
-    assert manifest.graphs["image_ir"]["precision"] == "int8" and manifest.data["calibration"]["count"] == 8
+    assert manifest.graphs["image_ir"].precision == "int8" and manifest.data["calibration"]["count"] == 8
     quantized = precision["quantized_nodes"]
     assert quantized and not [n for n in quantized if "LayerNorm" in n or "/assign/MatMul" in n
                               or "/assign/q_proj" in n or n == "/MatMul"]
@@ -324,7 +324,7 @@ def _check_int8(out, route):
     rest = openvino_exporter.int8_float_rest()[0]
     drift = manifest.data["validation"]["drift_vs_fp32"]
     assert drift["inference_precision"] == rest == precision["inference_precision"]
-    assert manifest.graphs["image_ir"]["inference_precision"] == rest
+    assert manifest.graphs["image_ir"].inference_precision == rest
     assert precision["method"]["weight_bits"] == hardware.int8_weight_bits()
     # 8 calibration images at 224² is far below the benchmark's 128 at 448²; 0.98 (the ONNX int8 test's bar)
     # still separates a sane INT8 graph from a broken one.
@@ -345,7 +345,7 @@ def test_int8_default_route_and_its_calibration_cache(int8_artifacts):
     assert manifest.data["calibration"]["reused_cache"] is False
     again = read_manifest(int8_artifacts(route, "again"))
     assert again.data["calibration"]["reused_cache"] is True
-    assert again.graphs["image_ir"]["weights_sha256"] == manifest.graphs["image_ir"]["weights_sha256"]
+    assert again.graphs["image_ir"].weights_sha256 == manifest.graphs["image_ir"].weights_sha256
 
 
 @pytest.mark.slow
@@ -353,7 +353,7 @@ def test_int8_other_route(int8_artifacts):
     route = next(r for r in openvino_exporter.INT8_ROUTES if r != openvino_exporter.DEFAULT_INT8_ROUTE)
     manifest = _check_int8(int8_artifacts(route), route)
     if route == "qdq":      # the QDQ ONNX stays in the artifact for ONNX Runtime, with its own drift
-        assert manifest.graphs["image"]["file"] == "image.int8.onnx"
+        assert manifest.graphs["image"].file == "image.int8.onnx"
         assert "drift_vs_fp32_onnxruntime" in manifest.data["validation"]
 
 

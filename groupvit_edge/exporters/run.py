@@ -197,10 +197,9 @@ def summary(result: ExportResult) -> str:
         if "/" in relative:
             continue
         lines.append(f"  {relative:<24} {tree_size([directory / relative]) / 1e6:8.1f} MB  {what}")
-    tokenizer = manifest.data.get("tokenizer")
-    if tokenizer:
-        lines.append(f"  {tokenizer['dir'] + '/':<24} {tree_size([directory / tokenizer['dir']]) / 1e6:8.1f} MB  "
-                     f"tokenizer")
+    if manifest.tokenizer:
+        folder = manifest.tokenizer.dir
+        lines.append(f"  {folder + '/':<24} {tree_size([directory / folder]) / 1e6:8.1f} MB  tokenizer")
     lines.append(f"  {'total':<24} {tree_size([directory]) / 1e6:8.1f} MB")
     lines.append(f"checked: {result.floats.check.line()}")
     lines += [f"checked: {check.line()}" for check in result.parts.checks.values()]
@@ -208,8 +207,8 @@ def summary(result: ExportResult) -> str:
         chosen = result.parts.search.chosen
         lines.append(f"drift budget ({result.parts.search.budget.describe()}): met with "
                      f"{len(chosen.float_blocks)} block(s) in float ({listed(chosen.float_blocks)})")
-    model = manifest.data["model"]["id"]
-    labels = ",".join(manifest.data.get("vocabulary", {}).get("labels", [])) or "person,dog,grass,sky"
+    model = manifest.model.id
+    labels = ",".join(manifest.vocabulary.labels if manifest.vocabulary else ()) or "person,dog,grass,sky"
     lines += ["next (photos: add --images DIR, default the sample photos shipped with groupvit-edge):",
               f"  groupvit-edge segment {directory} --labels \"{labels}\" --out {directory}-segmented",
               f"  groupvit-edge drift --ref {model} --candidate {directory}",

@@ -40,7 +40,7 @@ def devices() -> list[str]:
 
 
 def unsupported_reason(manifest: Manifest) -> str | None:
-    formats = {name: graph.get("format") for name, graph in manifest.graphs.items()}
+    formats = {name: graph.format for name, graph in manifest.graphs.items()}
     if formats.get("image") != "onnx":
         return "the artifact has no ONNX image graph"
     return None
@@ -70,7 +70,7 @@ def configurations(manifest: Manifest) -> list[Configuration]:
     either activation form."""
     if unsupported_reason(manifest) is not None or not is_installed():
         return []
-    precision = manifest.graphs["image"].get("precision", "fp32")
+    precision = manifest.graphs["image"].precision
     if precision != STATIC_INT8:
         return [Configuration(NAME, {}, f"onnxruntime, {precision} ONNX")]
     return [Configuration(NAME, {"int8_activations": form}, f"onnxruntime, {precision} ONNX{activation_label(form)}")
@@ -84,7 +84,7 @@ def open_runtime(manifest: Manifest, options: Options) -> OnnxRuntime:
 
 def activation_form(manifest: Manifest, asked: str) -> str | None:
     """The activation form a static INT8 image graph runs in ("s8" or "u8"); None for any other graph."""
-    if manifest.graphs["image"].get("precision", "fp32") != STATIC_INT8:
+    if manifest.graphs["image"].precision != STATIC_INT8:
         return None
     return default_activation_form() if asked == "auto" else asked
 
@@ -152,13 +152,13 @@ class OnnxRuntime(Runtime):
     def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
         if self._text is None:
             self._text = self._session("text")
-        dtype = np.dtype(self.manifest.graphs["text"]["inputs"][0]["dtype"])
+        dtype = np.dtype(self.manifest.graphs["text"].inputs[0]["dtype"])
         (text_embeds,) = self._text.run(["text_embeds"], {"token_ids": np.ascontiguousarray(token_ids, dtype)})
         return text_embeds
 
     @property
     def description(self) -> str:
-        precision = self.manifest.graphs["image"].get("precision", "fp32")
+        precision = self.manifest.graphs["image"].precision
         return f"onnxruntime {self._ort.__version__} ({', '.join(self.providers)}, " \
                f"{precision} ONNX{activation_label(self.int8_activations)})"
 
@@ -178,8 +178,8 @@ class BlockProbe(Probe):
         self._options, self._providers = options, list(options.providers or ["CPUExecutionProvider"])
         self._free, self.missing = self._session(manifest, outputs)
         self._forced, _ = self._session(manifest, outputs, forced) if forced else (None, [])
-        compute = manifest.data["precision"].get("compute", "fp32")
-        self.description = f"{manifest.graphs['image']['file']} in onnxruntime {self._ort.__version__} " \
+        compute = manifest.precision.compute
+        self.description = f"{manifest.graphs['image'].file} in onnxruntime {self._ort.__version__} " \
                            f"({self._providers[0]}, {compute})"
 
     def _session(self, manifest: Manifest, outputs, forced=()):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import Manifest, sha256_file_cached
+from ..artifact import GraphRecord, Manifest, sha256_file_cached
 from ..errors import UserError
 from ..files import cache_root
 from ..imports import require
@@ -115,7 +115,7 @@ def configurations(manifest: Manifest, device: str = "CPU") -> list[Configuratio
     if unsupported_reason(manifest) is not None or not is_installed():
         return []
     capabilities = _import().Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
-    ir = manifest.graphs["image_ir"].get("precision", "fp32")
+    ir = manifest.graphs["image_ir"].precision
     return [Configuration(NAME, {"device": device, "inference_precision": precision},
                           f"openvino {device}, {ir} IR, {precision}")
             for precision, capability in PRECISION_CAPABILITY.items() if capability in capabilities]
@@ -197,10 +197,10 @@ def _count(what: str, value, allow_auto: bool = False) -> str:
     return str(number)
 
 
-def _graph_digest(record: dict, xml: Path, weights: Path) -> str:
+def _graph_digest(record: GraphRecord, xml: Path, weights: Path) -> str:
     """The IR's identity: the sha256 of its .xml and .bin as the manifest records them (hashed here otherwise)."""
-    return "/".join(record.get(key) or sha256_file_cached(path)
-                    for key, path in (("sha256", xml), ("weights_sha256", weights)))
+    return "/".join(recorded or sha256_file_cached(path)
+                    for recorded, path in ((record.sha256, xml), (record.weights_sha256, weights)))
 
 
 def _property(compiled, name: str, default):
@@ -228,8 +228,7 @@ class OpenVinoRuntime(Runtime):
             cache_dir = default_cache_dir()
         self.cache_dir = Path(cache_dir) if cache_dir else None   # "" or False: no compiled-model cache
         self._physical = physical_devices(available, self.device)
-        record = manifest.graphs["image_ir"]
-        self.artifact_precision = record.get("inference_precision", "f32")
+        self.artifact_precision = manifest.graphs["image_ir"].inference_precision or "f32"
         self._precisions = device_precisions(self._core, self._physical, self.artifact_precision,
                                              inference_precision)
         self._image = self._compile("image_ir", compile_config(self.device, self._precisions, self.hint, streams,
@@ -250,7 +249,7 @@ class OpenVinoRuntime(Runtime):
     # ------------------------------------------------------------------------------------------- compiling
 
     def _compile(self, graph: str, config: dict, static_batch: bool):
-        xml, weights = self.manifest.graph_path(graph), self.manifest.graph_path(graph, "weights")
+        xml, weights = self.manifest.graph_path(graph), self.manifest.weights_path(graph)
         if not weights.is_file():
             raise UserError(f"{self.manifest.directory} is missing {weights.name} ({graph} weights) that its "
                             f"manifest names; re-run `groupvit-edge export`")
@@ -324,7 +323,7 @@ class OpenVinoRuntime(Runtime):
         with self._text_lock:
             if self._text is None:
                 self._text = self._compile("text_ir", self._text_config, static_batch=False)
-        dtype = np.dtype(self.manifest.graphs["text_ir"]["inputs"][0]["dtype"])
+        dtype = np.dtype(self.manifest.graphs["text_ir"].inputs[0]["dtype"])
         request = self._text.create_infer_request()
         request.infer({"token_ids": np.ascontiguousarray(token_ids, dtype)})
         return request.get_tensor("text_embeds").data.copy()
@@ -337,7 +336,7 @@ class OpenVinoRuntime(Runtime):
     def description(self) -> str:
         if self._image is None:
             return f"openvino {self._ov.__version__.split('-')[0]} (closed)"
-        compute = self.manifest.graphs["image_ir"].get("precision", "fp32")
+        compute = self.manifest.graphs["image_ir"].precision
         executed = ", ".join(_property(self._image, "EXECUTION_DEVICES", [self.device]))
         streams = _property(self._image, "NUM_STREAMS", None)
         streams = "" if streams is None else f" {streams} stream{'' if str(streams) == '1' else 's'}"
@@ -362,20 +361,21 @@ class BlockProbe(Probe):
         device = check_device(list(self._core.available_devices), options.device)
         if device.partition(":")[0] in VIRTUAL_DEVICES:
             raise UserError(f"per-block divergence runs on one device, not {device}: choose CPU, GPU or NPU")
-        record = manifest.graphs["image_ir"]
-        precisions = device_precisions(self._core, [device], record.get("inference_precision", "f32"),
+        recorded = manifest.graphs["image_ir"].inference_precision or "f32"
+        precisions = device_precisions(self._core, [device], recorded,
                                        options.inference_precision)
         precision = precisions[device]
         config = compile_config(device, precisions, "LATENCY", threads=options.threads)
         self._free, self.missing = self._compile(manifest, outputs, (), device, config)
         self._forced = self._compile(manifest, outputs, forced, device, config)[0] if forced else None
         self._names = [tensor for tensor in outputs if tensor not in self.missing]
-        self.description = f"{record['file']} in openvino {self._ov.__version__.split('-')[0]} ({device}, " \
-                           f"{record.get('precision', 'fp32')} IR, inference precision {precision})"
+        record = manifest.graphs["image_ir"]
+        self.description = f"{record.file} in openvino {self._ov.__version__.split('-')[0]} ({device}, " \
+                           f"{record.precision} IR, inference precision {precision})"
 
     def _compile(self, manifest: Manifest, outputs, forced, device: str, config: dict):
         model = self._core.read_model(str(manifest.graph_path("image_ir")),
-                                      str(manifest.graph_path("image_ir", "weights")))
+                                      str(manifest.weights_path("image_ir")))
         preprocess = manifest.preprocess
         model.reshape({IMAGE_INPUT: [1, 3, preprocess.height, preprocess.width]})
         ports = {name: output for op in model.get_ops() for output in op.outputs() for name in output.get_names()}
