@@ -2,9 +2,8 @@
 
 Importing this package needs only numpy and Pillow: torch is needed to export, not to run.
 """
-__version__ = "0.1.0"
-
-from .errors import UserError  # noqa: E402
-from .segmentation.segmenter import Segmentation, Segmenter  # noqa: E402
+from .errors import UserError
+from .segmentation.segmenter import Segmentation, Segmenter
+from .version import __version__
 
 __all__ = ["Segmenter", "Segmentation", "UserError", "__version__"]

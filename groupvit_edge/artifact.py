@@ -134,15 +134,19 @@ class PrecisionInfo:
     target: str
     compute: str
     kept_float: tuple[str, ...]
-    quantized_nodes: tuple[str, ...]
+    quantized_nodes: tuple[str, ...] | str     # a sentence where the backend chooses (TensorRT implicit INT8)
     inference_precision: str | None       # the OpenVINO hint its drift was measured with
 
     @classmethod
     def parse(cls, fields: _Fields, value) -> PrecisionInfo:
         d = fields.mapping("precision", value)
         return cls(fields.text("precision.target", d.get("target"), "a target name"), d.get("compute") or "fp32",
-                   tuple(d.get("kept_float") or ()), tuple(d.get("quantized_nodes") or ()),
+                   tuple(d.get("kept_float") or ()), cls._nodes(d.get("quantized_nodes")),
                    d.get("inference_precision"))
+
+    @staticmethod
+    def _nodes(value) -> tuple[str, ...] | str:
+        return value if isinstance(value, str) else tuple(value or ())
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,8 @@ class Manifest:
     """The manifest: `data` is the JSON as written; the records are its fields, parsed and checked once, here."""
     data: dict[str, Any]
     directory: Path | None = None
+    toolkit_version: str = field(init=False)
+    created: str = field(init=False)
     model: ModelRecord = field(init=False)
     preprocess: Preprocess = field(init=False)
     patch_size: int = field(init=False)
@@ -242,8 +248,8 @@ class Manifest:
         self.logit_scale = float(fields.number("logit_scale", data.get("logit_scale"), positive=True))
         self.num_groups = fields.whole("num_groups", data.get("num_groups"))
         self.embed_dim = fields.whole("embed_dim", data.get("embed_dim"))
-        fields.text("toolkit_version", data.get("toolkit_version"), "a version")
-        fields.text("created", data.get("created"), "a date")
+        self.toolkit_version = fields.text("toolkit_version", data.get("toolkit_version"), "a version")
+        self.created = fields.text("created", data.get("created"), "a date")
         self.graphs = {role: GraphRecord.parse(fields, f"graphs.{role}", record)
                        for role, record in fields.mapping("graphs", data.get("graphs")).items()}
         self.engines = {role: GraphRecord.parse(fields, f"engines.{role}", record)

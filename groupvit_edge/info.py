@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .artifact import read_manifest
+from .artifact import PrecisionInfo, read_manifest
 from .errors import UserError
 from .listing import listed
 from .runtimes import choose_backend, tuned_choice
@@ -12,49 +12,50 @@ from .runtimes import choose_backend, tuned_choice
 
 def describe(artifact) -> str:
     manifest = read_manifest(artifact)
-    data, directory = manifest.data, Path(artifact)
-    model, preprocess = data["model"], manifest.preprocess
-    lines = [f"{directory}: {manifest.target}, made by groupvit-edge {data['toolkit_version']} on {data['created']} "
-             f"from {model['id']} (weights {model['weights_sha256'][:12]}…)",
+    directory = Path(artifact)
+    model, preprocess = manifest.model, manifest.preprocess
+    lines = [f"{directory}: {manifest.target}, made by groupvit-edge {manifest.toolkit_version} on {manifest.created} "
+             f"from {model.id} (weights {model.weights_sha256[:12]}…)",
              f"  {preprocess.height}×{preprocess.width} windows ({preprocess.resize}, stride "
-             f"{preprocess.stride[0]}), {data['num_groups']} groups, {data['embed_dim']}-d embeddings", "", "files:"]
+             f"{preprocess.stride[0]}), {manifest.num_groups} groups, {manifest.embed_dim}-d embeddings", "",
+             "files:"]
     for what, relative, _ in manifest.files():
         size = (directory / relative).stat().st_size / 1e6
         lines.append(f"  {relative:<40} {size:8.1f} MB  {what}")
-    lines += ["", f"precision: {_precision(data['precision'])}"]
-    calibration = data.get("calibration")
+    lines += ["", f"precision: {_precision(manifest.precision)}"]
+    calibration = manifest.calibration
     if calibration:
         lines.append(f"calibration: {calibration.get('source') or calibration.get('count')} "
                      f"({calibration.get('method')}, {calibration.get('seconds', '?')} s, cache reused: "
                      f"{'yes' if calibration.get('reused_cache') else 'no'}); drift measured on "
                      f"{calibration.get('held_out_source') or len(calibration.get('held_out', []))}")
     lines += ["", "measured at export:"]
-    for name, check in (data.get("validation") or {}).items():
+    for name, check in (manifest.validation or {}).items():
         if isinstance(check, dict) and "model_level" in check:
             lines.append(f"  {name}: {_check_line(check)}")
         elif isinstance(check, dict) and "steps" in check:
             kept = check.get("kept_float_blocks") or []
             lines.append(f"  {name}: budget {check['budget']}, {'met' if check['fits'] else 'not met'} with "
                          f"{len(kept)} block(s) in float")
-    vocabulary = data.get("vocabulary")
-    lines += ["", f"vocabulary: {', '.join(vocabulary['labels'])}" if vocabulary else
+    vocabulary = manifest.vocabulary
+    lines += ["", f"vocabulary: {', '.join(vocabulary.labels)}" if vocabulary else
               "vocabulary: none precomputed (labels are encoded on the fly)"]
     lines.append(f"runs here on: {_runs_here(directory)}")
     return "\n".join(lines)
 
 
-def _precision(precision: dict) -> str:
-    parts = [precision.get("compute", "?")]
-    quantized = precision.get("quantized_nodes")
-    if isinstance(quantized, list) and quantized:
-        parts.append(f"{len(quantized)} nodes in INT8")
-    elif isinstance(quantized, str):
+def _precision(precision: PrecisionInfo) -> str:
+    parts = [precision.compute]
+    quantized = precision.quantized_nodes
+    if isinstance(quantized, str):
         parts.append(quantized)
-    if precision.get("inference_precision"):
-        parts.append(f"inference precision {precision['inference_precision']}")
-    kept = precision.get("kept_float")
-    if kept and kept != ["*"]:
-        parts.append(f"kept float: {listed(kept, 8)}")
+    elif quantized:
+        parts.append(f"{len(quantized)} nodes in INT8")
+    if precision.inference_precision:
+        parts.append(f"inference precision {precision.inference_precision}")
+    kept = precision.kept_float
+    if kept and kept != ("*",):
+        parts.append(f"kept float: {listed(list(kept), 8)}")
     return "; ".join(parts)
 
 

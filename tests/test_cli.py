@@ -54,6 +54,13 @@ def test_segment_without_labels_or_a_vocabulary_uses_the_coco_classes(onnx_artif
     assert np.asarray(Image.open(tmp_path / "out" / f"{coco_images[0].stem}.labels.png")).max() <= 80
 
 
+def test_info_describes_a_valid_artifact(onnx_artifact):
+    done = run("info", onnx_artifact)
+    assert done.returncode == 0, done.stderr
+    assert f"{onnx_artifact}: onnx, made by groupvit-edge" in done.stdout
+    assert "precision: fp32" in done.stdout and "runs here on: onnxruntime" in done.stdout
+
+
 def test_doctor_reports_backends():
     done = run("doctor")
     assert done.returncode == 0, done.stderr

@@ -245,7 +245,7 @@ def benchmark(artifacts, images, *, reference=None, settings: BenchSettings | No
     for path in paths:
         load_image(path)        # an unreadable photo is refused here, not inside every row
     if reference is None:
-        reference = next((a for a, m in manifests.items() if m.data["precision"].get("compute") == "fp32"), None)
+        reference = next((a for a, m in manifests.items() if m.precision.compute == "fp32"), None)
     else:
         reference = str(reference)
     if reference is not None and settings.labels is not None:

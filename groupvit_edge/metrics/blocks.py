@@ -361,11 +361,11 @@ def _check_comparable(reference, candidate, reference_manifest: Manifest, candid
     if (ours.height, ours.width) != (theirs.height, theirs.width):
         raise UserError(f"{candidate} was exported at {theirs.height}x{theirs.width} but {reference} at "
                         f"{ours.height}x{ours.width}: compare artifacts of the same size")
-    weights = [m.data["model"]["weights_sha256"] for m in (reference_manifest, candidate_manifest)]
+    weights = [m.model.weights_sha256 for m in (reference_manifest, candidate_manifest)]
     if weights[0] != weights[1]:
         raise UserError(f"{candidate} and {reference} were exported from different weights: compare a candidate "
                         f"with the fp32 artifact of its own checkpoint")
 
 
 def _float_blocks(manifest: Manifest) -> list[str]:
-    return [name for name in manifest.data.get("precision", {}).get("kept_float", []) if is_block_name(name)]
+    return [name for name in manifest.precision.kept_float if is_block_name(name)]

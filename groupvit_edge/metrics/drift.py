@@ -340,7 +340,7 @@ def _describe(source, runtime: Runtime) -> ComparedModel:
     return ComparedModel(
         source=str(getattr(source, "model_id", source)) if not isinstance(source, Runtime) else runtime.name,
         backend=runtime.description, target=manifest.target,
-        model_sha256=manifest.data["model"]["weights_sha256"])
+        model_sha256=manifest.model.weights_sha256)
 
 
 def _ground_truth(masks_dir, image_path: Path, class_map: ClassMap, size) -> np.ndarray:
@@ -372,7 +372,8 @@ def _vocabularies(labels, class_map, runtimes_, encoded, seed) -> tuple[list[Voc
     built = {}      # the same text graph (by sha256) encodes a vocabulary once
     vocabularies = []
     for runtime in runtimes_:
-        key = runtime.manifest.graphs.get("text", {}).get("sha256") or id(runtime)
+        text = runtime.manifest.graphs.get("text")
+        key = (text.sha256 if text else None) or id(runtime)
         if key not in built:
             built[key] = Vocabulary.build(runtime, names)
         vocabularies.append(built[key])

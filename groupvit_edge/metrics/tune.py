@@ -194,9 +194,9 @@ def measure_configuration(task: _Task, configuration: Configuration) -> Measured
 def default_reference(manifest) -> str:
     """The fp32 truth to measure against: the artifact itself when its image graph is fp32 ONNX, else the model it
     was exported from (run in PyTorch)."""
-    if manifest.graphs["image"].get("precision") == "fp32" and manifest.graphs["image"].get("format") == "onnx":
+    if manifest.graphs["image"].precision == "fp32" and manifest.graphs["image"].format == "onnx":
         return str(manifest.directory)
-    model = manifest.data["model"]["id"]
+    model = manifest.model.id
     if not model.startswith("random:") and not Path(model).exists():
         raise UserError(f"{manifest.directory} holds no fp32 graph and its model {model!r} is not here: pass --ref "
                         f"an fp32 artifact (groupvit-edge export --target onnx) or the checkpoint")
