@@ -41,10 +41,10 @@ from .runner import (
 from .version import engine_incompatibility, version_parts, versions_match
 
 __all__ = [
-    "EXTRA", "INSPECTOR_API", "NAME", "RUNTIME_API", "BlockProbe", "CudaDevice", "CudaError", "EngineSession",
-    "LayerPrecision", "Options", "TensorRTRuntime", "batch_chunks", "block_probe", "configurations", "devices",
-    "device_properties", "engine_incompatibility", "import_tensorrt", "install_hint", "is_installed",
-    "manifest_reason", "not_installed_message", "numpy_dtype", "open_device_memory", "open_runtime", "parse_layer_information",
+    "BlockProbe", "CudaDevice", "CudaError", "EXTRA", "EngineSession", "INSPECTOR_API", "LayerPrecision", "NAME",
+    "Options", "RUNTIME_API", "TensorRTRuntime", "batch_chunks", "block_probe", "configurations", "device_properties",
+    "devices", "engine_incompatibility", "import_tensorrt", "install_hint", "is_installed", "manifest_reason",
+    "not_installed_message", "numpy_dtype", "open_device_memory", "open_runtime", "parse_layer_information",
     "precision_counts", "tensorrt_logger", "unsupported_reason", "version_parts", "versions_match",
 ]
 
