@@ -2,8 +2,8 @@
 11.x (tests/tensorrt_harness): what exists, with which signatures, and what the build and runtime flows do.
 
 Three layers, per version:
-1. the declared surface (runtimes.tensorrt.build.BUILD_API …, runtimes.tensorrt.runner.RUNTIME_API …) exists in the real
-   bindings with the kind the code uses it as (method, writable property, enum member, constructor);
+1. the declared surface (runtimes.tensorrt.build.BUILD_API …, runtimes.tensorrt.runner.RUNTIME_API …) exists in
+   the real bindings with the kind the code uses it as (method, writable property, enum member, constructor);
 2. product code runs in a subprocess where `import tensorrt` is the real bindings (stub libraries): plans,
    network flags, `missing_api`, dtype mapping through the real `nptype`, the shared logger, and the entropy
    calibrator subclassing the real IInt8EntropyCalibrator2;
