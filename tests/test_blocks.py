@@ -220,7 +220,7 @@ def test_tensorrt_probe_engines_on_the_recording_fakes(fp32_artifact, int8_artif
     from groupvit_edge.runtimes import backend_options
     from groupvit_edge.runtimes import onnxruntime as ort_runtime
     from groupvit_edge.runtimes import tensorrt as trt_runtime
-    from groupvit_edge.runtimes import tensorrt_build as trt_build
+    from groupvit_edge.runtimes.tensorrt import build as trt_build
     from groupvit_edge.segmentation.preprocess import load_image, prepare
     harness.fetch_or_skip("10.3")
     trt = fake_tensorrt(harness.api_snapshot("10.3"), world := TensorRTWorld())

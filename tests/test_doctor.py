@@ -11,6 +11,7 @@ from groupvit_edge import doctor, runtimes
 from groupvit_edge.cli import cli
 from groupvit_edge.errors import UserError
 from groupvit_edge.runtimes import tensorrt as trt_runtime
+from groupvit_edge.runtimes.tensorrt import cuda as trt_cuda
 
 plan = importlib.import_module("groupvit_edge.exporters.plan")    # the package re-exports the function `plan`
 
@@ -50,7 +51,7 @@ def test_doctor_asks_each_backend_module_for_its_devices_or_its_install_hint(mon
     monkeypatch.setattr(openvino, "is_installed", lambda: False)
     monkeypatch.setattr(openvino, "install_hint", lambda: "pip install openvino-from-the-module")
     monkeypatch.setattr(trt_runtime, "is_installed", lambda: True)
-    monkeypatch.setattr(trt_runtime, "cuda_runtime_module", lambda: _CudaRuntime())
+    monkeypatch.setattr(trt_cuda, "cuda_runtime_module", lambda: _CudaRuntime())
     monkeypatch.setattr(doctor, "target_readiness", lambda: [])
     statuses = {status.name: status for status in doctor.environment()["backends"]}
     assert list(statuses) == list(runtimes.BACKENDS)
@@ -67,8 +68,8 @@ def test_doctor_asks_each_backend_module_for_its_devices_or_its_install_hint(mon
 
 def test_a_backend_installed_without_a_usable_device_says_why(monkeypatch):
     monkeypatch.setattr(trt_runtime, "is_installed", lambda: True)
-    monkeypatch.setattr(trt_runtime, "cuda_runtime_module", lambda: None)
-    monkeypatch.setattr(trt_runtime, "_torch_cuda", lambda: None)
+    monkeypatch.setattr(trt_cuda, "cuda_runtime_module", lambda: None)
+    monkeypatch.setattr(trt_cuda, "_torch_cuda", lambda: None)
     status = doctor.backend_status("tensorrt")
     assert status.devices == () and status.unavailable.startswith("no CUDA device 0 is visible")
 

@@ -29,7 +29,9 @@ from groupvit_edge.exporters import export
 from groupvit_edge.exporters import tensorrt as engines
 from groupvit_edge.exporters.plan import readiness_report
 from groupvit_edge.runtimes import tensorrt as trt_runtime
-from groupvit_edge.runtimes import tensorrt_build as trt_build
+from groupvit_edge.runtimes.tensorrt import build as trt_build
+from groupvit_edge.runtimes.tensorrt import cuda as trt_cuda
+from groupvit_edge.runtimes.tensorrt import install as trt_install
 
 from conftest import CALIB_IMAGES, EVAL_IMAGES, record_file
 import tensorrt_harness as harness
@@ -648,10 +650,10 @@ def test_cuda_python_on_an_older_driver_is_one_sentence_or_falls_back_to_torch(m
     """cuda-python newer than the driver (cuda-python 13 on JetPack 6's CUDA 12.6) fails every runtime call: that is
     one sentence naming the error and the pin to install, or, with torch CUDA present, a warning and torch
     buffers."""
-    monkeypatch.setattr(trt_runtime, "cuda_runtime_module", lambda: _CudaRuntimeOnOldDriver())
-    monkeypatch.setattr(trt_runtime, "_torch_cuda", lambda: None)
+    monkeypatch.setattr(trt_cuda, "cuda_runtime_module", lambda: _CudaRuntimeOnOldDriver())
+    monkeypatch.setattr(trt_cuda, "_torch_cuda", lambda: None)
     for machine, pin in (("x86_64", "cuda-python>=12.6,<13"), ("aarch64", "cuda-python>=12.6,<12.7")):
-        monkeypatch.setattr(trt_runtime.platform, "machine", lambda: machine)
+        monkeypatch.setattr(trt_cuda.platform, "machine", lambda: machine)
         for call in (trt_runtime.open_device_memory, trt_runtime.device_properties):
             with pytest.raises(UserError) as raised:
                 call()
@@ -662,7 +664,7 @@ def test_cuda_python_on_an_older_driver_is_one_sentence_or_falls_back_to_torch(m
         trt_runtime.open_device_memory("cuda-python")
     # With torch CUDA present, "auto" uses it and says why.
     fake_torch = SimpleNamespace(device=lambda kind, index: (kind, index))
-    monkeypatch.setattr(trt_runtime, "_torch_cuda", lambda: fake_torch)
+    monkeypatch.setattr(trt_cuda, "_torch_cuda", lambda: fake_torch)
     with pytest.warns(UserWarning, match="cudaErrorInsufficientDriver.*using torch CUDA buffers"):
         assert trt_runtime.open_device_memory("auto").kind == "torch"
 
@@ -681,7 +683,7 @@ def test_tensorrt_modules_import_without_torch_or_tensorrt():
     import subprocess
     import sys
     script = ("import sys; sys.modules['torch'] = None; sys.modules['tensorrt'] = None\n"
-              "import groupvit_edge.runtimes.tensorrt as r, groupvit_edge.runtimes.tensorrt_build as b\n"
+              "import groupvit_edge.runtimes.tensorrt as r, groupvit_edge.runtimes.tensorrt.build as b\n"
               "import groupvit_edge.exporters.tensorrt, groupvit_edge.checks.tensorrt\n"
               "assert not r.is_installed()\nprint(b.plan_build('trt-fp16', '10.3.0').typing)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -730,7 +732,7 @@ def test_the_plan_lists_the_steps_the_installed_tensorrt_builds(monkeypatch, ver
         if version is None:
             raise UserError("TensorRT is not installed")
         return SimpleNamespace(__version__=version)
-    monkeypatch.setattr(trt_runtime, "import_tensorrt", installed)
+    monkeypatch.setattr(trt_install, "import_tensorrt", installed)
     planned = make_plan("random:0", target, "out", ExportOptions.from_values(backend_option_groups()))
     assert [step.name for step in planned.steps] == expected
     engines_step = next(step for step in planned.steps if step.name == "engines")

@@ -2,8 +2,8 @@
 11.x (tests/tensorrt_harness): what exists, with which signatures, and what the build and runtime flows do.
 
 Three layers, per version:
-1. the declared surface (runtimes.tensorrt_build.BUILD_API …, runtimes.tensorrt.RUNTIME_API …) exists in the real
-   bindings with the kind the code uses it as (method, writable property, enum member, constructor);
+1. the declared surface (runtimes.tensorrt.build.BUILD_API …, runtimes.tensorrt.runner.RUNTIME_API …) exists in
+   the real bindings with the kind the code uses it as (method, writable property, enum member, constructor);
 2. product code runs in a subprocess where `import tensorrt` is the real bindings (stub libraries): plans,
    network flags, `missing_api`, dtype mapping through the real `nptype`, the shared logger, and the entropy
    calibrator subclassing the real IInt8EntropyCalibrator2;
@@ -28,7 +28,7 @@ from groupvit_edge.errors import UserError, ValidationFailed
 from groupvit_edge.exporters import tensorrt as engines
 from groupvit_edge.exporters.onnx import onnx_record
 from groupvit_edge.runtimes import tensorrt as trt_runtime
-from groupvit_edge.runtimes import tensorrt_build as trt_build
+from groupvit_edge.runtimes.tensorrt import build as trt_build
 
 LABELS = [label for label, _ in harness.VERSIONS]
 # (target, tensorrt_typing, int8_route): every choice a user can make.
@@ -141,7 +141,7 @@ import tensorrt as trt
 from groupvit_edge.errors import UserError
 from groupvit_edge.exporters import tensorrt as e
 from groupvit_edge.runtimes import tensorrt as r
-from groupvit_edge.runtimes import tensorrt_build as b
+from groupvit_edge.runtimes.tensorrt import build as b
 
 out = {{"version": trt.__version__, "plans": {{}}, "dtypes": {{}}}}
 for target, typing, route in {choices!r}:

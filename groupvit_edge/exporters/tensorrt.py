@@ -1,6 +1,6 @@
 """TensorRT engines (targets trt-fp16, trt-int8), built from the artifact's ONNX by the TensorRT installed here.
 
-Which path runs depends on the TensorRT actually installed: `runtimes.tensorrt_build.plan_build` (a pure function)
+Which path runs depends on the TensorRT actually installed: `runtimes.tensorrt.build.plan_build` (a pure function)
 chooses the typing, the ONNX the image engine parses and the builder flags, and that module builds the engines;
 its docstring tables the paths and gives the version facts behind them. This module makes the graph the plan
 parses (FP16, QDQ, QDQ with an FP16 float part), checks it against the parser's rules, builds both engines into
@@ -30,29 +30,44 @@ import contextlib
 import dataclasses
 import json
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
+from ..artifact import sha256_file
+from ..checks.tensorrt import check_artifact, check_manifest
 from ..errors import UserError, ValidationFailed
-from ..files import cache_root
+from ..files import all_ours, cache_root, replace_directory
+from ..imports import require
+from ..metrics.drift import validate_candidate
 from ..quantization.cache import calibration_key, changed_fields
 from ..quantization.measure import drift_labels, graph_drift
 from ..quantization.pipeline import to_int8
+from ..quantization.policy import FP16_KEEP_FLOAT_OPS, fp16_blocked_nodes
 from ..quantization.records import CalibrationRecord, DriftCheck, PrecisionRecord, ReducedImageGraph
-from ..runtimes.tensorrt_build import (
+from ..quantization.search import budget_from
+from ..runtimes.onnxruntime import OnnxRuntime
+from ..runtimes.tensorrt import cuda as trt_cuda
+from ..runtimes.tensorrt import install as trt_install
+from ..runtimes.tensorrt.build import (
     INT8_ROUTES,
+    TRT_TARGETS,
     TYPINGS,
     BatchProfile,
     BuildPlan,
     build_engine,
-    fp16_blocked_nodes,
     kept_float_nodes,
     missing_api,
     plan_build,
     required_api,
     text_plan,
 )
+from ..runtimes.tensorrt.runner import TensorRTRuntime
+from . import precision
 from .contract import Step, Target
+from .onnx import onnx_record
 from .options import option
 from .records import ArtifactParts
 
@@ -77,12 +92,8 @@ def qdq_with_fp16_float(model):
     onnxconverter-common's float16 converter treats Q/DQ like any op: their float scales become FP16 unless a
     node is blocked, which is why Q/DQ nodes are never on the block list (the assignment's regex also matches
     the Q/DQ pair ONNX Runtime puts after its MatMul)."""
-    import warnings
-
-    from onnx import version_converter
-    from onnxconverter_common import float16
-
-    from ..quantization.policy import FP16_KEEP_FLOAT_OPS
+    version_converter = require("onnx.version_converter", extra="export", package="onnx")
+    float16 = require("onnxconverter_common.float16", extra="export", package="onnxconverter-common")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     blocked = fp16_blocked_nodes(model)
     if opset is not None and opset < QDQ_FP16_OPSET:
@@ -98,10 +109,7 @@ def qdq_with_fp16_float(model):
 
 def to_int8_fp16(job, floats, int8: ReducedImageGraph) -> ReducedImageGraph:
     """The calibrated QDQ graph of `quantization.pipeline.to_int8` with an FP16 float part, measured in ONNX Runtime."""
-    import onnx
-
-    from ..quantization.policy import FP16_KEEP_FLOAT_OPS
-    from .onnx import onnx_record
+    onnx = require("onnx", extra="export")
     job.log(f"converting the float part of {int8.graph.file} to FP16 (float32 kept for "
             f"{', '.join(FP16_KEEP_FLOAT_OPS)} and the grouping assignment; Q/DQ scales FP16, opset "
             f"{QDQ_FP16_OPSET})")
@@ -150,7 +158,6 @@ class CalibrationCacheFile:
         return table.read_bytes()
 
     def write(self, data: bytes) -> None:
-        from ..files import all_ours, replace_directory
         with replace_directory(self.directory, ours=all_ours, what="calibration cache", announce=False,
                                log=self.log) as staging:
             (staging / "calibration.cache").write_bytes(bytes(data))
@@ -159,7 +166,6 @@ class CalibrationCacheFile:
 
 def calibration_batches(windows, batch: int):
     """Full batches only: calibration runs at the calibration profile's one shape (min = opt = max)."""
-    import numpy as np
     pending = []
     for window in windows:
         pending.append(window)
@@ -209,7 +215,6 @@ TARGETS = (
            "TensorRT 10's entropy calibrator), built on the target GPU", calibrated=True, readiness=True,
            int8_weight_bits=8),
 )
-TRT_TARGETS = tuple(target.name for target in TARGETS)
 
 
 @dataclass(frozen=True)
@@ -250,7 +255,6 @@ def batch_profiles(options: TensorRTOptions) -> dict[str, BatchProfile]:
 def steps(target: Target, options) -> list[Step]:
     """What `build` runs. The installed TensorRT's build plan decides which image graph the engines parse; without
     TensorRT (which the plan check refuses) the list says so instead."""
-    from . import precision
     plan = _installed_plan(target.name, options.backends["tensorrt"])
     if plan is None:
         reduce = [Step("reduce", "make the image graph the installed TensorRT parses (fp32, FP16 or INT8 QDQ)")]
@@ -265,15 +269,14 @@ def steps(target: Target, options) -> list[Step]:
 
 
 def _installed_plan(target: str, options) -> BuildPlan | None:
-    from ..runtimes.tensorrt import import_tensorrt
     try:
-        return plan_build(target, import_tensorrt().__version__, options.tensorrt_typing, options.int8_route)
+        return plan_build(target, trt_install.import_tensorrt().__version__, options.tensorrt_typing,
+                          options.int8_route)
     except UserError:
         return None
 
 
 def _reduce_steps(plan: BuildPlan, options) -> list[Step]:
-    from . import precision
     if plan.source == "fp16":
         return precision.reduce_steps("onnx-fp16", options)
     if plan.source == "qdq":
@@ -289,14 +292,12 @@ def _reduce_steps(plan: BuildPlan, options) -> list[Step]:
 
 def problems(export_plan) -> list[str]:
     """TensorRT, a GPU, and a build plan this TensorRT supports: all known before anything is traced."""
-    from ..quantization.search import budget_from
-    from ..runtimes.tensorrt import device_properties, import_tensorrt
     options = export_plan.options.backends["tensorrt"]
     try:
         BatchProfile(options.batch_min, options.batch_opt, options.batch_max)
         BatchProfile(options.classes_min, options.classes_opt, options.classes_max)
-        trt = import_tensorrt()
-        device_properties()
+        trt = trt_install.import_tensorrt()
+        trt_cuda.device_properties()
         build_plan = plan_build(export_plan.target.name, trt.__version__, options.tensorrt_typing, options.int8_route)
     except UserError as error:
         return [str(error)]
@@ -317,12 +318,11 @@ def problems(export_plan) -> list[str]:
 # -------------------------------------------------------------------------------------------------- build
 
 def build(job, floats) -> ArtifactParts:
-    from ..runtimes.tensorrt import device_properties, import_tensorrt
-    trt = import_tensorrt()
+    trt = trt_install.import_tensorrt()
     options = job.backend_options("tensorrt")
     target = job.plan.target.name
     plan = plan_build(target, trt.__version__, options.tensorrt_typing, options.int8_route)
-    device = device_properties()
+    device = trt_cuda.device_properties()
     job.log(f"building {target} engines on {device.gpu} (sm {device.compute_capability}): {plan.describe()}")
     reduced = _reduced_image_graph(job, floats, plan)
     graphs = {"image": reduced.graph if reduced else floats.image, "text": floats.text}
@@ -345,7 +345,7 @@ def build(job, floats) -> ArtifactParts:
     section = {"version": trt.__version__, "target": target, **asdict(device), "plan": plan.to_manifest(),
                "text_plan": text_plan(plan).to_manifest(), "workspace_mb": options.workspace_mb,
                "timing_cache": str(timing)}
-    precision_record, calibration_record = _precision(job, plan, reduced, graphs, calibration)
+    precision_record, calibration_record = _precision_records(job, plan, reduced, graphs, calibration)
     check = _check_engines(job, floats, graphs, engines, section, precision_record.compute, job.drift_photos(),
                            reduced.check.budget if reduced else None)
     checks = {"drift_vs_fp32": check}
@@ -357,7 +357,6 @@ def build(job, floats) -> ArtifactParts:
 
 def _reduced_image_graph(job, floats, plan: BuildPlan) -> ReducedImageGraph | None:
     """The image graph the engine parses when it is not the fp32 one."""
-    from . import precision
     if plan.source == "fp16":
         return precision.to_fp16(job, floats)
     if plan.source == "qdq":
@@ -369,12 +368,10 @@ def _reduced_image_graph(job, floats, plan: BuildPlan) -> ReducedImageGraph | No
 
 def readiness_report(artifact_dir, target: str):
     """Whether TensorRT 10.3's parser and builder will take the artifact's ONNX graphs, without TensorRT here."""
-    from ..checks.tensorrt import check_artifact
     return check_artifact(artifact_dir, target)
 
 
 def _readiness(manifest, target: str, log) -> None:
-    from ..checks.tensorrt import check_manifest
     report = check_manifest(manifest, target)
     log(report.format(limit=10))
     if not report.ok:
@@ -385,15 +382,13 @@ def _readiness(manifest, target: str, log) -> None:
 def _implicit_calibration(job, trt, source: Path, root: Path):
     """The entropy calibrator over the export's calibration photos, its cache keyed like the INT8 step's; its
     device buffer and stream are released when the build is done, whether it succeeded or not."""
-    from ..artifact import sha256_file
-    from ..runtimes.tensorrt import open_device_memory
     calibration = job.calibration
     preprocess = job.preprocess
     # The INT8 step's key, plus what TensorRT names the tensors after (the exact graph) and writes the table with.
     key = calibration_key(job.weights_sha256, calibration, IMPLICIT_METHOD,
                           tensorrt=trt.__version__, network_sha256=sha256_file(source))
     cache = CalibrationCacheFile(root, key, log=job.log)
-    memory = open_device_memory()
+    memory = trt_cuda.open_device_memory()
     stream = memory.stream()
     try:
         nbytes = CALIBRATION_BATCH * 3 * preprocess.height * preprocess.width * 4
@@ -407,7 +402,7 @@ def _implicit_calibration(job, trt, source: Path, root: Path):
         stream.close()
 
 
-def _precision(job, plan: BuildPlan, reduced, graphs: dict, calibration):
+def _precision_records(job, plan: BuildPlan, reduced, graphs: dict, calibration):
     """The precision record and calibration record of the engines' build."""
     engines_typing = {"image": plan.typing, "text": text_plan(plan).typing}
     if reduced is not None:      # built from the FP16 or QDQ graph: that step's own record
@@ -419,7 +414,6 @@ def _precision(job, plan: BuildPlan, reduced, graphs: dict, calibration):
                                  engines=engines_typing)
         return record, CalibrationRecord(calibration_set, IMPLICIT_METHOD,
                                          cache.reused, cache=str(cache.directory))
-    from ..quantization.policy import FP16_KEEP_FLOAT_OPS
     kept = kept_float_nodes(job.staging / graphs["image"].file)
     return PrecisionRecord("fp16", FP16_KEEP_FLOAT_OPS + ["grouping assignment"], sorted(kept),
                            engines=engines_typing), None
@@ -428,14 +422,12 @@ def _precision(job, plan: BuildPlan, reduced, graphs: dict, calibration):
 def _check_engines(job, floats, graphs, engines, section, compute: str, photos, budget):
     """The image engine against the fp32 ONNX image graph in ONNX Runtime, on the drift photos — one rule for
     every plan and TensorRT version (the shipped sample photos make it measurable without --validation-images)."""
-    from ..metrics.drift import validate_candidate
-    from ..runtimes.onnxruntime import OnnxRuntime
-    from ..runtimes.tensorrt import TensorRTRuntime
     reference = OnnxRuntime(job.working_manifest({"image": floats.image, "text": floats.text}))
     labels = drift_labels(job.options)
     # The working manifest's precision is the engines' own, so the check names what actually ran.
-    precision = {"target": job.plan.target.name, "compute": compute}
-    with TensorRTRuntime(job.working_manifest(graphs, engines, tensorrt=section, precision=precision)) as runtime:
+    engine_precision = {"target": job.plan.target.name, "compute": compute}
+    with TensorRTRuntime(job.working_manifest(graphs, engines, tensorrt=section,
+                                              precision=engine_precision)) as runtime:
         drift = validate_candidate(reference, runtime, list(photos.paths), labels=labels)
         check = DriftCheck(f"{floats.image.file} in {reference.description}", runtime.description, photos, labels,
                            drift, budget)

@@ -72,6 +72,16 @@ def image_graph_policy(model: onnx.ModelProto, attention_products: bool = False)
     return Policy(quantizable, keep_float, assignment)
 
 
+def fp16_blocked_nodes(model: onnx.ModelProto) -> set[str]:
+    """Nodes of an image graph kept float32 where its float part is FP16: the FP16 keep-list ops and the grouping
+    assignment, the set the FP16 converter blocks and the weakly typed TensorRT builds pin, so all agree. Q/DQ
+    nodes are not compute, and never blocked."""
+    op_types = {node.name: node.op_type for node in model.graph.node}
+    kept = {name for name, op in op_types.items() if op in FP16_KEEP_FLOAT_OPS}
+    qdq = {name for name, op in op_types.items() if op in ("QuantizeLinear", "DequantizeLinear")}
+    return (kept | set(image_graph_policy(model).assignment)) - qdq
+
+
 def int8_kept_float(attention_products: bool) -> list[str]:
     """INT8_KEPT_FLOAT, for a graph whose attention products are INT8 when `attention_products`."""
     if not attention_products:

@@ -10,7 +10,7 @@ module attributes are exactly those of the real TensorRT 10.3 Python bindings (t
 - a method whose real signature returns `bool` returns a `Verdict`, which remembers whether the caller looked at
   it: `recorder.unchecked()` lists the calls whose result was ignored;
 - every call, construction, property read/assignment and enum/attribute read is recorded, in the notation the
-  product code declares its TensorRT surface in (runtimes.tensorrt_build.BUILD_API): "X.m()", "X.p", "X.p=", "X()".
+  product code declares its TensorRT surface in (runtimes.tensorrt.build.BUILD_API): "X.m()", "X.p", "X.p=", "X()".
 
 What TensorRT *does* comes from a `TensorRTWorld`: it parses ONNX into layers the way onnx-tensorrt 10.3 does
 (one counter for every `<node>_<N>` name, "[ONNX Layer: <node>]" metadata), checks builds like TensorRT does
@@ -133,7 +133,7 @@ class Recorder:
         return [verdict.call for verdict in self.verdicts if not verdict.consulted]
 
     def uncovered(self, declared) -> list[str]:
-        """Touched members the declaration does not name (notation of runtimes.tensorrt_build.BUILD_API)."""
+        """Touched members the declaration does not name (notation of runtimes.tensorrt.build.BUILD_API)."""
         exact, owners = set(), set()
         for name in declared:
             base = name.rstrip("()=")
@@ -898,7 +898,7 @@ class TensorRTWorld:
 
 
 class FakeDeviceMemory:
-    """Stands in for runtimes.tensorrt's cuda-python/torch memory: buffers live in the world's address space."""
+    """Stands in for runtimes.tensorrt.cuda's cuda-python/torch memory: buffers live in the world's address space."""
     kind = "fake"
 
     def __init__(self, world: TensorRTWorld):
@@ -952,11 +952,15 @@ def install(monkeypatch, trt, world: TensorRTWorld, device=None) -> None:
     """Make groupvit_edge see `trt` as the installed TensorRT, with the world's GPU (or `device`, a CudaDevice)
     and device memory."""
     from groupvit_edge.runtimes import tensorrt as runtime
+    from groupvit_edge.runtimes.tensorrt import cuda, install as installed
     device = device or runtime.CudaDevice(world.gpu, "8.7")
     runtime.tensorrt_logger.cache_clear()
-    monkeypatch.setattr(runtime, "import_tensorrt", lambda: trt)
-    monkeypatch.setattr(runtime, "device_properties", lambda index=0: device)
-    monkeypatch.setattr(runtime, "open_device_memory", lambda kind="auto", index=0: FakeDeviceMemory(world))
+    # Where the code looks them up (the defining modules), and the package's re-exports that scripts import.
+    for module in (installed, runtime):
+        monkeypatch.setattr(module, "import_tensorrt", lambda: trt)
+    for module in (cuda, runtime):
+        monkeypatch.setattr(module, "device_properties", lambda index=0: device)
+        monkeypatch.setattr(module, "open_device_memory", lambda kind="auto", index=0: FakeDeviceMemory(world))
 
 
 def _save(model, path: Path) -> Path:

@@ -1,6 +1,6 @@
 """Building TensorRT engines from ONNX on this GPU: the build plan per TensorRT version, optimization profiles,
 FP32 pins by layer metadata, the timing cache. exporters.tensorrt builds an artifact's engines with it; the
-block probe of runtimes.tensorrt rebuilds the artifact's image engine with block outputs marked.
+block probe (runtimes.tensorrt.probe) rebuilds the artifact's image engine with block outputs marked.
 
 Which plan a build follows depends on the TensorRT actually installed (`plan_build`, a pure function):
 
@@ -50,14 +50,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..artifact import GraphRecord
-from ..errors import UserError, ValidationFailed
-from .probes import onnx_module, probe_graph
-from .tensorrt import tensorrt_logger, version_parts
+from ...artifact import GraphRecord
+from ...errors import UserError, ValidationFailed
+from ...files import write_bytes_atomic
+from ...imports import require
+from ...quantization.policy import fp16_blocked_nodes
+from .install import tensorrt_logger
+from .version import MIN_VERSION, STRONG_BY_DEFAULT_FROM, WEAK_TYPING_REMOVED_IN, version_parts
 
-MIN_VERSION = (10, 3)                # JetPack 6.1/6.2; the parser table of checks.tensorrt is 10.3's
-STRONG_BY_DEFAULT_FROM = (10, 12)    # weak typing deprecated in 10.12 (release notes)
-WEAK_TYPING_REMOVED_IN = 11
+TRT_TARGETS = ("trt-fp16", "trt-int8")   # the targets a build plans for; checks.tensorrt checks graphs for them
 TYPINGS = ("auto", "weak", "strong")
 INT8_ROUTES = ("explicit", "implicit")
 # Layer types the FP16/INT8 weak paths keep in FP32 whatever node they came from: LayerNormalization, Softmax.
@@ -65,7 +66,6 @@ FLOAT32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX")
 # Never pinned: constants compute nothing, and the parser fixes Q/DQ layers' precision and output types itself.
 UNPINNED_LAYER_TYPES = ("CONSTANT", "QUANTIZE", "DEQUANTIZE")
 FLOAT_TYPES = ("FLOAT", "HALF", "BF16")
-_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _LAYER_METADATA = re.compile(r"^\[ONNX Layer: (.*?)(?: \| [^|]*)*\]?$")
 
 
@@ -221,8 +221,7 @@ class BatchProfile:
             raise UserError(f"shape {shape} varies on axes {dynamic}: engines are profiled on axis 0 only; "
                             f"re-export the artifact")
         rest = tuple(int(d) for d in shape[1:])
-        return tuple((n, *rest) for n in (self.minimum, self.optimum, self.maximum))
-
+        return (self.minimum, *rest), (self.optimum, *rest), (self.maximum, *rest)
 
 
 # ------------------------------------------------------------------------------------ layer pinning (weak)
@@ -262,17 +261,9 @@ def float32_pins(layers: list[LayerInfo], kept_nodes) -> list[tuple[int, tuple[i
 def kept_float_nodes(onnx_path: Path) -> set[str]:
     """Nodes of an image graph the precision policy keeps float32: the FP16 keep-list ops and the grouping
     assignment — the set precision.to_fp16 blocks, so weak and strong builds agree. Q/DQ nodes are not compute."""
-    import onnx
+    onnx = require("onnx", extra="export", what="reading the float32 nodes of an image graph")
     model = onnx.load(str(onnx_path), load_external_data=False)
     return fp16_blocked_nodes(model)
-
-
-def fp16_blocked_nodes(model) -> set[str]:
-    """`kept_float_nodes` of a loaded ONNX model."""
-    from ..quantization.policy import FP16_KEEP_FLOAT_OPS, image_graph_policy
-    op_types = {node.name: node.op_type for node in model.graph.node}
-    kept = {name for name, op in op_types.items() if op in FP16_KEEP_FLOAT_OPS}
-    return (kept | set(image_graph_policy(model).assignment)) - {n for n, op in op_types.items() if op in _QDQ_OPS}
 
 
 def _layer_infos(network) -> list[LayerInfo]:
@@ -332,7 +323,7 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, plan: BuildPlan, graph
     if serialized is None:
         raise ValidationFailed(f"TensorRT {trt.__version__} could not build {onnx_path.name} ({plan.describe()}); "
                                f"its log above says why; the artifact was not written")
-    if cache is not None:
+    if cache is not None and timing_cache is not None:
         _save_timing_cache(cache, timing_cache)
     engine_path.write_bytes(bytes(serialized))
     seconds = time.perf_counter() - started
@@ -384,41 +375,4 @@ def _attach_timing_cache(trt, config, path: Path, log):
 
 def _save_timing_cache(cache, path: Path) -> None:
     # The cache attached to the config is the one the build filled in (IBuilderConfig.get_timing_cache returns it).
-    from ..files import write_bytes_atomic
     write_bytes_atomic(path, bytes(cache.serialize()))
-
-
-# ------------------------------------------------------------------------------------------ block probes
-
-def build_probe_engine(trt, manifest, outputs, forced, directory: Path, kind: str = "free",
-                       log=lambda message: None) -> tuple[Path, list[str]]:
-    """(engine path, tensors the graph lacks): the artifact's image engine rebuilt with the same plan from the
-    same ONNX, `outputs` as extra graph outputs (the ONNX parser marks graph outputs as network outputs) and
-    `forced` tensors read from extra inputs (see `probe_graph`)."""
-    record = manifest.data["engines"]["image"]
-    plan = BuildPlan(**{key: tuple(value) if isinstance(value, list) else value
-                        for key, value in record["plan"].items()})
-    if plan.calibrator:
-        raise UserError(f"{manifest.directory} holds an implicitly calibrated INT8 engine, whose calibration cannot "
-                        f"be replayed with block outputs marked: export trt-int8 with --int8-route explicit (the QDQ "
-                        f"graph) to compare it per block")
-    source = manifest.directory / record["source"]
-    if not source.is_file():
-        raise UserError(f"{manifest.directory} lacks {record['source']}, the ONNX its image engine was built from: "
-                        f"re-run `groupvit-edge export`")
-    onnx = onnx_module()
-    model = onnx.load(str(source))
-    missing = probe_graph(model, outputs, forced)
-    exposed = directory / f"image.blocks-{kind}.onnx"
-    onnx.save(model, str(exposed))
-    inputs = [{"name": value.name, "shape": _manifest_shape(value)} for value in model.graph.input]
-    graph = GraphRecord(exposed.name, "onnx", plan.source, inputs, record["outputs"])
-    engine = directory / f"image.blocks-{kind}.engine"
-    build_engine(trt, exposed, engine, plan, graph, BatchProfile(1, 1, 1), workspace_mb=1024, timing_cache=None,
-                 pin=kept_float_nodes(exposed) if plan.pin_float32 else None, log=log)
-    return engine, missing
-
-
-def _manifest_shape(value) -> list:
-    """An ONNX input's shape as the manifest writes it: named axes as names, the rest as numbers."""
-    return [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim]
