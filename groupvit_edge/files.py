@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -237,3 +238,24 @@ def tree_size(paths: Iterable[Path]) -> int:
         elif path.is_file():
             total += path.stat().st_size
     return total
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# (device, inode, size, mtime, ctime) → sha256. Any write changes ctime, which no user can set back, so a file
+# that still has the same identity has the same bytes: opening an artifact again in one process hashes nothing.
+_VERIFIED: dict[tuple, str] = {}
+
+
+def sha256_file_cached(path: Path) -> str:
+    stat = path.stat()
+    identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if identity not in _VERIFIED:
+        _VERIFIED[identity] = sha256_file(path)
+    return _VERIFIED[identity]

@@ -21,7 +21,7 @@ LAYERS = (
     ("metrics", ("groupvit_edge.metrics",)),
     ("segmentation", ("groupvit_edge.segmentation",)),
     ("runtimes", ("groupvit_edge.runtimes",)),
-    ("artifact", ("groupvit_edge.artifact",)),
+    ("artifact", ("groupvit_edge.artifact", "groupvit_edge.artifact_records")),
     ("graph rules", ("groupvit_edge.quantization.policy", "groupvit_edge.quantization.form")),
     ("model", ("groupvit_edge.model",)),
     ("foundation", ("groupvit_edge.errors", "groupvit_edge.imports", "groupvit_edge.files", "groupvit_edge.hardware",

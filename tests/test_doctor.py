@@ -28,7 +28,7 @@ def test_every_backend_module_implements_the_whole_interface(name):
 
 
 def test_the_registry_lists_every_backend_module_once():
-    assert sorted(runtimes.BACKENDS) == sorted(runtimes._MODULES)
+    assert sorted(runtimes.BACKENDS) == sorted(runtimes.BACKEND_MODULES)
     assert len(set(runtimes.BACKENDS)) == len(runtimes.BACKENDS)
 
 

@@ -156,20 +156,20 @@ def check_graph(model, target: str = "trt-fp16", *, graph: str | None = None,
 def check_manifest(manifest, target: str) -> Report:
     """Every ONNX graph a manifest names, each with the dynamic axis names its manifest record declares."""
     report = Report(target)
-    precision = manifest.data.get("precision", {})
-    backends = precision.get("backends")
+    precision = manifest.precision
+    backends = precision.backends
     if backends and "tensorrt" not in backends:
         # Said first, so the user reads the cause before the per-node findings it explains.
         report.findings.append(Finding(
             "error", "artifact", None,
-            f"this {precision.get('target', '?')} artifact is made for {', '.join(backends)} only; TensorRT builds "
+            f"this {precision.target} artifact is made for {', '.join(backends)} only; TensorRT builds "
             f"from the fp32 (`--target onnx`), fp16 or QDQ INT8 (`--target onnx-int8`) graphs", graph=None))
     for graph_name, record in manifest.graphs.items():
-        if record.get("format") != "onnx":
+        if record.format != "onnx":
             continue
-        declared = {spec["shape"][0] for spec in record.get("inputs", []) + record.get("outputs", [])
+        declared = {spec["shape"][0] for spec in record.inputs + record.outputs
                     if spec.get("shape") and isinstance(spec["shape"][0], str)}
-        report.merge(check_graph(manifest.graph_path(graph_name), target, graph=record["file"],
+        report.merge(check_graph(manifest.graph_path(graph_name), target, graph=record.file,
                                  dynamic_axes=tuple(declared) or DYNAMIC_AXES))
     if not report.graphs:
         raise UserError(f"{manifest.directory} holds no ONNX graphs to check: re-run `groupvit-edge export`")

@@ -66,7 +66,7 @@ def unsupported_reason(manifest: Manifest) -> str | None:
             device = cuda.device_properties()
         except UserError as error:
             return str(error)
-        reason = engine_incompatibility(manifest.data.get("tensorrt"), tensorrt.__version__, device)
+        reason = engine_incompatibility(manifest.tensorrt, tensorrt.__version__, device)
     return reason
 
 
@@ -74,4 +74,4 @@ def configurations(manifest: Manifest) -> list[Configuration]:
     """The engines run in the precision they were built with; there is one way to run them."""
     if not is_installed() or unsupported_reason(manifest) is not None:
         return []
-    return [Configuration(NAME, {}, f"tensorrt, {manifest.data['precision'].get('compute', '?')} engines")]
+    return [Configuration(NAME, {}, f"tensorrt, {manifest.precision.compute} engines")]

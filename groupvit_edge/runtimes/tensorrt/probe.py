@@ -35,7 +35,7 @@ class BlockProbe(Probe):
             engine, missing = build_probe_engine(self._trt, manifest, outputs, reads, Path(self._scratch.name), kind)
             self.missing = missing if kind == "free" else self.missing
             self._sessions[kind] = EngineSession(self._trt, runtime, engine, self._memory, self._stream)
-        compute = manifest.data["precision"].get("compute", "?")
+        compute = manifest.precision.compute
         self.description = f"probe engines in tensorrt {self._trt.__version__} ({compute}, block outputs marked)"
 
     def run(self, window: np.ndarray, reference: dict | None = None) -> dict[str, np.ndarray]:
@@ -57,17 +57,17 @@ def build_probe_engine(trt, manifest, outputs, forced, directory: Path, kind: st
     """(engine path, tensors the graph lacks): the artifact's image engine rebuilt with the same plan from the
     same ONNX, `outputs` as extra graph outputs (the ONNX parser marks graph outputs as network outputs) and
     `forced` tensors read from extra inputs (see `probe_graph`)."""
-    record = manifest.data["engines"]["image"]
+    record = manifest.engines["image"]
     fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
-                              for key, value in record["plan"].items()}
+                              for key, value in record.extra["plan"].items()}
     plan = BuildPlan(**fields)
     if plan.calibrator:
         raise UserError(f"{manifest.directory} holds an implicitly calibrated INT8 engine, whose calibration cannot "
                         f"be replayed with block outputs marked: export trt-int8 with --int8-route explicit (the QDQ "
                         f"graph) to compare it per block")
-    source = manifest.directory / record["source"]
+    source = manifest.directory / record.extra["source"]
     if not source.is_file():
-        raise UserError(f"{manifest.directory} lacks {record['source']}, the ONNX its image engine was built from: "
+        raise UserError(f"{manifest.directory} lacks {source.name}, the ONNX its image engine was built from: "
                         f"re-run `groupvit-edge export`")
     onnx = onnx_module()
     model = onnx.load(str(source))
@@ -75,7 +75,7 @@ def build_probe_engine(trt, manifest, outputs, forced, directory: Path, kind: st
     exposed = directory / f"image.blocks-{kind}.onnx"
     onnx.save(model, str(exposed))
     inputs = [{"name": value.name, "shape": _manifest_shape(value)} for value in model.graph.input]
-    graph = GraphRecord(exposed.name, "onnx", plan.source, inputs, record["outputs"])
+    graph = GraphRecord(exposed.name, "onnx", plan.source, inputs, record.outputs)
     engine = directory / f"image.blocks-{kind}.engine"
     build_engine(trt, exposed, engine, plan, graph, BatchProfile(1, 1, 1), workspace_mb=1024, timing_cache=None,
                  pin=kept_float_nodes(exposed) if plan.pin_float32 else None, log=log)

@@ -47,13 +47,13 @@ def batch_chunks(count: int, largest: int) -> list[slice]:
 
 def manifest_reason(manifest: Manifest) -> str | None:
     """The manifest half of `unsupported_reason`: engines named and present, whatever this machine has."""
-    engines = manifest.data.get("engines") or {}
+    engines = manifest.engines
     if not {"image", "text"} <= set(engines):
         return "the artifact holds no TensorRT engines (export it with --target trt-fp16 or trt-int8)"
     if manifest.directory is not None:
         for graph, record in engines.items():
             if not manifest.engine_path(graph).is_file():
-                return f"it is missing {record['file']} ({graph} engine) that its manifest names; re-run export"
+                return f"it is missing {record.file} ({graph} engine) that its manifest names; re-run export"
     return None
 
 
@@ -241,10 +241,10 @@ class TensorRTRuntime(Runtime):
         trt = install.import_tensorrt()
         self.manifest, self._trt = manifest, trt
         self.device = cuda.device_properties(device)
-        reason = engine_incompatibility(manifest.data.get("tensorrt"), trt.__version__, self.device)
+        reason = engine_incompatibility(manifest.tensorrt, trt.__version__, self.device)
         if reason:
             raise UserError(f"{manifest.directory} cannot run here: {reason}")
-        recorded = manifest.data["tensorrt"]
+        recorded = manifest.tensorrt or {}
         if recorded.get("gpu") != self.device.gpu:
             warnings.warn(f"engines built on {recorded.get('gpu')} run on {self.device.gpu} (same compute "
                           f"capability); rebuild on this GPU if the timings matter", stacklevel=2)
@@ -283,7 +283,7 @@ class TensorRTRuntime(Runtime):
 
     @property
     def description(self) -> str:
-        compute = self.manifest.data["precision"].get("compute", "?")
+        compute = self.manifest.precision.compute
         return f"tensorrt {self._trt.__version__} ({self.device.gpu}, {compute}, {self._memory.kind} buffers)"
 
     def close(self) -> None:
