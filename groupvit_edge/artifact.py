@@ -30,7 +30,7 @@ from .version import __version__
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MANIFEST_NAME", "SCHEMA_VERSION", "TUNED_NAME", "GraphRecord",
            "Manifest", "ModelRecord", "PrecisionInfo", "Preprocess", "TokenizerRecord", "VocabularyRecord",
            "inside_artifact", "new_manifest_data", "owned_entries", "read_manifest", "sha256_file",
-           "sha256_file_cached"]
+           "sha256_file_cached", "working_manifest"]
 
 SCHEMA_VERSION = 2           # 2: every file the manifest names carries its sha256
 MANIFEST_NAME = "manifest.json"
@@ -190,6 +190,19 @@ def new_manifest_data(*, model_id: str, weights_sha256: str, config: dict, prepr
         "calibration": None,
         "validation": None,
     }
+
+
+def working_manifest(base: Manifest, directory: Path, target: str, graphs: dict[str, GraphRecord],
+                     engines: dict[str, GraphRecord] | None = None, **sections) -> Manifest:
+    """A manifest over graphs still being written in `directory` (not hashed yet), with `base`'s model and
+    preprocess: what runtimes read while an export measures its graphs."""
+    data = dict(base.data)
+    data["graphs"] = {role: record.to_dict(directory, with_hashes=False) for role, record in graphs.items()}
+    if engines:
+        data["engines"] = {role: record.to_dict(directory, with_hashes=False) for role, record in engines.items()}
+    data["precision"] = {"target": target, "compute": "fp32"}
+    data.update(sections)
+    return Manifest(data, directory)
 
 
 REQUIRED_KEYS = ("schema_version", "toolkit_version", "created", "model", "preprocess", "patch_size", "logit_scale",

@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import UserError
 from .files import sha256_file
+from .imports import require
 
 # GroupViT's evaluation normalises with the ImageNet statistics (mmseg's Normalize, to_rgb=True).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -200,6 +201,19 @@ class GraphRecord:
             if self.weights is not None:
                 data["weights_sha256"] = sha256_file(directory / self.weights)
         return data
+
+    @classmethod
+    def from_onnx(cls, directory: Path, file: str, precision: str, extra: dict) -> GraphRecord:
+        """The record of the ONNX graph `directory / file`, its tensors read from the graph itself."""
+        onnx = require("onnx", extra="export")
+        graph = onnx.load(str(directory / file), load_external_data=False).graph
+
+        def specs(values):
+            return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                     "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+        return cls(file=file, format="onnx", precision=precision, inputs=specs(graph.input),
+                   outputs=specs(graph.output), extra=dict(extra))
 
     @classmethod
     def parse(cls, fields: ManifestFields, name: str, value) -> GraphRecord:

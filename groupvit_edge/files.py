@@ -38,13 +38,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("GROUPVIT_EDGE_CACHE", Path.home() / ".cache" / "groupvit-edge"))
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     """`write(temporary)` on a hidden sibling of `path`, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(handle)
-    temporary = Path(temporary)
+    temporary = Path(name)
     try:
         write(temporary)
         _give_default_permissions(temporary, 0o666)

@@ -25,7 +25,7 @@ INT8_DOT_ISA = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 @functools.lru_cache(maxsize=1)
 def _cpuinfo() -> tuple[str, frozenset[str]]:
-    model, flags = platform.processor() or platform.machine(), frozenset()
+    model, flags = platform.processor() or platform.machine(), frozenset[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")

@@ -123,7 +123,7 @@ def _corrupt(path: Path, reason: str) -> UserError:
 class ClipTokenizer:
     """Turns text into CLIP token ids, identical to OpenAI `clip.tokenize` / HF `CLIPTokenizer` for ordinary text."""
 
-    def __init__(self, encoder: dict[str, int], merges: Sequence[tuple[str, str]],
+    def __init__(self, encoder: dict[str, int], merges: Sequence[tuple[str, ...]],
                  context_length: int = CONTEXT_LENGTH):
         if context_length < 2:
             raise ValueError(f"context_length must be >= 2 to hold the start and end tokens, got {context_length}")

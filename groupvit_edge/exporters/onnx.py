@@ -10,7 +10,7 @@ import numpy as np
 from ..artifact import GraphRecord
 from ..errors import ValidationFailed
 from ..imports import require
-from ..metrics.drift import FP32_TOLERANCE, validate_candidate
+from ..metrics.drift import FP32_MAX_ABS_DIFF, FP32_TOLERANCE, validate_candidate
 from ..quantization.records import DriftCheck
 from ..runtimes.onnxruntime import OnnxRuntime
 from .records import FloatGraphs
@@ -49,9 +49,9 @@ def _validated(job, image: GraphRecord, text: GraphRecord) -> FloatGraphs:
     check = DriftCheck("PyTorch (eager fp32)", "ONNX Runtime fp32", photos, FP32_CHECK_LABELS, drift, FP32_TOLERANCE)
     job.log(f"  {check.line()}; text embeddings max abs diff {text_difference:.1e}")
     failures = check.failures
-    if text_difference > FP32_TOLERANCE.max_abs_diff:
+    if text_difference > FP32_MAX_ABS_DIFF:
         failures.append(f"text embeddings max abs difference {text_difference:.2e} exceeds "
-                        f"{FP32_TOLERANCE.max_abs_diff:.0e}")
+                        f"{FP32_MAX_ABS_DIFF:.0e}")
     if failures:
         raise ValidationFailed(f"the ONNX graphs disagree with PyTorch ({'; '.join(failures)}); the artifact was "
                                f"not written")
@@ -101,12 +101,4 @@ def _drop_unused_initializers(model) -> None:
 
 
 def onnx_record(directory: Path, file: str, precision: str = "fp32") -> GraphRecord:
-    onnx = require("onnx", extra="export")
-    graph = onnx.load(str(directory / file), load_external_data=False)
-
-    def specs(values):
-        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
-
-    return GraphRecord(file=file, format="onnx", precision=precision, inputs=specs(graph.graph.input),
-                       outputs=specs(graph.graph.output), extra={"opset": OPSET})
+    return GraphRecord.from_onnx(directory, file, precision, {"opset": OPSET})

@@ -8,7 +8,8 @@
     "nncf-ir"  NNCF post-training quantization of the fp32 IR (FakeQuantize, OpenVINO's own form), which also
                quantizes self-attention's q·k; the grouping assignment and the grouping maps stay float.
   The default is "nncf-ir", the faster with the same drift where INT8 pays (benchmarks/openvino_targets.py;
-  figures in docs/benchmarks.md). The drift-budget search works on the QDQ graph, so it needs `--openvino-int8-route qdq`.
+  figures in docs/benchmarks.md). The drift-budget search works on the QDQ graph, so it needs
+  `--openvino-int8-route qdq`.
 
 The text graph stays fp32 in every target: it runs once per vocabulary, not per image. Every IR's drift against
 the fp32 ONNX image graph in ONNX Runtime is measured on held-out photos, in OpenVINO at the artifact's precision.
@@ -25,7 +26,7 @@ from .. import hardware
 from ..artifact import GraphRecord
 from ..errors import ValidationFailed
 from ..imports import require
-from ..metrics.drift import FP32_TOLERANCE, validate_candidate
+from ..metrics.drift import FP32_MAX_ABS_DIFF, FP32_TOLERANCE, validate_candidate
 from ..quantization.cache import cached_entry, calibration_key, policy_digest
 from ..quantization.measure import drift_labels
 from ..quantization.pipeline import int8_weight_bits, to_int8
@@ -125,7 +126,7 @@ def _fp16(job, floats) -> ArtifactParts:
     job.log("converting to OpenVINO IR with FP16-compressed weights")
     # OpenVINO keeps its own precision-sensitive subgraphs (normalisations, softmax) in f32 when a device computes
     # in f16; a CPU without FP16 arithmetic computes everything in f32 on the fp16-rounded weights.
-    return _float_ir(job, floats, "fp16", "f16", job.drift_photos(), None,
+    return _float_ir(job, floats, "fp16", "f16", job.drift_photos, None,
                      PrecisionRecord("fp16", ["text graph", "OpenVINO precision-sensitive subgraphs under f16"],
                                      inference_precision="f16", weights="fp16"))
 
@@ -133,7 +134,7 @@ def _fp16(job, floats) -> ArtifactParts:
 def _bf16(job, floats) -> ArtifactParts:
     """fp32 IR that runs in bf16: the weights stay fp32 (the runtime falls back to f32 on a device without bf16),
     and the drift is what this CPU computes in bf16, measured like the other reduced precisions."""
-    return _float_ir(job, floats, "fp32", "bf16", job.drift_photos(), None,
+    return _float_ir(job, floats, "fp32", "bf16", job.drift_photos, None,
                      PrecisionRecord("bf16", ["text graph", "OpenVINO precision-sensitive subgraphs under bf16"],
                                      inference_precision="bf16", weights="fp32"))
 
@@ -227,7 +228,7 @@ def _int8_ir(job, floats, onnx_image: GraphRecord, image_ir: GraphRecord, budget
                                                                "inference_precision": inference_precision}),
               "text_ir": text_ir}
         check, text_difference = _check_ir(job, floats, {"image": onnx_image, "text": floats.text, **ir},
-                                           job.drift_photos(), budget)
+                                           job.drift_photos, budget)
         if not check.failures:
             break
         if inference_precision != candidates[-1]:
@@ -320,9 +321,9 @@ def _check_ir(job, floats, graphs: dict, photos, budget=None) -> tuple[DriftChec
     reference = OnnxRuntime(job.working_manifest({"image": floats.image, "text": floats.text}))
     candidate = OpenVinoRuntime(job.working_manifest(graphs), cache_dir=False)
     text_difference = text_max_abs_diff(reference, candidate)
-    if text_difference > FP32_TOLERANCE.max_abs_diff:
+    if text_difference > FP32_MAX_ABS_DIFF:
         raise ValidationFailed(f"the OpenVINO text IR disagrees with text.onnx (max abs diff {text_difference:.2e}, "
-                               f"tolerance {FP32_TOLERANCE.max_abs_diff:.0e}); the artifact was not written")
+                               f"tolerance {FP32_MAX_ABS_DIFF:.0e}); the artifact was not written")
     labels = drift_labels(job.options)
     drift = validate_candidate(reference, candidate, list(photos.paths), labels=labels)
     check = DriftCheck(f"{floats.image.file} in {reference.description}", candidate.description, photos, labels,

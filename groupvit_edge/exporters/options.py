@@ -147,7 +147,7 @@ class ExportOptions:
             close = difflib.get_close_matches(unknown[0], list(owner), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UserError(f"export option {unknown[0]!r} is unknown{hint}: see `groupvit-edge export --help`")
-        parsed = {group: {} for group in groups}
+        parsed: dict[str, dict[str, object]] = {group: {} for group in groups}
         for name, value in values.items():
             if value is None:
                 continue

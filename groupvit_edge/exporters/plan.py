@@ -115,7 +115,7 @@ def _inapplicable_options(export_plan: ExportPlan) -> list[str]:
 
 
 def _listing(spec: OptionSpec) -> str:
-    return ", ".join(spec.targets)
+    return ", ".join(spec.targets or ())
 
 
 def _missing_packages(chosen: Target) -> list[str]:

@@ -97,7 +97,7 @@ def to_fp16(job, floats: FloatGraphs) -> ReducedImageGraph:
         half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FLOAT_OPS,
                                                 node_block_list=policy.assignment, disable_shape_infer=True)
     onnx.save(half, str(job.staging / FP16_FILE))
-    check = graph_drift(job, floats, FP16_FILE, job.drift_photos())
+    check = graph_drift(job, floats, FP16_FILE, job.drift_photos)
     job.log(f"  {check.line()}")
     record = PrecisionRecord("fp16", FP16_KEEP_FLOAT_OPS + ["grouping assignment"], policy.assignment)
     return ReducedImageGraph(job.graph_record(FP16_FILE, "fp16"), record, check)
@@ -114,7 +114,7 @@ def to_int8_dynamic(job, floats: FloatGraphs) -> ReducedImageGraph:
     bits = int8_weight_bits(job)
     quantized = quantize_dynamic_int8(model, policy, reduce_range=bits == 7, log=job.log)
     onnx.save(quantized, str(job.staging / DYNAMIC_FILE))
-    check = graph_drift(job, floats, DYNAMIC_FILE, job.drift_photos())
+    check = graph_drift(job, floats, DYNAMIC_FILE, job.drift_photos)
     job.log(f"  {check.line()}")
     record = PrecisionRecord("int8-dynamic", INT8_KEPT_FLOAT, policy.assignment, dynamic_quantized_nodes(quantized),
                              weight_bits=bits, backends=["onnxruntime"])

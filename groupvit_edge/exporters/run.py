@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..artifact import MANIFEST_NAME, GraphRecord, Manifest, owned_entries, sha256_file
+from ..artifact import (
+    MANIFEST_NAME,
+    GraphRecord,
+    Manifest,
+    Preprocess,
+    owned_entries,
+    sha256_file,
+    working_manifest,
+)
 from ..assets import default_tokenizer, sample_photos, samples_description
 from ..files import replace_directory, tree_size, write_text_atomic
 from ..listing import listed
@@ -41,40 +49,31 @@ class ExportJob:
     validation: PhotoSet                # fp32 validation, and drift of targets that calibrate on nothing
     calibration: CalibrationSet | None  # calibration photos and the held-out photos their drift is measured on
     log: Callable[[str], None]
+    # Read by every step, so plain fields: a step reads data here, and calls back only for graph_record and
+    # working_manifest, which need the staging directory and the reference manifest.
+    options: ExportOptions = field(init=False)
+    preprocess: Preprocess = field(init=False)
+    weights_sha256: str = field(init=False)
+    drift_photos: PhotoSet = field(init=False)      # where reduced graphs' drift is measured
 
-    @property
-    def options(self) -> ExportOptions:
-        return self.plan.options
-
-    @property
-    def preprocess(self):
-        return self.reference.manifest.preprocess
+    def __post_init__(self):
+        self.options = self.plan.options
+        self.preprocess = self.reference.manifest.preprocess
+        self.weights_sha256 = self.loaded.weights_sha256
+        self.drift_photos = self.calibration.drift_photos() if self.calibration is not None else self.validation
 
     def backend_options(self, name: str):
         return self.options.backends[name]
-
-    @property
-    def weights_sha256(self) -> str:
-        return self.loaded.weights_sha256
 
     def graph_record(self, file: str, precision: str = "fp32") -> GraphRecord:
         """The manifest record of the ONNX graph `file` in the staging directory."""
         return onnx_record(self.staging, file, precision)
 
-    def drift_photos(self) -> PhotoSet:
-        return self.calibration.drift_photos() if self.calibration is not None else self.validation
-
     def working_manifest(self, graphs: dict[str, GraphRecord], engines: dict[str, GraphRecord] | None = None,
                          **sections) -> Manifest:
         """A manifest over graphs in the staging directory, for runtimes that measure them during export."""
-        data = dict(self.reference.manifest.data)
-        data["graphs"] = {role: record.to_dict(self.staging, with_hashes=False) for role, record in graphs.items()}
-        if engines:
-            data["engines"] = {role: record.to_dict(self.staging, with_hashes=False)
-                               for role, record in engines.items()}
-        data["precision"] = {"target": self.plan.target.name, "compute": "fp32"}
-        data.update(sections)
-        return Manifest(data, self.staging)
+        return working_manifest(self.reference.manifest, self.staging, self.plan.target.name, graphs, engines,
+                                **sections)
 
 
 @dataclass
@@ -143,7 +142,8 @@ def _assemble_manifest(job: ExportJob, floats: FloatGraphs, parts: ArtifactParts
         data["vocabulary"] = vocabulary
     else:
         data.pop("vocabulary", None)
-    validation = {"fp32_vs_pytorch": {**floats.check.to_dict(), "text_max_abs_diff": floats.text_max_abs_diff}}
+    fp32_check = {**floats.check.to_dict(), "text_max_abs_diff": floats.text_max_abs_diff}
+    validation: dict[str, object] = {"fp32_vs_pytorch": fp32_check}
     validation.update({name: check.to_dict() for name, check in parts.checks.items()})
     if parts.search is not None:
         validation["drift_budget_search"] = parts.search.to_dict()

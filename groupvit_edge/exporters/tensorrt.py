@@ -115,7 +115,7 @@ def to_int8_fp16(job, floats, int8: ReducedImageGraph) -> ReducedImageGraph:
             f"{QDQ_FP16_OPSET})")
     half = qdq_with_fp16_float(onnx.load(str(job.staging / int8.graph.file)))
     onnx.save(half, str(job.staging / INT8_FP16_FILE))
-    check = graph_drift(job, floats, INT8_FP16_FILE, job.drift_photos(), int8.check.budget)
+    check = graph_drift(job, floats, INT8_FP16_FILE, job.drift_photos, int8.check.budget)
     job.log(f"  {check.line()}")
     record = dataclasses.replace(int8.precision, float_part="fp16",
                                  float32_kept=FP16_KEEP_FLOAT_OPS + ["grouping assignment"])
@@ -346,7 +346,7 @@ def build(job, floats) -> ArtifactParts:
                "text_plan": text_plan(plan).to_manifest(), "workspace_mb": options.workspace_mb,
                "timing_cache": str(timing)}
     precision_record, calibration_record = _precision_records(job, plan, reduced, graphs, calibration)
-    check = _check_engines(job, floats, graphs, engines, section, precision_record.compute, job.drift_photos(),
+    check = _check_engines(job, floats, graphs, engines, section, precision_record.compute, job.drift_photos,
                            reduced.check.budget if reduced else None)
     checks = {"drift_vs_fp32": check}
     if reduced is not None:

@@ -98,7 +98,10 @@ def is_block_name(name: str) -> bool:
 def forward_order(names) -> list[str]:
     """Block names in the order the image graph computes them."""
     def position(name: str) -> tuple[int, int]:
-        kind, fields = _parse_name(name)
+        parsed = _parse_name(name)
+        if parsed is None:
+            raise ValueError(f"{name!r} is not a block name")
+        kind, fields = parsed
         return kind.position(fields)
     return sorted(names, key=position)
 

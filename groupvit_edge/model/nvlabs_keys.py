@@ -203,6 +203,7 @@ def hf_to_nvlabs(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         )
 
     out: dict[str, Tensor] = {}
+    order: list[str] = []       # NVlabs keys in the order their first HF tensor comes, fused ones included
     pending: dict[str, dict[str, Tensor]] = {}  # fused NVlabs key -> {"q": ..., "k": ..., "v": ...}
     for key, tensor in state_dict.items():
         if key in HF_DROPPED:
@@ -213,12 +214,14 @@ def hf_to_nvlabs(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
             nv_key = nv_template.format(**groups)
             if nv_key not in pending:
                 pending[nv_key] = {}
-                out[nv_key] = None  # placeholder keeps the key order; filled below
+                order.append(nv_key)
             pending[nv_key][x] = tensor
         elif kind == "conv1x1":
-            out[nv_template.format(**groups)] = tensor.unsqueeze(-1) if groups["p"] == "weight" else tensor
+            order.append(nv_template.format(**groups))
+            out[order[-1]] = tensor.unsqueeze(-1) if groups["p"] == "weight" else tensor
         else:
-            out[nv_template.format(**groups)] = tensor
+            order.append(nv_template.format(**groups))
+            out[order[-1]] = tensor
     for nv_key, parts in pending.items():
         missing = [x for x in _QKV if x not in parts]
         if missing:
@@ -227,7 +230,7 @@ def hf_to_nvlabs(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
                 "pass a complete GroupViTModel.state_dict()."
             )
         out[nv_key] = torch.cat([parts[x] for x in _QKV], dim=0)
-    return out
+    return {key: out[key] for key in order}
 
 
 # --- small helpers ---------------------------------------------------------------------------------------------

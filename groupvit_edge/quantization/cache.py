@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from ..files import all_ours, cache_root, replace_directory
 from ..imports import require
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 # Bumped whenever what we do around a calibrator changes its result (e.g. keeping policy-float nodes float).
 REVISION = 2
+Entry = TypeVar("Entry")     # what one cache entry holds (a graph, a statistics file)
 
 
 def calibration_key(weights_sha256: str, calibration, method: dict, **extra) -> dict:
@@ -44,8 +45,8 @@ def cached_quantization(key: dict, build: Callable[[], onnx.ModelProto], root: P
                         save=lambda model, path: onnx.save(model, str(path)), root=root, log=log)
 
 
-def cached_entry(key: dict, build: Callable, file_name: str, load: Callable, save: Callable,
-                 root: Path | None = None, log=print) -> tuple[object, bool]:
+def cached_entry(key: dict, build: Callable[[], Entry], file_name: str, load: Callable[[Path], Entry],
+                 save: Callable[[Entry, Path], object], root: Path | None = None, log=print) -> tuple[Entry, bool]:
     """(result, reused?) for `key`: `load(path)` of the stored `file_name` when its key matches, else `build()`,
     stored atomically with `save(result, path)` (a rebuilt entry replaces the stale one, never half of it)."""
     root = Path(root) if root is not None else cache_root()

@@ -10,9 +10,10 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from ..artifact import GraphRecord, Manifest, Preprocess
+from ..artifact import GraphRecord, Preprocess, working_manifest
 from ..metrics.bench import median_ms
 from ..metrics.drift import DEFAULT_PROBE, DriftBudget, validate_candidate
+from ..runtimes.base import Runtime
 from ..runtimes.onnxruntime import OnnxRuntime
 from .calibration_set import CalibrationSet, PhotoSet
 from .form import activation_label
@@ -32,36 +33,33 @@ class QuantizationJob(Protocol):
     calibration: CalibrationSet | None
     log: Callable[[str], None]
     plan: Any                                     # exporters.plan.ExportPlan (the layer above)
+    options: Any                                  # exporters.options.ExportOptions (the layer above)
+    preprocess: Preprocess
+    weights_sha256: str
+    drift_photos: PhotoSet
+    reference: Runtime                            # the PyTorch reference: its manifest describes the model
 
-    @property
-    def options(self) -> Any: ...                 # exporters.options.ExportOptions (the layer above)
-
-    @property
-    def preprocess(self) -> Preprocess: ...
-
-    @property
-    def weights_sha256(self) -> str: ...
-
-    def drift_photos(self) -> PhotoSet: ...
-
-    def working_manifest(self, graphs: dict[str, GraphRecord]) -> Manifest: ...
-
-    def graph_record(self, file: str, precision: str) -> GraphRecord: ...
 
 
 def drift_labels(options) -> str:
     return options.budget.drift_labels or DEFAULT_PROBE
 
 
+def staged_graph(job: QuantizationJob, floats: FloatImageAndText, file: str, precision: str) -> GraphRecord:
+    """The record of an image graph this job wrote, described like the fp32 one (same opset record)."""
+    return GraphRecord.from_onnx(job.staging, file, precision, floats.image.extra)
+
+
 def _runtime(job: QuantizationJob, floats: FloatImageAndText, image: GraphRecord) -> OnnxRuntime:
-    return OnnxRuntime(job.working_manifest({"image": image, "text": floats.text}))
+    graphs = {"image": image, "text": floats.text}
+    return OnnxRuntime(working_manifest(job.reference.manifest, job.staging, job.plan.target.name, graphs))
 
 
 def graph_drift(job: QuantizationJob, floats: FloatImageAndText, candidate_file: str, photos: PhotoSet,
                 budget: DriftBudget | None = None, precision: str = "fp32") -> DriftCheck:
     """Drift of the image graph `candidate_file` against the fp32 image graph."""
     reference = _runtime(job, floats, floats.image)
-    candidate = _runtime(job, floats, job.graph_record(candidate_file, precision))
+    candidate = _runtime(job, floats, staged_graph(job, floats, candidate_file, precision))
     labels = drift_labels(job.options)
     drift = validate_candidate(reference, candidate, list(photos.paths), labels=labels)
     form = activation_label(candidate.int8_activations)
@@ -71,7 +69,7 @@ def graph_drift(job: QuantizationJob, floats: FloatImageAndText, candidate_file:
 
 def image_graph_ms(job: QuantizationJob, floats: FloatImageAndText, file: str, precision: str = "int8") -> float:
     """The median latency of one window through the image graph `file`, as ONNX Runtime runs it here."""
-    runtime = _runtime(job, floats, job.graph_record(file, precision))
+    runtime = _runtime(job, floats, staged_graph(job, floats, file, precision))
     pixels = np.zeros((1, 3, job.preprocess.height, job.preprocess.width), dtype=np.float32)
     try:
         return median_ms(lambda: runtime.encode_image(pixels), LATENCY_RUNS)

@@ -14,7 +14,7 @@ from ..imports import require
 from ..metrics.drift import DriftBudget
 from .cache import cached_quantization, calibration_key, policy_digest
 from .form import qdq_form, quantized_nodes, weight_bits
-from .measure import FloatImageAndText, QuantizationJob, graph_drift
+from .measure import FloatImageAndText, QuantizationJob, graph_drift, staged_graph
 from .policy import Policy, image_graph_policy, int8_kept_float, kept_float_blocks
 from .records import BudgetSearch, CalibrationRecord, PrecisionRecord, ReducedImageGraph
 from .search import budget_from, search
@@ -45,23 +45,24 @@ def to_int8(job: QuantizationJob, floats: FloatImageAndText) -> ReducedImageGrap
         job.options.common.cache_dir, log=job.log)
     calibration_seconds = time.perf_counter() - started
     onnx.save(quantized, str(job.staging / INT8_FILE))
-    photos = job.drift_photos()
+    photos = job.drift_photos
     budget = budget_from(job.options)
     check = graph_drift(job, floats, INT8_FILE, photos, budget, precision="int8")
     job.log(f"  {check.line()}")
     found = _within_budget(job, floats, fp32, quantized, policy, budget, check) if check.failures else None
-    if found is not None:
-        quantized, check = onnx.load(str(job.staging / INT8_FILE)), found.chosen.check
+    chosen = found.chosen if found is not None else None     # the search raises when no step fits
+    if chosen is not None:
+        quantized, check = onnx.load(str(job.staging / INT8_FILE)), chosen.check
     form = qdq_form(quantized)
     if not form["symmetric_int8"]:
         raise RuntimeError(f"the quantizer produced a non-symmetric QDQ graph: {form}")
-    searched_float = found.chosen.float_blocks if found is not None else []
+    searched_float = chosen.float_blocks if chosen is not None else []
     record = PrecisionRecord("int8", int8_kept_float(options.int8_attention) + asked_float + searched_float,
                              policy.assignment, quantized_nodes(quantized), method=method.to_dict(), qdq=form,
                              attention_products="int8" if options.int8_attention else "float",
                              keep_float=asked_float)
     calibration_record = CalibrationRecord(calibration, method.to_dict(), reused, calibration_seconds)
-    return ReducedImageGraph(job.graph_record(INT8_FILE, "int8"), record, check, calibration_record, found)
+    return ReducedImageGraph(staged_graph(job, floats, INT8_FILE, "int8"), record, check, calibration_record, found)
 
 
 def _policy(job: QuantizationJob, fp32) -> tuple[Policy, list[str]]:
@@ -79,4 +80,4 @@ def _within_budget(job: QuantizationJob, floats: FloatImageAndText, fp32, quanti
                    budget: DriftBudget | None, check) -> BudgetSearch | None:
     if budget is None:
         return None
-    return search(job, floats, fp32, quantized, policy, job.drift_photos(), budget, check, INT8_FILE)
+    return search(job, floats, fp32, quantized, policy, job.drift_photos, budget, check, INT8_FILE)

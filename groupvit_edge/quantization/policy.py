@@ -56,7 +56,9 @@ def image_graph_policy(model: onnx.ModelProto, attention_products: bool = False)
     """The policy for this graph; `attention_products` puts attention's q·k and attention·v products in INT8."""
     weights = {init.name for init in model.graph.initializer}
     producers = {output: node.op_type for node in model.graph.node for output in node.output}
-    quantizable, keep_float, assignment = [], [], []
+    quantizable: list[str] = []
+    keep_float: list[str] = []
+    assignment: list[str] = []
     for node in model.graph.node:
         if ASSIGNMENT.search(node.name):
             assignment.append(node.name)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..artifact import MANIFEST_NAME, read_manifest
 from ..errors import UserError
-from ..options import parse_value
+from ..options import OptionSpec, parse_value
 from .backends import ARTIFACT_BACKENDS, BACKEND_MODULES, REFERENCE_BACKEND
 from .base import ImageEncoding, Runtime, RuntimeBackend, ThroughputBackend
 from .tuned import recorded_choice
@@ -118,8 +118,11 @@ def backend_options(name: str, options: dict, source=None):
     kind = backend_module(name).Options
     specs = {f.name: f.metadata.get("option") for f in dataclasses.fields(kind)}
     # The reference's Options are not CLI options: their values pass as given.
-    return kind(**{option: value if specs[option] is None else parse_value(option, value, specs[option])
-                   for option, value in options.items()})
+    return kind(**{option: _parsed(option, value, specs[option]) for option, value in options.items()})
+
+
+def _parsed(option: str, value, spec: OptionSpec | None):
+    return value if spec is None else parse_value(option, value, spec)
 
 
 __all__ = ["BACKENDS", "ImageEncoding", "Runtime", "open", "available_backends", "backend_module", "backend_options",

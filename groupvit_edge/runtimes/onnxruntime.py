@@ -9,6 +9,7 @@ graph (`--int8-activations`, chosen per device by `tune`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -131,7 +132,7 @@ class OnnxRuntime(Runtime):
         self._image = self._session("image")
         wanted = IMAGE_OUTPUTS + OPTIONAL_IMAGE_OUTPUTS
         self._image_outputs = [o.name for o in self._image.get_outputs() if o.name in wanted]
-        self._text = None    # built on first use: a precomputed vocabulary never needs it
+        self._text: Any = None    # built on first use: a precomputed vocabulary never needs it
 
     def _session(self, graph: str):
         path = self.manifest.graph_path(graph)
@@ -177,6 +178,7 @@ class BlockProbe(Probe):
         self._ort = _import()
         self._options, self._providers = options, list(options.providers or ["CPUExecutionProvider"])
         self._free, self.missing = self._session(manifest, outputs)
+        self._forced: Any
         self._forced, _ = self._session(manifest, outputs, forced) if forced else (None, [])
         compute = manifest.precision.compute
         self.description = f"{manifest.graphs['image'].file} in onnxruntime {self._ort.__version__} " \
@@ -191,7 +193,8 @@ class BlockProbe(Probe):
         return self._ort.InferenceSession(model.SerializeToString(), settings, providers=self._providers), missing
 
     def run(self, window: np.ndarray, reference: dict | None = None) -> dict[str, np.ndarray]:
-        session = self._free if reference is None else self._forced
+        # Only the forced session has reference inputs, so the free one never reads `reference`.
+        session, reference = (self._free, {}) if reference is None else (self._forced, reference)
         feeds = {}
         for graph_input in session.get_inputs():
             if graph_input.name == IMAGE_INPUT:

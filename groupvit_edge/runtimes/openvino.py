@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -172,7 +173,7 @@ def device_precisions(core, devices: list[str], artifact_precision: str, request
 def compile_config(device: str, precisions: dict[str, str], hint: str, streams=None, threads=None) -> dict:
     """The config every model of this backend is compiled with: the performance hint, streams and threads when
     given, and the inference precision of each physical device (always set, see the module docstring)."""
-    config = {"PERFORMANCE_HINT": hint}
+    config: dict[str, object] = {"PERFORMANCE_HINT": hint}
     if streams is not None:
         config["NUM_STREAMS"] = _count("streams", streams, allow_auto=True)
     if threads:
@@ -240,7 +241,7 @@ class OpenVinoRuntime(Runtime):
         # Infer requests are not shareable between concurrent calls: each call borrows a queue of its own from
         # this pool and returns it, so threads (and interleaved streams) never touch each other's requests.
         self._idle_queues: queue.SimpleQueue = queue.SimpleQueue()
-        self._text = None    # built on first use: a precomputed vocabulary never needs it
+        self._text: Any = None    # built on first use: a precomputed vocabulary never needs it
         self._text_lock = threading.Lock()
         # The text graph runs once per vocabulary: always f32, whatever the image graph runs in.
         self._text_config = compile_config(self.device, {target: "f32" for target in self._physical}, self.hint,
@@ -283,7 +284,7 @@ class OpenVinoRuntime(Runtime):
     def encode_images_async(self, windows: Iterable[np.ndarray]) -> Iterator[ImageEncoding]:
         """Encode a stream of windows ([3,H,W] or [1,3,H,W] each) with every infer request busy; yields one
         ImageEncoding (batch 1) per window, in input order, as soon as it and all earlier ones are done."""
-        finished: dict[int, tuple] = {}
+        finished: dict[int, dict[str, np.ndarray]] = {}
 
         names = self._output_names
 
@@ -367,7 +368,7 @@ class BlockProbe(Probe):
         precision = precisions[device]
         config = compile_config(device, precisions, "LATENCY", threads=options.threads)
         self._free, self.missing = self._compile(manifest, outputs, (), device, config)
-        self._forced = self._compile(manifest, outputs, forced, device, config)[0] if forced else None
+        self._forced: Any = self._compile(manifest, outputs, forced, device, config)[0] if forced else None
         self._names = [tensor for tensor in outputs if tensor not in self.missing]
         record = manifest.graphs["image_ir"]
         self.description = f"{record.file} in openvino {self._ov.__version__.split('-')[0]} ({device}, " \
@@ -395,7 +396,8 @@ class BlockProbe(Probe):
         return self._core.compile_model(model, device, config), missing
 
     def run(self, window: np.ndarray, reference: dict | None = None) -> dict[str, np.ndarray]:
-        compiled = self._free if reference is None else self._forced
+        # Only the forced model has reference inputs, so the free one never reads `reference`.
+        compiled, reference = (self._free, {}) if reference is None else (self._forced, reference)
         feeds = {IMAGE_INPUT: np.ascontiguousarray(window[None])}
         for graph_input in compiled.inputs:
             name = graph_input.get_any_name()

@@ -142,7 +142,7 @@ def stitch(windows: list[WindowScores], boxes, canvas_size, original_size, with_
     margin = np.empty(original_size, dtype=np.float32) if with_margin else None
     # Band by band: a 24-megapixel photo never holds every class's full-size score map at once.
     for rows, resized in resize_bilinear_bands(canvas, *original_size):
-        if not with_margin:
+        if margin is None:
             best = resized.argmax(axis=0)
             labels[rows], score[rows] = classes[best], np.take_along_axis(resized, best[None], 0)[0]
             continue

@@ -76,7 +76,7 @@ class Prepared:
 
     def without_pixels(self) -> Prepared:
         """The geometry only: what post-processing needs once the windows have been encoded."""
-        return dataclasses.replace(self, windows=None)
+        return dataclasses.replace(self, windows=np.empty((0, 3, *self.window_size), np.float32))
 
 
 def normalize(pixels: np.ndarray, preprocess: Preprocess) -> np.ndarray:
@@ -95,7 +95,7 @@ def resize_image(image: Image.Image, size: tuple[int, int], resample: str = "pil
     to a 448 px short side) the two differ by 0.43 intensity levels on average; docs/benchmarks.md has the figures.
     """
     if resample == "pillow":
-        return np.asarray(image.resize(size, Image.BILINEAR))
+        return np.asarray(image.resize(size, Image.Resampling.BILINEAR))
     if resample == "opencv":
         cv2 = require("cv2", "opencv", what="--resample opencv", package="OpenCV")
         return cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_LINEAR)
@@ -156,7 +156,7 @@ def find_images(sources) -> list[FoundImage]:
     if sources is None or (not isinstance(sources, (str, Path)) and len(sources) == 0):
         return [FoundImage(path, SAMPLES, Path(path.name)) for path in sample_photos()]
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
-    found = []
+    found: list[FoundImage] = []
     for source in sources:
         path = Path(source)
         if path.is_dir():

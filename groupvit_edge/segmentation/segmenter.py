@@ -1,7 +1,7 @@
 """`Segmenter.segment(image)`: the whole user story in one call, the same on every backend."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -78,6 +78,8 @@ class Segmentation:
 
     def group_image(self) -> Image.Image:
         """Each group its own colour, boundaries between groups in black."""
+        if self.groups is None:
+            raise ValueError("this Segmentation was made without a group map (groups=None): it has no group image")
         return group_image(self.groups)
 
     def save(self, directory: str | Path, stem: str) -> list[Path]:
@@ -85,11 +87,11 @@ class Segmentation:
         images = [("overlay", self.overlay()), ("labels", self.label_image())]
         if self.groups is not None:
             images.append(("groups", self.group_image()))
-        written = []
-        for suffix, image in images:
-            path = Path(directory) / f"{stem}.{suffix}.png"
-            written.append(write_atomic(path, lambda temporary, image=image: image.save(temporary, format="PNG")))
-        return written
+        return [write_atomic(Path(directory) / f"{stem}.{suffix}.png", _png_writer(image)) for suffix, image in images]
+
+
+def _png_writer(image: Image.Image) -> Callable[[Path], None]:
+    return lambda temporary: image.save(temporary, format="PNG")
 
 
 MAX_LABEL_IMAGE_CLASSES = 256
