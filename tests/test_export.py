@@ -78,7 +78,7 @@ def test_dynamic_batch(onnx_artifact, reference_runtime):
 def test_non_square_export(tmp_path, random_checkpoint, bpe_path):
     result = export(str(random_checkpoint), tmp_path / "wide", "onnx", image_size=(224, 320), tokenizer=bpe_path,
                     log=lambda m: None)
-    shapes = {o["name"]: o["shape"] for o in result.manifest.graphs["image"]["outputs"]}
+    shapes = {o["name"]: o["shape"] for o in result.manifest.graphs["image"].outputs}
     assert shapes["grouping"] == ["batch", 8, 14, 20]
     assert result.manifest.data["validation"]["fp32_vs_pytorch"]["model_level"]["group_agreement"] > 99.9
 

@@ -57,11 +57,11 @@ def test_manifest_records_the_ir_and_keeps_the_onnx_graphs(ir_fp32):
     assert {"image", "text", "image_ir", "text_ir"} <= set(graphs)
     for name, stem in (("image_ir", "image"), ("text_ir", "text")):
         record = graphs[name]
-        assert record["file"] == f"{stem}.xml" and record["weights"] == f"{stem}.bin"
-        assert record["format"] == "openvino-ir" and record["precision"] == "fp32"
-        assert record["inference_precision"] == "f32" and record["openvino"] == ov.__version__.split("-")[0]
-        assert record["sha256"] == sha256_file(ir_fp32 / record["file"])
-        assert record["weights_sha256"] == sha256_file(ir_fp32 / record["weights"])
+        assert record.file == f"{stem}.xml" and record.weights == f"{stem}.bin"
+        assert record.format == "openvino-ir" and record.precision == "fp32"
+        assert record.inference_precision == "f32" and record.extra["openvino"] == ov.__version__.split("-")[0]
+        assert record.sha256 == sha256_file(ir_fp32 / record.file)
+        assert record.weights_sha256 == sha256_file(ir_fp32 / record.weights)
     assert (ir_fp32 / "image.onnx").is_file() and (ir_fp32 / "text.onnx").is_file()
     assert manifest.target == "openvino-fp32" and manifest.data["precision"]["inference_precision"] == "f32"
     validation = manifest.data["validation"]
