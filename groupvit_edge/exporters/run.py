@@ -49,8 +49,8 @@ class ExportJob:
     validation: PhotoSet                # fp32 validation, and drift of targets that calibrate on nothing
     calibration: CalibrationSet | None  # calibration photos and the held-out photos their drift is measured on
     log: Callable[[str], None]
-    # Read by every step, so plain fields: a step reads data here, and calls back only for graph_record and
-    # working_manifest, which need the staging directory and the reference manifest.
+    # Plain fields, not properties: the quantization steps read them through `QuantizationJob` without calling
+    # back into this layer.
     options: ExportOptions = field(init=False)
     preprocess: Preprocess = field(init=False)
     weights_sha256: str = field(init=False)
@@ -98,9 +98,10 @@ def export(model, out_dir, target: str = "onnx", *, log: Callable[[str], None] =
         job = _start(export_plan, model, staging, log)
         floats = onnx.build_float_graphs(job)
         parts = family(export_plan.target.family).build(job, floats)
-        data = _assemble_manifest(job, floats, parts, started)
-        _keep_only_named(staging, Manifest(data, staging))
-        write_text_atomic(staging / MANIFEST_NAME, Manifest(data, staging).to_json())
+        staged = Manifest(_assemble_manifest(job, floats, parts, started), staging)
+        _keep_only_named(staging, staged)
+        write_text_atomic(staging / MANIFEST_NAME, staged.to_json())
+        data = staged.data
     result = ExportResult(Path(out_dir), Manifest(data, Path(out_dir)), time.perf_counter() - started, floats, parts)
     log(summary(result))
     return result
