@@ -27,11 +27,16 @@ from .errors import UserError
 from .files import sha256_file, sha256_file_cached
 from .version import __version__
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MANIFEST_NAME", "SCHEMA_VERSION", "TUNED_NAME", "GraphRecord",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MANIFEST_NAME", "NORMALISED_TEXT_OUTPUT", "SCHEMA_VERSION",
+           "TEXT_OUTPUT", "TUNED_NAME", "GraphRecord",
            "Manifest", "ModelRecord", "PrecisionInfo", "Preprocess", "TokenizerRecord", "VocabularyRecord",
            "inside_artifact", "new_manifest_data", "owned_entries", "read_manifest", "sha256_file",
            "sha256_file_cached", "working_manifest"]
 
+# The text graph's one output: the projected features the official class embedding averages. Artifacts exported
+# before it existed return NORMALISED_TEXT_OUTPUT instead, L2-normalised per prompt.
+TEXT_OUTPUT = "text_features"
+NORMALISED_TEXT_OUTPUT = "text_embeds"
 SCHEMA_VERSION = 2           # 2: every file the manifest names carries its sha256
 MANIFEST_NAME = "manifest.json"
 TUNED_NAME = "tuned.json"        # written by `tune` on the device; ours, though not in the manifest
@@ -91,6 +96,17 @@ class Manifest:
     @property
     def target(self) -> str:
         return self.precision.target
+
+    @property
+    def text_output(self) -> str:
+        """The name of the text graph's output: TEXT_OUTPUT, or NORMALISED_TEXT_OUTPUT in an earlier artifact."""
+        records = [record for role, record in {**self.graphs, **self.engines}.items() if role.startswith("text")]
+        names = {output["name"] for record in records for output in record.outputs}
+        return NORMALISED_TEXT_OUTPUT if NORMALISED_TEXT_OUTPUT in names else TEXT_OUTPUT
+
+    @property
+    def text_output_normalised(self) -> bool:
+        return self.text_output == NORMALISED_TEXT_OUTPUT
 
     @property
     def tensorrt(self) -> dict | None:

@@ -164,11 +164,14 @@ class VocabularyRecord:
     file: str
     sha256: str | None
     labels: tuple[str, ...]
+    template_set: str | None = None     # None, like averaging: written before vocabularies recorded them
+    averaging: str | None = None
 
     @classmethod
     def parse(cls, fields: ManifestFields, value) -> VocabularyRecord:
         d = fields.mapping("vocabulary", value)
-        return cls(fields.text("vocabulary.file", d.get("file")), d.get("sha256"), tuple(d.get("labels") or ()))
+        return cls(fields.text("vocabulary.file", d.get("file")), d.get("sha256"), tuple(d.get("labels") or ()),
+                   d.get("template_set"), d.get("averaging"))
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,22 @@
 """`groupvit-edge`: a thin shell over the Python API. Every command is one API call plus printing.
 
-Export options and runtime options are generated from their declarations (`exporters.options`, each backend's
-`Options`), so a flag, its help and its checks live in one place.
+Export options and runtime options are generated from their declarations (cli_options.py), so a flag, its help and
+its checks live in one place.
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import signal
 import sys
-from typing import Any
 
 import click
 
+from .cli_options import export_option_kinds, given, options_from, runtime_options, runtime_values, threads_callback
 from .doctor import report as doctor_report
 from .errors import UserError, ValidationFailed
 from .exporters import export as export_artifact
-from .exporters.options import GROUPS
-from .exporters.plan import backend_option_groups, readiness_report, readiness_targets, targets
+from .exporters.plan import readiness_report, readiness_targets, targets
 from .files import exit_on_signal
 from .info import describe
 from .listing import listed
@@ -30,8 +28,7 @@ from .metrics.drift_report import read_drift_report
 from .metrics.evaluate import evaluate
 from .metrics.render import render_drift_report, write_json
 from .metrics.tune import tune as tune_artifact
-from .options import check_number, spec_of
-from .runtimes import ARTIFACT_BACKENDS, backend_module, option_names
+from .options import check_number
 from .segmentation import Segmenter
 from .segmentation.postprocess import BACKGROUND_THRESHOLD
 from .segmentation.preprocess import find_images, list_images, output_names
@@ -48,6 +45,8 @@ ENVIRONMENT_ERRORS = {
 }
 RESAMPLE_HELP = ("How photos are shrunk to the export size: pillow (anti-aliased) or opencv (mmseg's own resize, "
                  "as the paper evaluated; pip install groupvit-edge[opencv]).")
+TEMPLATES_HELP = ("Prompt templates: simple (GroupViT's own 'a photo of a {}.', the default), full (CLIP's 80) or a "
+                  "file, one per line.")
 IMAGES_HELP = ("Photos: files or directories, searched recursively (repeatable). Default: the sample photos "
                "shipped with groupvit-edge.")
 
@@ -78,88 +77,6 @@ def main(argv=None) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------- generated options
-
-def _click_type(f: dataclasses.Field):
-    spec = spec_of(f)
-    if spec.choices:
-        return click.Choice(spec.choices)
-    annotation = str(f.type)
-    if annotation.startswith("float"):
-        return float
-    if annotation.startswith("int") and spec.parse is None:
-        return int
-    return str
-
-
-def _click_option(f: dataclasses.Field, prefix_help: str = ""):
-    spec = spec_of(f)
-    shown = f.default if not isinstance(f.default, tuple) else "x".join(map(str, f.default))
-    default_note = "" if f.default is None or f.default is False or f.default == () else f" [default: {shown}]"
-    kwargs: dict[str, Any] = {"help": prefix_help + spec.help + default_note, "default": None}
-    if spec.is_flag:
-        kwargs.update(is_flag=True, default=False)
-    elif spec.multiple:
-        kwargs.update(multiple=True, default=(), type=str)
-    else:
-        kwargs["type"] = _click_type(f)
-    if spec.metavar:
-        kwargs["metavar"] = spec.metavar
-    return click.option(spec.flag(f.name), f.name, **kwargs)
-
-
-def _options_from(*kinds):
-    """Click options for every field of the given option dataclasses."""
-    def decorate(function):
-        for kind in reversed(kinds):
-            for f in reversed(dataclasses.fields(kind)):
-                function = _click_option(f)(function)
-        return function
-    return decorate
-
-
-def _export_option_kinds():
-    return (*GROUPS.values(), *backend_option_groups().values())
-
-
-def _runtime_options(function):
-    """One flag per runtime option of any backend (a flag several backends share appears once)."""
-    seen = {}
-    for name in ARTIFACT_BACKENDS:
-        for f in dataclasses.fields(backend_module(name).Options):
-            if "option" in f.metadata and f.name not in seen:
-                seen[f.name] = f
-    for f in reversed(list(seen.values())):
-        function = _click_option(f)(function)
-    return function
-
-
-def _given(values: dict) -> dict:
-    """The options the user gave: not None, not an unset flag, not an empty repeatable (0 is a given number)."""
-    return {name: value for name, value in values.items()
-            if value is not None and value is not False and value != ()}
-
-
-def _runtime_values(values: dict) -> dict:
-    """Pop the runtime options out of a command's values, keeping the ones the user gave."""
-    names = set().union(*(option_names(name) for name in ARTIFACT_BACKENDS))
-    given = _given({name: values.pop(name) for name in list(values) if name in names})
-    if "threads" in given:
-        given["threads"] = _threads(None, None, given["threads"])
-    return given
-
-
-def _threads(context, parameter, value):
-    if value is None:
-        return None
-    check_number("--threads", value, minimum=1)
-    cores = os.cpu_count() or value
-    if value > cores:
-        click.echo(f"note: --threads {value} is more than this machine's {cores} CPUs; using {cores}", err=True)
-        return cores
-    return value
-
-
 # --------------------------------------------------------------------------------------------- commands
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -179,10 +96,10 @@ def _targets_help() -> str:
               help="Checkpoint directory, .pth file, HuggingFace Hub id, or random:SEED.")
 @click.option("--target", default="onnx", show_default=True, help=_targets_help())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Artifact directory.")
-@_options_from(*_export_option_kinds())
+@options_from(*export_option_kinds())
 def export(model_spec, target, out_dir, **values):
     """Export a GroupViT checkpoint to an artifact directory (checked before anything slow starts)."""
-    export_artifact(model_spec, out_dir, target, log=click.echo, **_given(values))
+    export_artifact(model_spec, out_dir, target, log=click.echo, **given(values))
 
 
 @cli.command(epilog="Examples:\n\n\b\n  groupvit-edge segment artifacts/fp32 photo.jpg --labels cat,dog,grass\n"
@@ -196,15 +113,16 @@ def export(model_spec, target, out_dir, **values):
               help="Where the overlay and label PNGs go.")
 @click.option("--backend", help="Force a backend: onnxruntime, openvino, tensorrt or torch.")
 @click.option("--tokenizer", type=click.Path(), help="Tokenizer vocabulary, if the artifact has none.")
+@click.option("--templates", help=TEMPLATES_HELP)
 @click.option("--resize", type=click.Choice(["slide", "letterbox"]), help="Override the artifact's resize mode.")
 @click.option("--no-background", is_flag=True, help="No background class (every pixel gets a label).")
 @click.option("--resample", type=click.Choice(["pillow", "opencv"]), default="pillow", show_default=True,
               help=RESAMPLE_HELP)
 @click.option("--show", type=click.Choice(["classes", "groups"]), default="classes", show_default=True,
               help="What the line per photo lists: class shares, or GroupViT's groups with the class each scores best.")
-@_runtime_options
-def segment(source, images, more_images, labels, out_dir, backend, tokenizer, resize, no_background, resample, show,
-            **values):
+@runtime_options
+def segment(source, images, more_images, labels, out_dir, backend, tokenizer, templates, resize, no_background,
+            resample, show, **values):
     """Segment photos with an artifact or checkpoint SOURCE; writes overlay, label and group PNGs per photo."""
     found = find_images(list(images) + list(more_images))
     if not images and not more_images:
@@ -212,9 +130,10 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, re
     if labels is not None:      # given names are counted before their text is encoded
         check_label_count(len(parse_labels(labels)) + (0 if no_background else 1))
     unreadable = []
-    with Segmenter.open(source, labels, backend=backend, tokenizer=tokenizer, resize=resize, resample=resample,
+    with Segmenter.open(source, labels, backend=backend, tokenizer=tokenizer, templates=templates, resize=resize,
+                        resample=resample,
                         background_threshold=None if no_background else BACKGROUND_THRESHOLD,
-                        **_runtime_values(values)) as segmenter:
+                        **runtime_values(values)) as segmenter:
         if labels is None:                  # the artifact's vocabulary; given labels were counted above
             segmenter.check_label_image()
         if labels is None and segmenter.manifest.vocabulary_path() is None:
@@ -252,8 +171,9 @@ def _summary(result, show: str) -> str:
               "--masks).")
 @click.option("--masks", "masks_dir", type=click.Path(), help="Ground-truth masks (a PNG per photo, same name) to "
               "compare each candidate's own mIoU with the reference's.")
+@click.option("--templates", help=TEMPLATES_HELP)
 @click.option("--classes", default="coco-object", show_default=True, help="Class map of --masks: coco-object, "
-              "voc or a file of 'id: name' lines.")
+              "voc, pascal-context or a file of 'id: name' lines.")
 @click.option("--max-drop", type=float, help="Exit 1 when a candidate loses more than this many mIoU points.")
 @click.option("--min-confident-agreement", type=float, help="Exit 1 when a candidate's confident-pixel group "
               "agreement (percent) is below this.")
@@ -265,12 +185,13 @@ def _summary(result, show: str) -> str:
               help="Write report.html here (one self-contained page: tables, per-class chart, the worst photos; "
                    "the file to attach to a pull request), beside drift.json, drift.md and the PNGs it shows.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write drift.json here.")
-def drift(reference, candidates, images, labels, masks_dir, classes, max_drop, min_confident_agreement,
+def drift(reference, candidates, images, labels, masks_dir, templates, classes, max_drop, min_confident_agreement,
           min_group_cosine, margin, report_dir, json_path):
     """Compare candidate artifacts with a reference on the same photos: class-level and model-level drift."""
     check_number("--margin", margin, minimum=0.0, maximum=0.999)
     budget = budget_from_flags(max_drop, min_confident_agreement, min_group_cosine)
-    report = measure_drift(reference, list(candidates), list(images) or None, labels=labels, masks_dir=masks_dir,
+    report = measure_drift(reference, list(candidates), list(images) or None, labels=labels, templates=templates,
+                           masks_dir=masks_dir,
                            class_map=resolve(classes) if masks_dir else None, confident_margin=margin,
                            budget=budget)
     if report_dir:
@@ -307,18 +228,22 @@ def report_command(drift_json, out_dir):
 @click.option("--images", required=True, multiple=True, help="Labelled photos: files or directories (repeatable).")
 @click.option("--masks", "masks_dir", required=True, type=click.Path(), help="Single-channel PNG masks named like "
               "the photos.")
-@click.option("--classes", default="coco-object", show_default=True, help="coco-object, voc, or a file of "
-              "'id: name' lines.")
+@click.option("--classes", default="coco-object", show_default=True, help="The dataset: coco-object, voc, "
+              "pascal-context (its official settings apply), or a file of 'id: name' lines.")
 @click.option("--backend", help="Force a backend.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N photos.")
-@click.option("--resample", type=click.Choice(["pillow", "opencv"]), default="pillow", show_default=True,
-              help=RESAMPLE_HELP)
+@click.option("--templates", help=TEMPLATES_HELP + " Anything but simple deviates from the official protocol.")
+@click.option("--background-threshold", type=click.FloatRange(0, 1), help="Replace the dataset's official "
+              "threshold (0.95 VOC and COCO-Object, 0.35 PASCAL Context).")
+@click.option("--resample", type=click.Choice(["pillow", "opencv"]), help=RESAMPLE_HELP + " Default: opencv, as "
+              "the official evaluation.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
-@_runtime_options
-def evaluate_command(source, images, masks_dir, classes, backend, limit, resample, json_path, **values):
-    """mIoU, per-class IoU and pixel accuracy of SOURCE on labelled photos (the paper's protocol)."""
+@runtime_options
+def evaluate_command(source, images, masks_dir, classes, backend, limit, templates, background_threshold, resample,
+                     json_path, **values):
+    """mIoU, per-class IoU and pixel accuracy of SOURCE on labelled photos, by GroupViT's official protocol."""
     report = evaluate(source, list(images), masks_dir, classes, backend=backend, limit=limit, resample=resample,
-                      **_runtime_values(values))
+                      templates=templates, background_threshold=background_threshold, **runtime_values(values))
     click.echo(report.to_markdown())
     if json_path:
         write_json(report.to_dict(), json_path)
@@ -332,7 +257,7 @@ def evaluate_command(source, images, masks_dir, classes, backend, limit, resampl
 @click.option("--labels", default=DEFAULT_PROBE, show_default=True, help="Vocabulary for mIoU vs the reference.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls first.")
 @click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls.")
-@click.option("--threads", type=int, callback=_threads, help="CPU threads per backend (at most the CPU count).")
+@click.option("--threads", type=int, callback=threads_callback, help="CPU threads per backend (at most the CPU count).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Windows per image-graph call.")
 @click.option("--streams", type=click.IntRange(min=1), help="Throughput mode: OpenVINO's THROUGHPUT hint with N "
@@ -368,7 +293,7 @@ def bench(artifacts, images, limit, reference, labels, warmup, runs, threads, ba
 @click.option("--min-group-cosine", type=float, help="Least mean group-embedding cosine [default: 0.995].")
 @click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True,
               help="Timed calls per configuration.")
-@click.option("--threads", type=int, callback=_threads, help="CPU threads (at most the CPU count).")
+@click.option("--threads", type=int, callback=threads_callback, help="CPU threads (at most the CPU count).")
 @click.option("--dry-run", is_flag=True, help="Measure and print, but record nothing in the artifact.")
 def tune(artifact, images, reference, labels, max_drop, min_confident_agreement, min_group_cosine, runs, threads,
          dry_run):
@@ -400,11 +325,11 @@ def tune(artifact, images, reference, labels, max_drop, min_confident_agreement,
 @click.option("--suggest", is_flag=True, help="End with the --keep-float flag for the next INT8 export.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
               help="Write blocks.json, blocks.md and the chart blocks.svg here.")
-@_runtime_options
+@runtime_options
 def diagnose(reference, candidate, images, backend, tolerance_db, suggest, report_dir, **values):
     """Where a candidate departs from the fp32 reference, block by block, and which blocks put the error there."""
     report = per_block_divergence(reference, candidate, list(images) or None, backend=backend,
-                                  tolerance_db=tolerance_db, progress=True, **_runtime_values(values))
+                                  tolerance_db=tolerance_db, progress=True, **runtime_values(values))
     click.echo(report.to_markdown())
     if report_dir:
         click.echo(f"\nwrote {', '.join(str(path) for path in report.write(report_dir))}")

@@ -30,14 +30,6 @@ CONTEXT_LENGTH = 77
 # OpenAI's file holds far more merges than the model was trained with; CLIP keeps only this many.
 _NUM_MERGES = 49152 - 256 - 2
 
-DEFAULT_TEMPLATES = (
-    "a photo of a {}.",
-    "a photo of the {}.",
-    "a photo of a small {}.",
-    "a photo of a large {}.",
-    "itap of a {}.",
-)
-
 _FIX = ("pass a CLIP bpe_simple_vocab_16e6.txt.gz file or a directory with vocab.json and merges.txt, or leave "
         "--tokenizer out (export then uses the checkpoint's vocabulary or the CLIP one shipped with groupvit-edge)")
 _LITERALS = (START_TOKEN, END_TOKEN, "'s", "'t", "'re", "'ve", "'m", "'ll", "'d")  # tried in this order, like the regex
@@ -240,13 +232,13 @@ class ClipTokenizer:
 # ---- prompts for class names -----------------------------------------------------------------------------
 
 
-def prompts_for(class_name: str, templates: Sequence[str] = DEFAULT_TEMPLATES) -> list[str]:
-    """One prompt per template: a class embedding averaged over several phrasings is more robust than one."""
+def prompts_for(class_name: str, templates: Sequence[str]) -> list[str]:
+    """One prompt per template (segmentation.prompts holds the template sets)."""
     return [template.format(class_name) for template in templates]
 
 
 def tokenize_labels(
-    tokenizer: ClipTokenizer, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+    tokenizer: ClipTokenizer, labels: Sequence[str], templates: Sequence[str]
 ) -> tuple[np.ndarray, int]:
     """Token ids [K*T, context_length] in class-major order (class k owns rows k*T .. k*T+T-1), and T.
 

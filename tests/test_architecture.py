@@ -14,8 +14,8 @@ HEAVY = {"torch", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt", "cuda",
 TORCH_MODULES = ("groupvit_edge.model.",)
 # Highest layer first: a module imports modules of its own layer or of lower ones (docs/ARCHITECTURE.md).
 LAYERS = (
-    ("interface", ("groupvit_edge", "groupvit_edge.cli", "groupvit_edge.doctor", "groupvit_edge.info",
-                   "groupvit_edge.testing")),
+    ("interface", ("groupvit_edge", "groupvit_edge.cli", "groupvit_edge.cli_options", "groupvit_edge.doctor",
+                   "groupvit_edge.info", "groupvit_edge.testing")),
     ("exporters", ("groupvit_edge.exporters", "groupvit_edge.checks")),
     ("quantization", ("groupvit_edge.quantization",)),
     ("metrics", ("groupvit_edge.metrics",)),

@@ -173,11 +173,11 @@ def test_eval_matches_a_hand_computed_confusion(onnx_artifact, coco_images):
     from groupvit_edge.metrics.classmaps import coco_object
     report = evaluate(onnx_artifact, EVAL_IMAGES, EVAL_MASKS, "coco-object", limit=2, progress=False)
     class_map = coco_object()
-    segmenter = Segmenter.open(onnx_artifact, class_map.foreground)
+    segmenter = Segmenter.open(onnx_artifact, class_map.foreground, resample="opencv")   # the official resize
     confusion = ConfusionMatrix(81)
     for image in sorted(EVAL_IMAGES.glob("*.jpg"))[:2]:
         mask = np.asarray(Image.open(SHARED_DATA / "coco/eval2017/masks" / f"{image.stem}.png"))
-        confusion.update(class_map.convert(mask), segmenter.segment(image).labels)
+        confusion.update(class_map.convert(mask, class_map.forms[1]), segmenter.segment(image).labels)
     assert report.miou == pytest.approx(100 * confusion.mean_iou)
     assert report.pixel_accuracy == pytest.approx(100 * confusion.pixel_accuracy)
     assert report.images == 2 and "| background |" in report.to_markdown()

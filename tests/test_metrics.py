@@ -62,7 +62,12 @@ def test_coco_object_class_map():
     class_map = coco_object()
     assert len(class_map.class_names) == 81 and class_map.class_names[0] == "background"
     raw = np.array([0, 1, 90, 92, 200, 17], dtype=np.uint8)
-    assert class_map.convert(raw).tolist() == [0, 1, 80, 0, 0, class_map.class_names.index("cat")]
+    official, panoptic = class_map.forms
+    assert panoptic.suffix == ".png"
+    assert class_map.convert(raw, panoptic).tolist() == [0, 1, 80, 0, 0, class_map.class_names.index("cat")]
+    # the official converter's _instanceTrainIds.png: 0 background, 1..80 the things in order
+    assert official.suffix == "_instanceTrainIds.png"
+    assert class_map.convert(np.array([0, 1, 80, 81], np.uint8), official).tolist() == [0, 1, 80, 255]
 
 
 def test_coco_names_agree_with_the_shared_dataset():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from groupvit_edge.errors import UserError
-from groupvit_edge.tokenizer import DEFAULT_TEMPLATES, ClipTokenizer, prompts_for, tokenize_labels
+from groupvit_edge.segmentation.prompts import full_templates
+from groupvit_edge.tokenizer import ClipTokenizer, prompts_for, tokenize_labels
 
 BPE_GZ = Path(__file__).resolve().parents[1].parent / "shared/data/clip/bpe_simple_vocab_16e6.txt.gz"
 START, END = 49406, 49407
@@ -165,14 +166,15 @@ def test_corrupt_vocab_json_names_path(tmp_path, hf_files):
 
 def test_prompts_and_label_tokens(tok):
     assert prompts_for("cat", ["a photo of a {}.", "itap of a {}."]) == ["a photo of a cat.", "itap of a cat."]
-    ids, n_templates = tokenize_labels(tok, ["cat", "dog"], DEFAULT_TEMPLATES)
-    assert n_templates == len(DEFAULT_TEMPLATES)
+    templates = full_templates()
+    ids, n_templates = tokenize_labels(tok, ["cat", "dog"], templates)
+    assert n_templates == len(templates) == 80
     assert ids.shape == (2 * n_templates, 77) and ids.dtype == np.int64
-    assert np.array_equal(ids[:n_templates], tok(prompts_for("cat")))
-    assert np.array_equal(ids[n_templates:], tok(prompts_for("dog")))
+    assert np.array_equal(ids[:n_templates], tok(prompts_for("cat", templates)))
+    assert np.array_equal(ids[n_templates:], tok(prompts_for("dog", templates)))
 
 
 @pytest.mark.parametrize("labels", [[], ["cat", "  "], [""]])
 def test_empty_labels_raise(tok, labels):
     with pytest.raises(UserError, match="--labels"):
-        tokenize_labels(tok, labels, DEFAULT_TEMPLATES)
+        tokenize_labels(tok, labels, ["a photo of a {}."])

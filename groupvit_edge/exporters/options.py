@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..metrics.drift import BUDGET_BOUNDS
 from ..model.blocks import NAME_FORMS, is_block_name
 from ..options import OptionSpec, option, parse_value, spec_of
+from ..segmentation.prompts import DEFAULT_TEMPLATE_SET, resolve_templates
 from ..segmentation.vocabulary import parse_labels
 
 FP16_TARGETS = ("onnx-fp16", "openvino-fp16", "trt-fp16")
@@ -54,6 +55,12 @@ def block_names(value) -> tuple[str, ...]:
     return names
 
 
+def template_spec(value) -> str:
+    """A template set's name or file, checked now so that a wrong one fails before any graph is traced."""
+    resolve_templates(str(value))
+    return str(value)
+
+
 def paths(value) -> tuple[str, ...]:
     return tuple(str(v) for v in ([value] if isinstance(value, (str, Path)) else value))
 
@@ -67,6 +74,9 @@ class CommonOptions:
                                          "shipped with groupvit-edge).", metavar="PATH")
     labels: tuple[str, ...] | None = option(None, "Comma-separated class names to precompute a vocabulary for "
                                                   "(optional; any vocabulary works later).", parse=labels_list)
+    templates: str = option(DEFAULT_TEMPLATE_SET, "Prompt templates of the --labels vocabulary: simple (GroupViT's "
+                                                  "own 'a photo of a {}.'), full (CLIP's 80) or a file, one per line.",
+                            parse=template_spec, metavar="SET")
     validation_images: tuple[str, ...] | None = option(
         None, "Photos (files or directories, repeatable) to validate the graphs and measure drift on "
               "(default: held-out calibration images, else the sample photos shipped with groupvit-edge).",

@@ -175,10 +175,12 @@ def _write_vocabulary(job: ExportJob) -> dict | None:
     labels = job.options.common.labels
     if not labels:
         return None
-    vocabulary = Vocabulary.encode(job.reference, list(labels), None, load_tokenizer(job.tokenizer))
+    vocabulary = Vocabulary.encode(job.reference, list(labels), job.options.common.templates,
+                                   load_tokenizer(job.tokenizer))
     path = vocabulary.save(job.staging / VOCABULARY_FILE)
     return {"file": path.name, "sha256": sha256_file(path), "labels": vocabulary.labels,
-            "templates": list(vocabulary.templates)}
+            "template_set": vocabulary.templates.name, "templates": list(vocabulary.templates.templates),
+            "averaging": vocabulary.averaging}
 
 
 def _keep_only_named(staging: Path, manifest: Manifest) -> None:

@@ -30,6 +30,7 @@ from ..runtimes import open as open_runtime
 from ..runtimes.base import ImageEncoding
 from ..segmentation.postprocess import BACKGROUND_THRESHOLD, resize_bilinear, top_two
 from ..segmentation.preprocess import Prepared, list_images, load_image, prepare
+from ..segmentation.prompts import TemplateSet
 from ..segmentation.segmenter import encode_windows, label_map
 from ..segmentation.vocabulary import Vocabulary, parse_labels
 from .classmaps import ClassMap
@@ -52,7 +53,6 @@ from .drift_report import (
     PhotoEvidence,
     WorstImage,
 )
-from .evaluate import read_mask
 
 CONFIDENT_MARGIN = 0.01      # reference relative margin best vs second group below which a pixel is a near-tie
 PROTOTYPE_PREFIX = "prototypes:"
@@ -237,7 +237,7 @@ def validate_candidate(reference, candidate, images, *, labels=DEFAULT_PROBE,
                          progress=False, **options).candidates[0]
 
 
-def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks_dir=None,
+def measure_drift(reference, candidates: Sequence, images, *, labels=None, templates=None, masks_dir=None,
                   class_map: ClassMap | None = None, confident_margin: float = CONFIDENT_MARGIN,
                   worst: int = 5, seed: int = 0, batch_size: int = 4,
                   budget: DriftBudget | None = None, progress: bool = True) -> DriftReport:
@@ -246,7 +246,8 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
     `reference`/`candidates` are artifact directories, checkpoints/model specs (PyTorch reference) or Runtimes.
     `labels`: class names, "prototypes:K" (K k-means centroids of the reference's group embeddings), or None
     for the artifacts' vocabulary (the class map's names when masks are given; DEFAULT_PROBE when a reference or
-    candidate has no vocabulary, as a checkpoint or an artifact exported without --labels). With `budget`, the
+    candidate has no vocabulary, as a checkpoint or an artifact exported without --labels); `templates` their
+    prompt template set (segmentation.prompts; default the official `simple`). With `budget`, the
     report judges each candidate by it too. Nothing is written: `render.render_drift_report` writes the report
     folder, its worst-photo panels drawn from the report's `evidence`.
     """
@@ -282,7 +283,7 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, masks
         encoded.append(MeasuredPhoto(path, prepared.without_pixels(), encodings, truth))
 
     tick = time.perf_counter()
-    vocabularies, vocabulary, background = _vocabularies(labels, class_map, runtimes_, encoded, seed)
+    vocabularies, vocabulary, background = _vocabularies(labels, templates, class_map, runtimes_, encoded, seed)
     text_seconds = time.perf_counter() - tick
     tick = time.perf_counter()
     class_names = (["background"] if background is not None else []) + vocabulary.labels
@@ -345,17 +346,14 @@ def _describe(source, runtime: Runtime) -> ComparedModel:
 
 
 def _ground_truth(masks_dir, image_path: Path, class_map: ClassMap, size) -> np.ndarray:
-    mask_path = Path(masks_dir) / f"{image_path.stem}.png"
-    if not mask_path.is_file():
-        raise UserError(f"no mask {mask_path} for image {image_path.name}: masks must be PNGs named like the images")
-    mask = class_map.convert(read_mask(mask_path))
+    mask_path, mask = class_map.truth(Path(masks_dir), image_path)
     if mask.shape != tuple(size):
         raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
                         f"{size[1]}x{size[0]}: masks must have the image's size")
     return mask
 
 
-def _vocabularies(labels, class_map, runtimes_, encoded, seed) -> tuple[list[Vocabulary], DriftVocabulary,
+def _vocabularies(labels, templates, class_map, runtimes_, encoded, seed) -> tuple[list[Vocabulary], DriftVocabulary,
                                                                         float | None]:
     """Text embeddings per runtime (each through its own text graph, as deployed), and what they are."""
     count = prototype_count(labels)
@@ -364,7 +362,7 @@ def _vocabularies(labels, class_map, runtimes_, encoded, seed) -> tuple[list[Voc
         reference_groups = np.concatenate([groups.reshape(-1, groups.shape[-1]) for groups in first])
         prototypes = kmeans_prototypes(reference_groups, count, seed)
         prototype_names = [f"prototype {k}" for k in range(count)]
-        shared = Vocabulary(prototype_names, (), prototypes)
+        shared = Vocabulary(prototype_names, TemplateSet("prototypes", ()), prototypes)
         # Prototypes are groups, not things on a background: every pixel takes its nearest prototype.
         return [shared] * len(runtimes_), DriftVocabulary("prototypes", prototype_names, seed=seed), None
     if labels is None and class_map is not None:
@@ -376,11 +374,11 @@ def _vocabularies(labels, class_map, runtimes_, encoded, seed) -> tuple[list[Voc
         text = runtime.manifest.graphs.get("text")
         key = (text.sha256 if text else None) or id(runtime)
         if key not in built:
-            built[key] = Vocabulary.build(runtime, names)
+            built[key] = Vocabulary.build(runtime, names, templates)
         vocabularies.append(built[key])
     kind = "labels" if names is not None else "artifact"
     return vocabularies, DriftVocabulary(kind, list(vocabularies[0].labels),
-                                         templates=list(vocabularies[0].templates)), BACKGROUND_THRESHOLD
+                                         templates=list(vocabularies[0].templates.templates)), BACKGROUND_THRESHOLD
 
 
 class _Comparison(NamedTuple):

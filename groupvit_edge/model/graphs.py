@@ -12,7 +12,7 @@ from .groupvit import GroupViT
 IMAGE_INPUT = "pixels"
 IMAGE_OUTPUTS = ("group_embeds", "image_embed", "grouping", "stage1_grouping")
 TEXT_INPUT = "token_ids"
-TEXT_OUTPUTS = ("text_embeds",)
+TEXT_OUTPUTS = ("text_features",)   # see artifact.TEXT_OUTPUT: earlier artifacts return normalised "text_embeds"
 
 
 class ImageGraph(nn.Module):
@@ -34,11 +34,11 @@ class ImageGraph(nn.Module):
 
 
 class TextGraph(nn.Module):
-    """token_ids [K,77] (int32, which every backend indexes with) → text_embeds [K,D]."""
+    """token_ids [K,77] (int32, which every backend indexes with) → text_features [K,D], unnormalised."""
 
     def __init__(self, model: GroupViT):
         super().__init__()
         self.model = model
 
     def forward(self, token_ids):
-        return self.model.encode_text(token_ids)
+        return self.model.text_features(token_ids)

@@ -365,7 +365,12 @@ class GroupViT(nn.Module):
 
     def encode_text(self, token_ids):
         """token ids [K, L] → text_embeds [K, D], L2-normalised."""
-        return l2_normalize(self.text_projection(self.text_model(token_ids)))
+        return l2_normalize(self.text_features(token_ids))
+
+    def text_features(self, token_ids):
+        """token ids [K, L] → the projected text features [K, D] before normalisation: the official class embedding
+        averages these over a class's templates, so the text graph returns them."""
+        return self.text_projection(self.text_model(token_ids))
 
 
 def grouping_maps(assignments, height: int, width: int, patch_size: int):

@@ -69,7 +69,8 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
-        """token_ids [K, 77] integer → text_embeds [K, D] float32, L2-normalised."""
+        """token_ids [K, 77] integer → the text graph's features [K, D] float32: the projection before
+        normalisation, or already L2-normalised where `manifest.text_output_normalised` (earlier artifacts)."""
 
     @property
     def description(self) -> str:

@@ -154,8 +154,9 @@ class OnnxRuntime(Runtime):
         if self._text is None:
             self._text = self._session("text")
         dtype = np.dtype(self.manifest.graphs["text"].inputs[0]["dtype"])
-        (text_embeds,) = self._text.run(["text_embeds"], {"token_ids": np.ascontiguousarray(token_ids, dtype)})
-        return text_embeds
+        (features,) = self._text.run([self.manifest.text_output],
+                                     {"token_ids": np.ascontiguousarray(token_ids, dtype)})
+        return features
 
     @property
     def description(self) -> str:

@@ -327,7 +327,7 @@ class OpenVinoRuntime(Runtime):
         dtype = np.dtype(self.manifest.graphs["text_ir"].inputs[0]["dtype"])
         request = self._text.create_infer_request()
         request.infer({"token_ids": np.ascontiguousarray(token_ids, dtype)})
-        return request.get_tensor("text_embeds").data.copy()
+        return request.get_tensor(self.manifest.text_output).data.copy()
 
     @property
     def infer_requests(self) -> int:

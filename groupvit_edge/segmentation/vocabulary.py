@@ -1,7 +1,7 @@
 """Class names → class embeddings, through whichever runtime's text graph, or from a precomputed vocab.npz.
 
-A class embedding is the normalised mean of the normalised embeddings of its prompts (CLIP's zero-shot
-classifier, as GroupViT's evaluation builds it), so changing the vocabulary never needs a re-export.
+A class embedding is built by the official rule (segmentation.prompts.class_embeddings) from the text graph's
+features of its prompts, so changing the vocabulary never needs a re-export.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import write_atomic
-from ..tokenizer import DEFAULT_TEMPLATES, ClipTokenizer, tokenize_labels
+from ..tokenizer import ClipTokenizer, tokenize_labels
+from .prompts import LEGACY_AVERAGING, OFFICIAL_AVERAGING, TemplateSet, class_embeddings, resolve_templates
 
 TEXT_BATCH = 256   # prompts per text-graph call: bounds memory for large vocabularies
 
@@ -68,46 +69,57 @@ def load_tokenizer(source) -> ClipTokenizer:
 @dataclass
 class Vocabulary:
     labels: list[str]
-    templates: tuple[str, ...]
+    templates: TemplateSet
     text_embeds: np.ndarray          # [K, D] float32, L2-normalised
+    averaging: str = OFFICIAL_AVERAGING
 
     @classmethod
     def build(cls, runtime, labels: list[str] | None, templates=None, tokenizer=None) -> Vocabulary:
-        """`labels` encoded through the runtime's text graph; None: the artifact's precomputed vocabulary, else the
-        COCO object classes (DEFAULT_LABELS)."""
-        templates = tuple(templates or DEFAULT_TEMPLATES)
+        """`labels` encoded through the runtime's text graph with `templates` (default: the official `simple`);
+        labels None: the artifact's stored vocabulary's labels, else the COCO object classes (DEFAULT_LABELS).
+        A stored vocabulary is reused only when its labels, templates and averaging are the ones asked for."""
+        template_set = resolve_templates(templates)
         stored_path = runtime.manifest.vocabulary_path()
-        if stored_path is not None:
-            stored = cls.load(stored_path)
-            if labels is None or (stored.labels == labels and stored.templates == templates):
-                return stored
-        return cls.encode(runtime, list(DEFAULT_LABELS) if labels is None else labels, templates, tokenizer)
+        stored = cls.load(stored_path) if stored_path is not None else None
+        names = labels if labels is not None else (stored.labels if stored is not None else list(DEFAULT_LABELS))
+        if stored is not None and stored.matches(names, template_set):
+            return stored
+        return cls.encode(runtime, names, template_set, tokenizer)
+
+    def matches(self, labels: list[str], templates: TemplateSet) -> bool:
+        return (self.labels == list(labels) and self.templates.templates == templates.templates
+                and self.averaging == OFFICIAL_AVERAGING)
 
     @classmethod
     def encode(cls, runtime, labels: list[str], templates=None, tokenizer=None) -> Vocabulary:
-        templates = tuple(templates or DEFAULT_TEMPLATES)
+        template_set = resolve_templates(templates)
         tokenizer = load_tokenizer(tokenizer or _tokenizer_source(runtime))
-        token_ids, per_class = tokenize_labels(tokenizer, labels, templates)
-        prompt_embeds = np.concatenate([runtime.encode_text(token_ids[i:i + TEXT_BATCH])
-                                        for i in range(0, len(token_ids), TEXT_BATCH)])
-        class_embeds = prompt_embeds.reshape(len(labels), per_class, -1).mean(axis=1)
-        class_embeds /= np.linalg.norm(class_embeds, axis=-1, keepdims=True)
-        return cls(list(labels), tuple(templates), class_embeds.astype(np.float32))
+        token_ids, _ = tokenize_labels(tokenizer, labels, template_set.templates)
+        features = np.concatenate([runtime.encode_text(token_ids[i:i + TEXT_BATCH])
+                                   for i in range(0, len(token_ids), TEXT_BATCH)])
+        embeds = class_embeddings(features, len(labels), runtime.manifest.text_output_normalised)
+        return cls(list(labels), template_set, embeds)
 
     def save(self, path: str | Path) -> Path:
 
         def write(temporary: Path) -> None:
             with open(temporary, "wb") as stream:      # a file object: np.savez would append .npz to a path
-                np.savez(stream, labels=np.array(self.labels), templates=np.array(self.templates),
+                np.savez(stream, labels=np.array(self.labels), templates=np.array(self.templates.templates),
+                         template_set=np.array(self.templates.name), averaging=np.array(self.averaging),
                          text_embeds=self.text_embeds)
         return write_atomic(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
+        """A saved vocabulary; one saved before vocabularies recorded their averaging used the legacy rule."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                return cls([str(x) for x in data["labels"]], tuple(str(x) for x in data["templates"]),
-                           data["text_embeds"].astype(np.float32))
+                templates = tuple(str(x) for x in data["templates"])
+                name = str(data["template_set"]) if "template_set" in data else \
+                    resolve_templates(templates).name
+                averaging = str(data["averaging"]) if "averaging" in data else LEGACY_AVERAGING
+                return cls([str(x) for x in data["labels"]], TemplateSet(name, templates),
+                           data["text_embeds"].astype(np.float32), averaging)
         except (OSError, KeyError, ValueError) as error:
             raise UserError(f"vocabulary {path} is unreadable ({error}); re-export with --labels") from None
 

@@ -275,7 +275,7 @@ class TensorRTRuntime(Runtime):
         return ImageEncoding.from_outputs(outputs)
 
     def encode_text(self, token_ids: np.ndarray) -> np.ndarray:
-        return self._text_session().run({"token_ids": token_ids})["text_embeds"]
+        return self._text_session().run({"token_ids": token_ids})[self.manifest.text_output]
 
     def layer_precisions(self, graph: str = "image") -> list[LayerPrecision]:
         """Per layer of the image (or text) engine, the precision TensorRT chose (engine inspector)."""
