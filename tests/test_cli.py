@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import hub_cache
 from PIL import Image
 
 
@@ -117,6 +118,44 @@ def test_export_end_to_end_from_the_cli(random_checkpoint, bpe_path, coco_images
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["validation"]["fp32_vs_pytorch"]["images"] == [coco_images[0].name]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+HUB_ID = "nvidia/groupvit-gcc-yfcc"
+
+
+@pytest.fixture
+def offline_hf_home(monkeypatch, tmp_path):
+    """HF_HOME as a user sets it, with HF_HUB_OFFLINE=1, for the CLI's own process: its cache is HF_HOME/hub."""
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "hf-home" / "hub"
+
+
+def test_export_a_hub_id_from_the_huggingface_cache_offline(offline_hf_home, random_checkpoint, coco_images,
+                                                            tmp_path):
+    from groupvit_edge.model import load_model
+    hub_cache(offline_hf_home, HUB_ID, random_checkpoint)
+    out = tmp_path / "art"
+    done = run("export", "--model", HUB_ID, "--target", "onnx", "--image-size", "224",
+               "--validation-images", coco_images[0], "--out", out)
+    assert done.returncode == 0, done.stderr
+    model = json.loads((out / "manifest.json").read_text())["model"]
+    assert model["id"] == HUB_ID and model["weights_sha256"] == load_model(str(random_checkpoint)).weights_sha256
+
+
+@pytest.mark.parametrize("command", ["export", "segment"])
+def test_a_hub_id_offline_and_not_cached_is_one_sentence_and_exit_2(command, offline_hf_home, coco_images,
+                                                                    tmp_path):
+    out = tmp_path / "out"
+    args = (["export", "--model", HUB_ID] if command == "export" else ["segment", HUB_ID, coco_images[0]])
+    done = run(*args, "--out", out)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.strip() == (f"error: {HUB_ID} is not in the HuggingFace cache ({offline_hf_home}) and "
+                                   f"HF_HUB_OFFLINE is set: download it once with `hf download {HUB_ID}` (or load "
+                                   f"it once online), or pass a local checkpoint directory")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("option, value, needle", [
