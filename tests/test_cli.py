@@ -158,6 +158,36 @@ def test_a_hub_id_offline_and_not_cached_is_one_sentence_and_exit_2(command, off
     assert not out.exists()
 
 
+RANDOM_WEIGHTS = "has seeded random weights, so its class names mean nothing"
+
+
+def test_segment_with_random_weights_says_so_once(bpe_path, coco_images, tmp_path):
+    done = run("segment", "random:0", *coco_images[:2], "--labels", "cat,dog", "--tokenizer", bpe_path,
+               "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if RANDOM_WEIGHTS in line]
+    assert warnings == [f"warning: random:0 {RANDOM_WEIGHTS}: segment with a trained checkpoint such as {HUB_ID}, "
+                        f"or an artifact exported from one"], done.stderr
+    assert all(image.name in done.stdout for image in coco_images[:2])
+
+
+def test_segment_a_checkpoint_directory_does_not_call_its_weights_random(random_checkpoint, bpe_path, coco_images,
+                                                                         tmp_path):
+    """It holds random:0's weights, but a directory is not known to be random: only random:SEED specs are."""
+    done = run("segment", random_checkpoint, coco_images[0], "--labels", "cat,dog", "--tokenizer", bpe_path,
+               "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert RANDOM_WEIGHTS not in done.stderr + done.stdout
+
+
+def test_an_artifact_exported_from_random_weights_says_so_in_its_manifest_record():
+    from groupvit_edge.artifact_records import ManifestFields, ModelRecord
+    fields = ManifestFields("manifest.json")
+    assert ModelRecord.parse(fields, {"id": "random:7", "weights_sha256": "ab"}).weights_are_random
+    for model_id in (HUB_ID, "/ckpt/random:7", "./groupvit-random0"):
+        assert not ModelRecord.parse(fields, {"id": model_id, "weights_sha256": "ab"}).weights_are_random
+
+
 @pytest.mark.parametrize("option, value, needle", [
     ("--labels", "a,,b", "--labels 'a,,b' has an empty class name"),
     ("--labels", "prototypes:x", "--labels 'prototypes:x': write prototypes:K"),

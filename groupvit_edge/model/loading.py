@@ -25,6 +25,7 @@ from ..listing import listed
 from .config import GroupViTConfig
 from .groupvit import GroupViT, init_weights
 from .nvlabs_keys import is_nvlabs_state_dict, nvlabs_to_hf
+from .specs import is_random
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HUB_PATTERNS = ["config.json", "model.safetensors", "pytorch_model.bin", "vocab.json", "merges.txt"]
@@ -42,7 +43,7 @@ class LoadedModel:
 
 def load_model(spec: str) -> LoadedModel:
     spec = str(spec)
-    if spec.startswith("random:"):
+    if is_random(spec):
         return _load_random(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
