@@ -15,6 +15,7 @@ import numpy as np
 from .errors import UserError
 from .files import sha256_file
 from .imports import require
+from .model.specs import is_random
 
 # GroupViT's evaluation normalises with the ImageNet statistics (mmseg's Normalize, to_rgb=True).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -119,6 +120,11 @@ class ModelRecord:
         d = fields.mapping("model", value)
         return cls(fields.text("model.id", d.get("id"), "text"),
                    fields.text("model.weights_sha256", d.get("weights_sha256"), "text"), d.get("config") or {})
+
+    @property
+    def weights_are_random(self) -> bool:
+        """Exported from seeded random weights: the graphs run, but no class name means anything to them."""
+        return is_random(self.id)
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,8 @@ def segment(source, images, more_images, labels, out_dir, backend, tokenizer, te
         if labels is None and segmenter.manifest.vocabulary_path() is None:
             click.echo("no --labels and no vocabulary in the artifact: segmenting with the 80 COCO object classes")
         click.echo(f"{segmenter.runtime.description}; classes: {listed(segmenter.class_names, 12)}")
+        if segmenter.weights_warning:        # once, not per photo: it holds for every photo
+            click.echo(f"warning: {segmenter.weights_warning}", err=True)
         for image, name in zip(found, output_names(found)):
             try:
                 result = segmenter.segment(image.path)
@@ -347,11 +349,7 @@ def info(artifact):
     click.echo(describe(artifact))
 
 
-def _readiness_targets() -> list[str]:
-    return list(readiness_targets())
-
-
-READINESS_TARGETS = _readiness_targets()
+READINESS_TARGETS = list(readiness_targets())
 
 
 @cli.command(epilog="Examples:\n\n\b\n  groupvit-edge doctor\n"

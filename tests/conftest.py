@@ -5,12 +5,14 @@ saved as a real checkpoint and loaded through the real loading code.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Beside the checkout; a git worktree elsewhere names it with GROUPVIT_EDGE_SHARED_DATA.
+SHARED_DATA = Path(os.environ.get("GROUPVIT_EDGE_SHARED_DATA") or REPO.parent / "shared" / "data")
 BPE_PATH = SHARED_DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 EVAL_IMAGES = SHARED_DATA / "coco" / "eval2017" / "images"
 EVAL_MASKS = SHARED_DATA / "coco" / "eval2017" / "masks"
@@ -69,3 +71,36 @@ def record_file(artifact: Path, relative: str, key_path: tuple[str, ...]) -> Non
         holder = holder.setdefault(key, {})
     holder[key_path[-1]] = sha256_file(artifact / relative)
     path.write_text(json.dumps(data))
+
+
+def hub_cache(cache: Path, repo_id: str, checkpoint: Path, files=("config.json", "model.safetensors"),
+              ref: str | None = "main", tree: dict[str, int] | None = None) -> Path:
+    """Lay `checkpoint`'s `files` out in `cache` (an HF_HUB_CACHE) as huggingface_hub does → the snapshot directory.
+
+    Blobs are named by their Hub id: the sha256 of an LFS file (the weights), the git blob sha1 of any other; the
+    snapshot holds relative symlinks into blobs; refs/<ref> holds the commit hash, without a newline. `tree` adds
+    the listing snapshot_download caches (trees/<commit>.json, path → size), which may name files not present.
+    """
+    import hashlib
+    import json
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()      # any 40 hex digits: it is the Hub's git commit
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for name in files:
+        data = (checkpoint / name).read_bytes()
+        lfs = name.endswith((".safetensors", ".bin"))
+        blob = repo / "blobs" / (hashlib.sha256(data).hexdigest() if lfs else
+                                 hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+    if ref is not None:
+        (repo / "refs").mkdir()
+        (repo / "refs" / ref).write_text(commit)
+    if tree is not None:
+        (repo / "trees").mkdir()
+        listing = {name: {"size": size, "blob_id": hashlib.sha1(name.encode()).hexdigest()}
+                   for name, size in tree.items()}
+        (repo / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": listing}))
+    return snapshot

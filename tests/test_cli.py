@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import hub_cache
 from PIL import Image
 
 
@@ -117,6 +118,74 @@ def test_export_end_to_end_from_the_cli(random_checkpoint, bpe_path, coco_images
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["validation"]["fp32_vs_pytorch"]["images"] == [coco_images[0].name]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+HUB_ID = "nvidia/groupvit-gcc-yfcc"
+
+
+@pytest.fixture
+def offline_hf_home(monkeypatch, tmp_path):
+    """HF_HOME as a user sets it, with HF_HUB_OFFLINE=1, for the CLI's own process: its cache is HF_HOME/hub."""
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "hf-home" / "hub"
+
+
+def test_export_a_hub_id_from_the_huggingface_cache_offline(offline_hf_home, random_checkpoint, coco_images,
+                                                            tmp_path):
+    from groupvit_edge.model import load_model
+    hub_cache(offline_hf_home, HUB_ID, random_checkpoint)
+    out = tmp_path / "art"
+    done = run("export", "--model", HUB_ID, "--target", "onnx", "--image-size", "224",
+               "--validation-images", coco_images[0], "--out", out)
+    assert done.returncode == 0, done.stderr
+    model = json.loads((out / "manifest.json").read_text())["model"]
+    assert model["id"] == HUB_ID and model["weights_sha256"] == load_model(str(random_checkpoint)).weights_sha256
+
+
+@pytest.mark.parametrize("command", ["export", "segment"])
+def test_a_hub_id_offline_and_not_cached_is_one_sentence_and_exit_2(command, offline_hf_home, coco_images,
+                                                                    tmp_path):
+    out = tmp_path / "out"
+    args = (["export", "--model", HUB_ID] if command == "export" else ["segment", HUB_ID, coco_images[0]])
+    done = run(*args, "--out", out)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.strip() == (f"error: {HUB_ID} is not in the HuggingFace cache ({offline_hf_home}) and "
+                                   f"HF_HUB_OFFLINE is set: download it once with `hf download {HUB_ID}` (or load "
+                                   f"it once online), or pass a local checkpoint directory")
+    assert not out.exists()
+
+
+RANDOM_WEIGHTS = "has seeded random weights, so its class names mean nothing"
+
+
+def test_segment_with_random_weights_says_so_once(bpe_path, coco_images, tmp_path):
+    done = run("segment", "random:0", *coco_images[:2], "--labels", "cat,dog", "--tokenizer", bpe_path,
+               "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if RANDOM_WEIGHTS in line]
+    assert warnings == [f"warning: random:0 {RANDOM_WEIGHTS}: segment with a trained checkpoint such as {HUB_ID}, "
+                        f"or an artifact exported from one"], done.stderr
+    assert all(image.name in done.stdout for image in coco_images[:2])
+
+
+def test_segment_a_checkpoint_directory_does_not_call_its_weights_random(random_checkpoint, bpe_path, coco_images,
+                                                                         tmp_path):
+    """It holds random:0's weights, but a directory is not known to be random: only random:SEED specs are."""
+    done = run("segment", random_checkpoint, coco_images[0], "--labels", "cat,dog", "--tokenizer", bpe_path,
+               "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert RANDOM_WEIGHTS not in done.stderr + done.stdout
+
+
+def test_an_artifact_exported_from_random_weights_says_so_in_its_manifest_record():
+    from groupvit_edge.artifact_records import ManifestFields, ModelRecord
+    fields = ManifestFields("manifest.json")
+    assert ModelRecord.parse(fields, {"id": "random:7", "weights_sha256": "ab"}).weights_are_random
+    for model_id in (HUB_ID, "/ckpt/random:7", "./groupvit-random0"):
+        assert not ModelRecord.parse(fields, {"id": model_id, "weights_sha256": "ab"}).weights_are_random
 
 
 @pytest.mark.parametrize("option, value, needle", [

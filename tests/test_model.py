@@ -1,11 +1,13 @@
 """The export-friendly model equals transformers' GroupViT, and every checkpoint format loads through one path."""
 from __future__ import annotations
 
+import importlib
 import json
 import pickle
 
 import pytest
 import torch
+from conftest import hub_cache
 
 from groupvit_edge.errors import UserError
 from groupvit_edge.model import GroupViT, GroupViTConfig, load_model, save_pretrained
@@ -111,14 +113,67 @@ def test_pytorch_model_bin_directory(tmp_path, ours):
     assert load_model(str(directory)).weights_sha256 == ours.weights_sha256
 
 
-def test_hub_id_offline_fails_with_one_sentence(monkeypatch):
-    import huggingface_hub.constants
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+HUB_ID = "nvidia/groupvit-gcc-yfcc"
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """An empty HF_HUB_CACHE and HF_HUB_OFFLINE=1, given to huggingface_hub the way a user's shell does. It reads
+    both when first imported, so its constants are re-read here (and again once the variables are restored)."""
+    import huggingface_hub.constants as constants
+    cache = tmp_path / "hf-hub-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    importlib.reload(constants)
+    assert constants.HF_HUB_CACHE == str(cache) and constants.HF_HUB_OFFLINE
+    yield cache
+    monkeypatch.undo()
+    importlib.reload(constants)
+
+
+def test_hub_id_loads_offline_from_the_huggingface_cache(offline_hub, random_checkpoint, ours):
+    with pytest.raises(UserError, match="is not in the HuggingFace cache"):   # the variable, not ~/.cache, is read
+        load_model(HUB_ID)
+    hub_cache(offline_hub, HUB_ID, random_checkpoint)
+    loaded = load_model(HUB_ID)
+    assert loaded.model_id == HUB_ID and loaded.weights_sha256 == ours.weights_sha256
+
+
+def test_a_cached_snapshot_that_huggingface_hub_calls_incomplete_still_loads(offline_hub, random_checkpoint, ours):
+    """`hf download ID config.json model.safetensors` caches the repo's whole listing but two files: offline,
+    huggingface_hub then refuses the snapshot for the patterns we ask (pytorch_model.bin, the tokenizer), though
+    it holds a whole checkpoint."""
+    sizes = {name: (random_checkpoint / name).stat().st_size for name in ("config.json", "model.safetensors")}
+    hub_cache(offline_hub, HUB_ID, random_checkpoint,
+              tree={**sizes, "pytorch_model.bin": 10, "vocab.json": 10, "merges.txt": 10, "README.md": 10})
+    assert load_model(HUB_ID).weights_sha256 == ours.weights_sha256
+
+
+def test_a_cached_config_without_weights_says_how_to_complete_it(offline_hub, random_checkpoint):
+    snapshot = hub_cache(offline_hub, HUB_ID, random_checkpoint, files=("config.json",))
     with pytest.raises(UserError) as error:
-        load_model("nvidia/groupvit-gcc-yfcc")
+        load_model(HUB_ID)
+    assert str(error.value) == (f"the cached {HUB_ID} ({snapshot}) has no model.safetensors or pytorch_model.bin: "
+                                f"complete it with `hf download {HUB_ID}` while online, or pass a local checkpoint "
+                                f"directory")
+
+
+def test_a_model_cached_at_another_revision_names_its_snapshot(offline_hub, random_checkpoint, ours):
+    """A download by commit hash writes no refs/main: the snapshot is named, not guessed at."""
+    snapshot = hub_cache(offline_hub, HUB_ID, random_checkpoint, ref=None)
+    with pytest.raises(UserError) as error:
+        load_model(HUB_ID)
     message = str(error.value)
-    assert "nvidia/groupvit-gcc-yfcc" in message and "local checkpoint directory" in message
-    assert "\n" not in message
+    assert "cached only at another revision than main" in message and str(snapshot) in message, message
+    assert load_model(str(snapshot)).weights_sha256 == ours.weights_sha256      # the fix it names works
+
+
+def test_hub_id_offline_and_not_cached_is_one_sentence_saying_how_to_get_it(offline_hub):
+    with pytest.raises(UserError) as error:
+        load_model(HUB_ID)
+    assert str(error.value) == (f"{HUB_ID} is not in the HuggingFace cache ({offline_hub}) and HF_HUB_OFFLINE is "
+                                f"set: download it once with `hf download {HUB_ID}` (or load it once online), or "
+                                f"pass a local checkpoint directory")
 
 
 @pytest.mark.parametrize("spec, needle", [

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..artifact import owned_entries
 from ..errors import UserError
 from ..files import check_destination
+from ..model.specs import is_random
 from ..runtimes import backend_module
 from ..segmentation.preprocess import list_images
 from ..segmentation.vocabulary import load_tokenizer
@@ -133,7 +134,7 @@ def _missing_packages(chosen: Target) -> list[str]:
 
 
 def _model_problems(spec: str) -> list[str]:
-    if spec.startswith("random:"):
+    if is_random(spec):
         return [] if re.fullmatch(r"random:\d+", spec) else [
             f"--model {spec!r}: the seed must be an integer, e.g. random:0"]
     path = Path(spec).expanduser()

@@ -197,7 +197,7 @@ def default_reference(manifest) -> str:
     if manifest.graphs["image"].precision == "fp32" and manifest.graphs["image"].format == "onnx":
         return str(manifest.directory)
     model = manifest.model.id
-    if not model.startswith("random:") and not Path(model).exists():
+    if not manifest.model.weights_are_random and not Path(model).exists():
         raise UserError(f"{manifest.directory} holds no fp32 graph and its model {model!r} is not here: pass --ref "
                         f"an fp32 artifact (groupvit-edge export --target onnx) or the checkpoint")
     return model

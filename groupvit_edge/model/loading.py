@@ -9,6 +9,7 @@ Specs, in the order they are tried:
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import pickle
 import re
@@ -20,9 +21,11 @@ import torch
 
 from ..errors import UserError
 from ..imports import require
+from ..listing import listed
 from .config import GroupViTConfig
 from .groupvit import GroupViT, init_weights
 from .nvlabs_keys import is_nvlabs_state_dict, nvlabs_to_hf
+from .specs import is_random
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HUB_PATTERNS = ["config.json", "model.safetensors", "pytorch_model.bin", "vocab.json", "merges.txt"]
@@ -40,7 +43,7 @@ class LoadedModel:
 
 def load_model(spec: str) -> LoadedModel:
     spec = str(spec)
-    if spec.startswith("random:"):
+    if is_random(spec):
         return _load_random(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -198,15 +201,60 @@ class _InertConfig:
 
 
 def _download_from_hub(repo_id: str) -> Path:
-    snapshot_download = require("huggingface_hub", "export", what=f"loading {repo_id} from the Hub",
-                                otherwise=", or pass a local checkpoint directory").snapshot_download
+    """The snapshot directory of `repo_id` in the HuggingFace cache, downloaded first when the Hub is reachable.
+
+    Where the cache lives and whether to go online are huggingface_hub's own settings (HF_HOME, HF_HUB_CACHE,
+    HF_HUB_OFFLINE), read by huggingface_hub itself, so a model cached by `hf download` or transformers is found.
+    """
+    hub = _hub(repo_id)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+        snapshot = Path(hub.snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except Exception as error:
+        snapshot = _cached_snapshot_despite(error, repo_id)
+    if not (snapshot / "config.json").is_file() or not any((snapshot / name).is_file() for name in WEIGHT_FILES):
+        lacking = "config.json" if not (snapshot / "config.json").is_file() else " or ".join(WEIGHT_FILES)
+        raise UserError(f"the cached {repo_id} ({snapshot}) has no {lacking}: complete it with "
+                        f"`{_download_command()} {repo_id}` while online, or pass a local checkpoint directory")
+    return snapshot
+
+
+def _hub(repo_id: str, module: str = ""):
+    """huggingface_hub (or one of its modules), or the UserError saying how to install it."""
+    return require("huggingface_hub" + (f".{module}" if module else ""), "export", package="huggingface_hub",
+                   what=f"loading {repo_id} from the Hub", otherwise=", or pass a local checkpoint directory")
+
+
+def _cached_snapshot_despite(error: Exception, repo_id: str) -> Path:
+    """The cached snapshot to load although snapshot_download failed, or the UserError saying how to get one."""
+    utils = _hub(repo_id, "utils")
+    if not isinstance(error, utils.LocalEntryNotFoundError):
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"could not download {repo_id} from the HuggingFace Hub ({reason}); pass a local "
                         f"checkpoint directory instead, e.g. --model ./groupvit-gcc-yfcc "
                         f"(config.json + model.safetensors)") from None
+    incomplete = getattr(error, "snapshot_path", None)    # an IncompleteSnapshotError's (newer huggingface_hub)
+    if incomplete is not None:
+        # HUB_PATTERNS names alternatives (either weights file) and optional files (the tokenizer), and offline
+        # huggingface_hub calls a snapshot incomplete when any of them is absent; whether it holds a whole
+        # checkpoint is for the caller to judge.
+        return Path(incomplete)
+    constants = _hub(repo_id, "constants")
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the HuggingFace Hub could not be reached"
+    folder = Path(constants.HF_HUB_CACHE) / _hub(repo_id, "file_download").repo_folder_name(
+        repo_id=repo_id, repo_type="model")
+    others = sorted(str(path) for path in (folder / "snapshots").glob("*") if path.is_dir())
+    command = f"`{_download_command()} {repo_id}`"
+    if others:
+        raise UserError(f"{repo_id} is cached only at another revision than main ({listed(others, 2)}) and {why}: "
+                        f"pass that snapshot directory instead, or run {command} while online") from None
+    raise UserError(f"{repo_id} is not in the HuggingFace cache ({constants.HF_HUB_CACHE}) and {why}: download it "
+                    f"once with {command} (or load it once online), or pass a local checkpoint directory") from None
+
+
+def _download_command() -> str:
+    """The download command of the huggingface_hub installed: `hf` from 0.34 on, `huggingface-cli` before."""
+    version = tuple(int(part) for part in re.findall(r"\d+", importlib.metadata.version("huggingface_hub"))[:2])
+    return "hf download" if version >= (0, 34) else "huggingface-cli download"
 
 
 def save_pretrained(model: GroupViT, directory: str | Path) -> Path:

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import UserError
 from ..files import write_atomic
+from ..model.specs import TRAINED_CHECKPOINT
 from ..runtimes import Runtime
 from ..runtimes import open as open_runtime
 from ..runtimes.base import ImageEncoding
@@ -192,6 +193,15 @@ class Segmenter:
     def check_label_image(self) -> None:
         """Refuse, before any photo is encoded, a vocabulary too large for the label PNG `save` writes."""
         check_label_count(len(self.class_names))
+
+    @property
+    def weights_warning(self) -> str | None:
+        """The sentence to show once beside the class names when the weights are seeded random ones, else None."""
+        model = self.manifest.model
+        if not model.weights_are_random:
+            return None
+        return (f"{model.id} has seeded random weights, so its class names mean nothing: segment with a trained "
+                f"checkpoint such as {TRAINED_CHECKPOINT}, or an artifact exported from one")
 
     @property
     def class_names(self) -> list[str]:
