@@ -80,7 +80,8 @@ class DriftBudget:
             where = f" (photo {photo.image})" if photo else ""
             failed.append(BudgetFailure("group_embed_cosine_min", f"{name}: minimum group-embedding cosine "
                                         f"{model.group_embed_cosine.min:.5f}{where} is below "
-                                        f"{self.min_group_cosine_worst}", True, worst_photo=photo and photo.image))
+                                        f"{self.min_group_cosine_worst}", True,
+                                        worst_photo=photo.image if photo else None))
         if self.max_abs_diff is not None:
             output, worst = max(model.max_abs_diff.items(), key=lambda item: item[1])
             if worst > self.max_abs_diff:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .uncertainty import RESAMPLES, SEED, Estimate, difference, estimate, pooled_miou, pooled_ratio
+from .uncertainty import CONFIDENCE, RESAMPLES, SEED, Estimate, difference, estimate, pooled_miou, pooled_ratio
 
 
 def class_counts(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,8 +102,9 @@ class DriftUncertainty:
             truth = over_photos(difference(pooled_miou(sides[0], sides[1]), pooled_miou(sides[2], sides[3])),
                                 "ground_truth_drop", worse="higher")
         return cls(
-            miou_vs_reference=over_photos(pooled_miou(np.stack(column("class_intersection")),
-                                                      np.stack(column("class_union"))), "miou_vs_reference"),
+            miou_vs_reference=over_photos(pooled_miou(np.stack([photo.class_intersection for photo in counts]),
+                                                      np.stack([photo.class_union for photo in counts])),
+                                          "miou_vs_reference"),
             group_agreement=over_photos(pooled_ratio(column("agree"), column("pixels"), 100.0), "group_agreement"),
             group_agreement_confident=over_photos(pooled_ratio(column("confident_agree"), column("confident"),
                                                                100.0), "group_agreement_confident"),
@@ -119,7 +120,7 @@ class DriftUncertainty:
         estimates = {name: (getattr(self, name).to_dict() if getattr(self, name) is not None else None)
                      for name in ESTIMATED}
         return {**estimates, "photos": [dataclasses.asdict(photo) for photo in self.photos],
-                "interval": f"{round(100 * 0.95)}% percentile bootstrap over photos", "seed": self.seed,
+                "interval": f"{round(100 * CONFIDENCE)}% percentile bootstrap over photos", "seed": self.seed,
                 "resamples": self.resamples}
 
     @classmethod

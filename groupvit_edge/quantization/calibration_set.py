@@ -21,6 +21,7 @@ from ..progress import progress_bar
 from ..segmentation.preprocess import IMAGE_SUFFIXES, load_image, prepare
 
 DEFAULT_HELD_OUT = 8
+VALIDATION_IMAGES = "--validation-images"     # the source of the user's own photos
 MIN_HELD_OUT = 2           # fewer held-out photos than this say too little: the shipped photos are used instead
 
 
