@@ -5,12 +5,14 @@ saved as a real checkpoint and loaded through the real loading code.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Beside the repository; a checkout elsewhere (a git worktree) names it in GROUPVIT_EDGE_SHARED_DATA.
+SHARED_DATA = Path(os.environ.get("GROUPVIT_EDGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 BPE_PATH = SHARED_DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 EVAL_IMAGES = SHARED_DATA / "coco" / "eval2017" / "images"
 EVAL_MASKS = SHARED_DATA / "coco" / "eval2017" / "masks"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -82,6 +82,9 @@ class DriftUncertainty:
     photos: list[PhotoFigures]
     seed: int = SEED
     resamples: int = RESAMPLES
+    # The counts the estimates came from, on a report just measured (not in drift.json): a subset of the photos
+    # can be estimated again from them (benchmarks/drift_interval_width.py).
+    counts: tuple[PhotoCounts, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def of(cls, counts: Sequence[PhotoCounts], seed: int = SEED, resamples: int = RESAMPLES) -> DriftUncertainty:
@@ -110,7 +113,7 @@ class DriftUncertainty:
                                                                100.0), "group_agreement_confident"),
             group_embed_cosine=over_photos(pooled_ratio(column("cosine_sum"), column("cosines")),
                                            "group_embed_cosine"),
-            ground_truth_drop=truth, photos=figures, seed=seed, resamples=resamples)
+            ground_truth_drop=truth, photos=figures, seed=seed, resamples=resamples, counts=tuple(counts))
 
     def worst_cosine_photo(self) -> PhotoFigures | None:
         """The photo holding the minimum group cosine: that minimum is its own worst case (no interval)."""
@@ -125,8 +128,11 @@ class DriftUncertainty:
 
     @classmethod
     def from_dict(cls, data: dict) -> DriftUncertainty:
-        return cls(**{name: Estimate.from_dict(data[name]) if data.get(name) is not None else None
-                      for name in ESTIMATED},
+        def read(name: str) -> Estimate | None:
+            return Estimate.from_dict(data[name]) if data.get(name) is not None else None
+        return cls(miou_vs_reference=read("miou_vs_reference"), group_agreement=read("group_agreement"),
+                   group_agreement_confident=read("group_agreement_confident"),
+                   group_embed_cosine=read("group_embed_cosine"), ground_truth_drop=read("ground_truth_drop"),
                    photos=[PhotoFigures(**photo) for photo in data["photos"]], seed=int(data["seed"]),
                    resamples=int(data["resamples"]))
 
