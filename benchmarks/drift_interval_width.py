@@ -1,5 +1,5 @@
 """How many held-out photos make export's drift verdict mean something: the width of the gated figures' 95%
-intervals (seeded bootstrap over photos, `metrics.uncertainty`) for 8, 16, 32 and 48 photos.
+intervals (seeded bootstrap over photos, `metrics.uncertainty`) for 8, 16, 32, 48 and 64 photos.
 
     python benchmarks/drift_interval_width.py [--calib-count 64] [--subsets 20] [--out DIR]
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 SHARED = Path(os.environ.get("GROUPVIT_EDGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-SIZES = (8, 16, 32, 48)
+SIZES = (8, 16, 32, 48, 64)
 
 
 def main():
@@ -59,7 +59,8 @@ def main():
         samples = measure_drift(fp32, [int8], sample_photos(), labels="prototypes:16", progress=False)
 
     everything = report.candidates[0].uncertainty
-    print(f"\nINT8 ({args.calib_count} calibration photos) vs fp32 on {len(pool)} photos not calibrated on:")
+    print(f"\nINT8 ({args.calib_count} calibration photos) vs fp32 on {len(pool)} photos not calibrated on "
+          f"({report.timing.total_s / len(pool):.2f} s per photo to measure):")
     print(f"  confident group agreement {format_estimate(everything.group_agreement_confident, 3, '%')}")
     print(f"  group cosine mean {format_estimate(everything.group_embed_cosine, 5)}")
     shipped = samples.candidates[0].uncertainty

@@ -8,7 +8,7 @@ from ..artifact import GraphRecord
 from ..metrics.budget import EVERY_PHOTO, BudgetFailure
 from ..metrics.drift import MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget
 from ..metrics.drift_report import format_figure
-from ..metrics.uncertainty import format_estimate
+from ..metrics.uncertainty import ENOUGH_PHOTOS, format_estimate
 from .calibration_set import VALIDATION_IMAGES, CalibrationSet, PhotoSet
 
 
@@ -75,6 +75,9 @@ class Verdict:
            own_photos: bool) -> Verdict:
         state = "within" if not failures else "outside" if any(f.proven for f in failures) else "not proven"
         needed = [f.photos_needed for f in failures if f.photos_needed is not None]
+        if state != "outside" and photos < ENOUGH_PHOTOS and not budget.every_photo:
+            # Intervals over fewer photos were measured to be unstable: a passing bound proves little.
+            state, needed = "not proven", [*needed, ENOUGH_PHOTOS]
         return cls(state, budget.describe(), given, photos, max(needed) if state == "not proven" and needed else
                    None, own_photos, tuple(f.sentence for f in failures))
 
@@ -83,8 +86,9 @@ class Verdict:
         judged = "" if self.budget.endswith(EVERY_PHOTO) else " on the 95% bounds"
         text = {"within": f"within {which} ({self.budget}){judged} over {self.photos} photos",
                 "outside": f"outside {which} ({self.budget}): {'; '.join(self.failures)}",
-                "not proven": f"not proven against {which} ({self.budget}) on {self.photos} photos: the figures "
-                              f"pass but their 95% bounds do not"}[self.state]
+                "not proven": f"not proven against {which} ({self.budget}) on {self.photos} photos: "
+                              + ("; ".join(self.failures) if self.failures else
+                                 f"an interval over fewer than {ENOUGH_PHOTOS} photos proves little")}[self.state]
         if self.state == "not proven":
             text += (f"; add about {self.photos_needed - self.photos} photos" if self.photos_needed else
                      "; add photos")
