@@ -32,7 +32,7 @@ CONFIDENCE = 0.95
 SEED = 0
 MIN_PHOTOS = 2          # one photo has no spread to resample
 # The fewest photos whose interval was measured to be informative for INT8 drift: below it, random subsets of
-# the same photos gave intervals from zero width to ten times the median, and verdicts that contradicted the
+# the same photos gave intervals from zero width to 80 times the median, and verdicts that contradicted the
 # verdict on all of them (docs/verification.md, benchmarks/drift_interval_width.py).
 ENOUGH_PHOTOS = 32
 
