@@ -7,6 +7,7 @@ from pathlib import Path
 from .artifact import PrecisionInfo, read_manifest
 from .errors import UserError
 from .listing import listed
+from .metrics.uncertainty import Estimate, format_estimate
 from .runtimes import choose_backend, tuned_choice
 
 
@@ -60,15 +61,34 @@ def _precision(precision: PrecisionInfo) -> str:
 
 
 def _check_line(check: dict) -> str:
+    """One export check: its gated figures with their 95% intervals over photos (figures alone for an artifact
+    exported before they were measured) and its verdict."""
     model = check["model_level"]
     confident = model.get("group_agreement_confident")
     cosine = model["group_embed_cosine"]
-    verdict = "" if not check.get("budget") else (" — within " if not check.get("failures") else " — OUTSIDE ") + \
-        check["budget"]
+    confident_text = "—" if confident is None else f"{confident:.3f}%"
+    cosine_text = f"{cosine['mean']:.5f}"
+    uncertainty = check.get("uncertainty")
+    if uncertainty:
+        confident_text = format_estimate(_estimate(uncertainty, "group_agreement_confident"), 3, "%", named=True)
+        cosine_text = format_estimate(_estimate(uncertainty, "group_embed_cosine"), 5, named=True)
+    verdict = check.get("verdict")
+    if verdict:
+        which = "" if verdict.get("given") else "the default budget "
+        needed = verdict.get("photos_needed")
+        more = f", about {needed - verdict['photos']} more photos needed" if needed else ""
+        ending = f" — {verdict['state'].upper() if verdict['state'] == 'outside' else verdict['state']} " \
+                 f"{which}({verdict['budget']}){more}"
+    else:
+        ending = "" if not check.get("budget") else (" — within " if not check.get("failures") else " — OUTSIDE ") \
+            + check["budget"]
     return (f"{check.get('candidate')} vs {check.get('reference')} on {len(check.get('images', []))} photos: "
-            f"confident group agreement {'—' if confident is None else f'{confident:.3f}%'}, group cosine "
-            f"{cosine['mean']:.5f} / {cosine['min']:.5f}, max abs diff {max(model['max_abs_diff'].values()):.1e}"
-            f"{verdict}")
+            f"confident group agreement {confident_text}, group cosine {cosine_text} / {cosine['min']:.5f}, "
+            f"max abs diff {max(model['max_abs_diff'].values()):.1e}{ending}")
+
+
+def _estimate(uncertainty: dict, name: str) -> Estimate | None:
+    return Estimate.from_dict(uncertainty[name]) if uncertainty.get(name) else None
 
 
 def _runs_here(directory: Path) -> str:

@@ -149,6 +149,7 @@ def test_returning_every_quantized_node_to_float_gives_the_fp32_graph(onnx_artif
     assert max(float(np.abs(a - b).max()) for a, b in zip(expected, actual)) < 1e-5
 
 
+@pytest.mark.slow      # the budget search measures each step on the 32 held-out photos: ~3 min on 2 cores
 def test_readme_python_example_with_a_drift_budget(tmp_path):
     """The README's export(..., calib_dir=..., calib_count=16, max_drop=1.0) runs to the end, and the artifact meets
     the budget it records."""

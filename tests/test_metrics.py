@@ -9,7 +9,8 @@ import pytest
 from groupvit_edge.errors import UserError
 from groupvit_edge.metrics import ConfusionMatrix
 from groupvit_edge.metrics.classmaps import COCO_THINGS, coco_object, from_file, resolve, voc
-from groupvit_edge.metrics.drift import GroupingComparison, decide_groups, kmeans_prototypes
+from groupvit_edge.metrics.comparison import GroupingComparison, decide_groups
+from groupvit_edge.metrics.drift import kmeans_prototypes
 
 from conftest import SHARED_DATA
 

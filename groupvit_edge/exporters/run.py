@@ -20,7 +20,7 @@ from ..artifact import (
 from ..assets import default_tokenizer, sample_photos, samples_description
 from ..files import replace_directory, tree_size, write_text_atomic
 from ..listing import listed
-from ..quantization.calibration_set import CalibrationSet, PhotoSet
+from ..quantization.calibration_set import VALIDATION_IMAGES, CalibrationSet, PhotoSet
 from ..runtimes.pytorch import TorchRuntime, check_image_size
 from ..segmentation.preprocess import list_images
 from ..segmentation.vocabulary import Vocabulary, load_tokenizer
@@ -117,7 +117,7 @@ def _start(export_plan: ExportPlan, model, staging: Path, log) -> ExportJob:
     reference = TorchRuntime(loaded, image_size=(height, width), resize=options.common.resize)
     tokenizer = Path(options.common.tokenizer or loaded.tokenizer_dir or default_tokenizer())
     if options.common.validation_images:
-        validation = PhotoSet(tuple(list_images(list(options.common.validation_images))), "--validation-images")
+        validation = PhotoSet(tuple(list_images(list(options.common.validation_images))), VALIDATION_IMAGES)
     else:
         validation = PhotoSet(tuple(sample_photos()), f"the {samples_description()}")
     calibration = None
@@ -205,7 +205,8 @@ def summary(result: ExportResult) -> str:
         lines.append(f"  {folder + '/':<24} {tree_size([directory / folder]) / 1e6:8.1f} MB  tokenizer")
     lines.append(f"  {'total':<24} {tree_size([directory]) / 1e6:8.1f} MB")
     lines.append(f"checked: {result.floats.check.line()}")
-    lines += [f"checked: {check.line()}" for check in result.parts.checks.values()]
+    for reduced in result.parts.checks.values():
+        lines += [f"checked: {reduced.line()}", f"  {reduced.verdict().line()}"]
     if result.parts.search is not None and result.parts.search.chosen is not None:
         chosen = result.parts.search.chosen
         lines.append(f"drift budget ({result.parts.search.budget.describe()}): met with "

@@ -32,6 +32,8 @@ from ..segmentation.vocabulary import parse_labels
 from .drift import DEFAULT_PROBE, check_vocabulary, validate_candidate
 from .drift_report import format_figure
 from .isolation import BackendFailed, Failure, open_guarded, run_isolated
+from .photo_drift import DriftUncertainty
+from .uncertainty import Estimate, format_estimate
 
 SCHEMA = "groupvit-edge/bench/1"
 
@@ -83,6 +85,10 @@ class BenchRow:
     miou_vs_reference: float | None = None          # 100 for the reference itself
     group_agreement_confident: float | None = None  # None also when drift ran but no pixel was confident
     group_embed_cosine_mean: float | None = None
+    # The same three figures with their 95% intervals over the photos and their worst photos
+    miou_estimate: Estimate | None = None
+    group_agreement_confident_estimate: Estimate | None = None
+    group_embed_cosine_estimate: Estimate | None = None
     status: str                                     # "ok" or "failed: <the first line of why>"
     traceback: str | None = None
     peak_rss_mb: float | None = None                # None: the row's process died or never started
@@ -177,7 +183,16 @@ def _measure(artifact: str, runtime: Runtime, images: list[str], reference: str 
     drift = validate_candidate(reference, runtime, images, labels=settings.labels)
     return dataclasses.replace(row, miou_vs_reference=drift.class_level.miou_vs_reference,
                                group_agreement_confident=drift.model_level.group_agreement_confident,
-                               group_embed_cosine_mean=drift.model_level.group_embed_cosine.mean)
+                               group_embed_cosine_mean=drift.model_level.group_embed_cosine.mean,
+                               **_estimates(drift.uncertainty))
+
+
+def _estimates(uncertainty: DriftUncertainty | None) -> dict:
+    if uncertainty is None:
+        return {}
+    return {"miou_estimate": uncertainty.miou_vs_reference,
+            "group_agreement_confident_estimate": uncertainty.group_agreement_confident,
+            "group_embed_cosine_estimate": uncertainty.group_embed_cosine}
 
 
 def _image_graph_ms(runtime: Runtime, windows: np.ndarray, settings: BenchSettings) -> list[float]:
@@ -311,6 +326,8 @@ class BenchReport:
                 "settings": self.settings.to_dict(), "rows": [row.to_dict() for row in self.rows]}
 
     def to_markdown(self) -> str:
+        """The table; mIoU and agreement cells carry their 95% interval over the photos (percentile bootstrap),
+        and a line per artifact below names its worst photo."""
         s = self.settings
         stream_head, stream_rule = (f" stream windows/s ({s.streams} streams) |", "---|") if s.streams else ("", "")
         lines = [f"{self.images} images, batch {s.batch}, {s.threads or 'default'} threads, "
@@ -331,6 +348,16 @@ class BenchReport:
                 f"| {r.artifact} | {r.target} | {r.backend} | ok | {r.size_mb:.1f} "
                 f"| {r.image_graph_ms.p50:.1f} / {r.image_graph_ms.p90:.1f} "
                 f"| {r.end_to_end_ms.p50:.1f} / {r.end_to_end_ms.p90:.1f} | {r.images_per_s:.2f} "
-                f"|{stream_cell} {r.peak_rss_mb:.0f} | {format_figure(miou)} "
-                f"| {'—' if miou is None else f'{miou - 100:+.2f}'} | {format_figure(confident, 3)} |")
+                f"|{stream_cell} {r.peak_rss_mb:.0f} | {_cell(miou, r.miou_estimate, 2)} "
+                f"| {'—' if miou is None else f'{miou - 100:+.2f}'} "
+                f"| {_cell(confident, r.group_agreement_confident_estimate, 3)} |")
+        worst = [f"- {r.artifact}: confident group agreement "
+                 f"{format_estimate(r.group_agreement_confident_estimate, 3, '%', named=True)}"
+                 for r in self.rows if r.group_agreement_confident_estimate is not None]
+        if worst:
+            lines += ["", "95% intervals: percentile bootstrap over the photos; worst photos:", *worst]
         return "\n".join(lines)
+
+
+def _cell(value: float | None, figure: Estimate | None, digits: int) -> str:
+    return format_estimate(figure, digits, compact=True) if figure is not None else format_figure(value, digits)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,19 +26,18 @@ from ..options import check_number
 from ..progress import progress_bar
 from ..runtimes import Runtime, is_artifact
 from ..runtimes import open as open_runtime
-from ..runtimes.base import ImageEncoding
-from ..segmentation.postprocess import BACKGROUND_THRESHOLD, resize_bilinear, top_two
-from ..segmentation.preprocess import Prepared, list_images, load_image, prepare
+from ..segmentation.postprocess import BACKGROUND_THRESHOLD
+from ..segmentation.preprocess import list_images, load_image, prepare
 from ..segmentation.prompts import TemplateSet
 from ..segmentation.segmenter import encode_windows, label_map
 from ..segmentation.vocabulary import Vocabulary, parse_labels
 from .classmaps import ClassMap
+from .comparison import ModelLevel, decide_groups, photo_counts
 from .confusion import ConfusionMatrix
 from .drift_report import (
     CandidateDrift,
     ClassLevelDrift,
     ComparedModel,
-    Cosine,
     DriftBudget,
     DriftImages,
     DriftReport,
@@ -53,96 +51,15 @@ from .drift_report import (
     PhotoEvidence,
     WorstImage,
 )
+from .photo_drift import DriftUncertainty, PhotoCounts, class_counts
 
 CONFIDENT_MARGIN = 0.01      # reference relative margin best vs second group below which a pixel is a near-tie
 PROTOTYPE_PREFIX = "prototypes:"
-OUTPUTS = ("group_embeds", "image_embed", "grouping")
-
-
-# ------------------------------------------------------------------------------------ model-level comparison
-
-@dataclass
-class WindowDecision:
-    """A window's final group per pixel and, for the reference, which pixels are not near-ties."""
-    groups: np.ndarray                 # [H, W] int
-    confident: np.ndarray | None       # [H, W] bool
-
-
-def decide_groups(grouping: np.ndarray, window_size: tuple[int, int], margin: float | None) -> WindowDecision:
-    """Upsample one window's soft maps once; argmax, and the relative best-vs-second margin when asked."""
-    maps = resize_bilinear(grouping, *window_size)
-    if margin is None:
-        return WindowDecision(maps.argmax(axis=0), None)
-    groups, best, second = top_two(maps)
-    return WindowDecision(groups, (best - second) >= margin * np.maximum(best, np.finfo(np.float32).tiny))
-
-
-@dataclass
-class GroupingComparison:
-    """Pixel counts over the valid (unpadded) pixels of windows, accumulated."""
-    pixels: int = 0
-    agree: int = 0
-    confident: int = 0
-    confident_agree: int = 0
-
-    def add(self, reference: WindowDecision, candidate: WindowDecision, valid: tuple[int, int]) -> float:
-        """Compare one window's final groups; returns that window's agreement."""
-        rows, columns = valid
-        assert reference.confident is not None, "the reference's decisions carry their margins"
-        same = reference.groups[:rows, :columns] == candidate.groups[:rows, :columns]
-        confident = reference.confident[:rows, :columns]
-        self.pixels += same.size
-        self.agree += int(same.sum())
-        self.confident += int(confident.sum())
-        self.confident_agree += int((same & confident).sum())
-        return float(same.mean())
-
-    def summary(self) -> dict:
-        return {"group_agreement": _percent(self.agree, self.pixels),
-                "group_agreement_confident": _percent(self.confident_agree, self.confident),
-                "near_tie_share": _percent(self.pixels - self.confident, self.pixels)}
 
 
 def _finite(value: float) -> float | None:
     """NaN (nothing to measure) becomes null in drift.json, which must stay standard JSON."""
     return None if np.isnan(value) else float(value)
-
-
-def _percent(part: int, whole: int) -> float | None:
-    return 100.0 * part / whole if whole else None
-
-
-def _cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of [..., D] arrays (renormalised: quantized outputs need not be unit length)."""
-    ref = reference / np.linalg.norm(reference, axis=-1, keepdims=True)
-    cand = candidate / np.linalg.norm(candidate, axis=-1, keepdims=True)
-    return (ref * cand).sum(axis=-1).ravel()
-
-
-@dataclass
-class ModelLevel:
-    grouping: GroupingComparison = field(default_factory=GroupingComparison)
-    group_cosines: list = field(default_factory=list)
-    image_cosines: list = field(default_factory=list)
-    max_abs_diff: dict = field(default_factory=lambda: {name: 0.0 for name in OUTPUTS})
-
-    def add(self, reference: ImageEncoding, candidate: ImageEncoding, prepared: Prepared,
-            reference_groups: list[WindowDecision], candidate_groups: list[WindowDecision]):
-        for (_, _, box_h, box_w), ref, cand in zip(prepared.boxes, reference_groups, candidate_groups):
-            self.grouping.add(ref, cand, (box_h, box_w))
-        self.group_cosines.append(_cosines(reference.group_embeds, candidate.group_embeds))
-        self.image_cosines.append(_cosines(reference.image_embed, candidate.image_embed))
-        for name in OUTPUTS:
-            difference = np.abs(getattr(reference, name) - getattr(candidate, name)).max()
-            self.max_abs_diff[name] = max(self.max_abs_diff[name], float(difference))
-
-    def summary(self) -> ModelLevelDrift:
-        groups, images = np.concatenate(self.group_cosines), np.concatenate(self.image_cosines)
-        return ModelLevelDrift(**self.grouping.summary(),
-                               group_embed_cosine=Cosine(float(groups.mean()), float(groups.min())),
-                               image_embed_cosine=Cosine(float(images.mean()), float(images.min())),
-                               max_abs_diff=dict(self.max_abs_diff))
-
 
 
 # The budget flags' ranges: mIoU points and agreement percentages in [0, 100], cosines in [-1, 1].
@@ -173,7 +90,8 @@ def budget_from_flags(max_drop=None, min_confident_agreement=None, min_group_cos
 # fp32 graphs in any backend must agree with eager PyTorch up to float reassociation (measured ≤ 5e-7 on every
 # output); larger gaps mean a broken graph or a backend silently computing in lower precision.
 FP32_MAX_ABS_DIFF = 1e-3
-FP32_TOLERANCE = DriftBudget(max_abs_diff=FP32_MAX_ABS_DIFF, min_group_agreement=99.0)
+# Equivalence is judged on every photo: one photo outside is a bug, not a sampling question.
+FP32_TOLERANCE = DriftBudget(max_abs_diff=FP32_MAX_ABS_DIFF, min_group_agreement=99.0, every_photo=True)
 # Reduced precision, judged without a vocabulary: what the drift-budget search and `tune` hold candidates to
 # unless told otherwise. Confident pixels ignore near-ties, which random or weak weights make common.
 MODEL_LEVEL_BUDGET = DriftBudget(min_confident_group_agreement=99.9, min_group_cosine=0.995)
@@ -248,7 +166,9 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, templ
     for the artifacts' vocabulary (the class map's names when masks are given; DEFAULT_PROBE when a reference or
     candidate has no vocabulary, as a checkpoint or an artifact exported without --labels); `templates` their
     prompt template set (segmentation.prompts; default the official `simple`). With `budget`, the
-    report judges each candidate by it too. Nothing is written: `render.render_drift_report` writes the report
+    report judges each candidate by it too, on the bounds of the gated figures' 95% intervals over photos
+    (`photo_drift.DriftUncertainty`). `seed` seeds both the prototypes' k-means and that bootstrap, so a run
+    is repeatable. Nothing is written: `render.render_drift_report` writes the report
     folder, its worst-photo panels drawn from the report's `evidence`.
     """
     started = time.perf_counter()
@@ -289,7 +209,7 @@ def measure_drift(reference, candidates: Sequence, images, *, labels=None, templ
     class_names = (["background"] if background is not None else []) + vocabulary.labels
     logit_scales = [runtime.manifest.logit_scale for runtime in runtimes_]
     results = [_compare(encoded, index, vocabularies, logit_scales, background, class_names, confident_margin,
-                        worst, class_map is not None and masks_dir is not None)
+                        worst, class_map is not None and masks_dir is not None, seed)
                for index in range(1, len(runtimes_))]
     postprocess_seconds = time.perf_counter() - tick
 
@@ -386,10 +306,11 @@ class _Comparison(NamedTuple):
     class_level: ClassLevelDrift
     model_level: ModelLevelDrift
     ground_truth: GroundTruthDrift | None
+    uncertainty: DriftUncertainty
 
 
 def _compare(encoded, index, vocabularies, logit_scales, background, class_names, margin, worst,
-             with_truth) -> _Comparison:
+             with_truth, seed) -> _Comparison:
     """The class-level, model-level and ground-truth parts of candidate `index`'s CandidateDrift."""
     reference_vocab, candidate_vocab = vocabularies[0], vocabularies[index]
     versus_reference = ConfusionMatrix(len(class_names), ignore_index=None)
@@ -400,6 +321,7 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
     truth = (ConfusionMatrix(len(class_names)), ConfusionMatrix(len(class_names))) if with_truth else None
     model_level = ModelLevel()
     per_image = []
+    photos: list[PhotoCounts] = []
     for item in encoded:
         reference, candidate = item.encodings[0], item.encodings[index]
         if item.reference_cache is None:      # the reference side is the same for every candidate
@@ -410,15 +332,17 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
             item.reference_cache = (groups, labels, class_margin >= margin)
         ref_groups, ref_labels, ref_confident = item.reference_cache
         cand_groups = [decide_groups(g, item.prepared.window_size, None) for g in candidate.grouping]
-        model_level.add(reference, candidate, item.prepared, ref_groups, cand_groups)
+        photo_model = model_level.add(reference, candidate, item.prepared, ref_groups, cand_groups)
         cand_labels = label_map(item.prepared, candidate, candidate_vocab.text_embeds, logit_scales[index],
                                 background, [d.groups for d in cand_groups])[0]
-        versus_reference.update(ref_labels, cand_labels)
+        photo_classes = versus_reference.update(ref_labels, cand_labels)
         confident_versus_reference.update(ref_labels[ref_confident], cand_labels[ref_confident])
         per_image.append((float(np.mean(ref_labels == cand_labels)), str(item.path)))
+        photo_truth = None
         if truth is not None:
-            truth[0].update(item.ground_truth, ref_labels)
-            truth[1].update(item.ground_truth, cand_labels)
+            photo_truth = (*class_counts(truth[0].update(item.ground_truth, ref_labels)),
+                           *class_counts(truth[1].update(item.ground_truth, cand_labels)))
+        photos.append(photo_counts(str(item.path), photo_model, class_counts(photo_classes), photo_truth))
     iou = versus_reference.iou
     class_level = ClassLevelDrift(
         miou_vs_reference=100.0 * versus_reference.mean_iou,
@@ -436,4 +360,4 @@ def _compare(encoded, index, vocabularies, logit_scales, background, class_names
             drop=100.0 * (truth_reference.mean_iou - truth_candidate.mean_iou),
             reference_pixel_accuracy=100.0 * truth_reference.pixel_accuracy,
             candidate_pixel_accuracy=100.0 * truth_candidate.pixel_accuracy)
-    return _Comparison(class_level, model_level.summary(), ground_truth)
+    return _Comparison(class_level, model_level.summary(), ground_truth, DriftUncertainty.of(photos, seed))

@@ -17,6 +17,9 @@ from ..errors import UserError
 from ..runtimes.base import ImageEncoding
 from ..segmentation.preprocess import Prepared
 from ..segmentation.vocabulary import Vocabulary
+from .budget import DriftBudget
+from .photo_drift import DriftUncertainty
+from .uncertainty import format_estimate
 
 SCHEMA = "groupvit-edge/drift/1"
 
@@ -82,10 +85,13 @@ class CandidateDrift(ComparedModel):
     model_level: ModelLevelDrift
     ground_truth: GroundTruthDrift | None
     encode_seconds: float = 0.0
+    # The gated figures' intervals over photos; None in a drift.json written before they were measured.
+    uncertainty: DriftUncertainty | None = None
 
     def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
+        data = dataclasses.asdict(dataclasses.replace(self, uncertainty=None))
         data["timing"] = {"encode_s": data.pop("encode_seconds")}
+        data["uncertainty"] = self.uncertainty.to_dict() if self.uncertainty is not None else None
         return data
 
     @classmethod
@@ -100,79 +106,8 @@ class CandidateDrift(ComparedModel):
                                                   "group_embed_cosine": Cosine(**model_level["group_embed_cosine"]),
                                                   "image_embed_cosine": Cosine(**model_level["image_embed_cosine"])}),
                    ground_truth=GroundTruthDrift(**truth) if truth is not None else None,
-                   encode_seconds=data["timing"]["encode_s"])
-
-
-@dataclass(frozen=True)
-class DriftBudget:
-    """Limits a candidate must stay within; a None limit is not checked. Agreements in percent, mIoU in points
-    (below 100 against the reference, or below the reference's own mIoU against ground truth), cosines as is."""
-    max_drop: float | None = None
-    min_confident_group_agreement: float | None = None
-    min_group_agreement: float | None = None
-    min_group_cosine: float | None = None          # mean over groups and windows
-    min_group_cosine_worst: float | None = None    # the worst group of any window
-    max_abs_diff: float | None = None              # any image-graph output
-
-    def failures(self, drift: CandidateDrift) -> list[str]:
-        """One sentence per limit `drift` exceeds."""
-        model, name = drift.model_level, drift.source
-        failed = []
-        if self.max_drop is not None:
-            drop = 100.0 - drift.class_level.miou_vs_reference
-            if drop > self.max_drop:
-                failed.append(f"{name}: mIoU vs reference {drift.class_level.miou_vs_reference:.2f} is {drop:.2f} "
-                              f"points below 100 (allowed {self.max_drop})")
-            truth = drift.ground_truth
-            if truth is not None and truth.drop > self.max_drop:
-                failed.append(f"{name}: ground-truth mIoU {truth.candidate_miou:.2f} is {truth.drop:.2f} points "
-                              f"below the reference's {truth.reference_miou:.2f} (allowed {self.max_drop})")
-        checks = ((self.min_confident_group_agreement, model.group_agreement_confident, "confident-pixel group "
-                   "agreement", "%", 3),
-                  (self.min_group_agreement, model.group_agreement, "group agreement", "%", 3),
-                  (self.min_group_cosine, model.group_embed_cosine.mean, "mean group-embedding cosine", "", 5),
-                  (self.min_group_cosine_worst, model.group_embed_cosine.min, "minimum group-embedding cosine",
-                   "", 5))
-        for limit, value, what, unit, digits in checks:
-            if limit is not None and (value is None or value < limit):
-                shown = "unmeasured" if value is None else f"{value:.{digits}f}{unit}"
-                failed.append(f"{name}: {what} {shown} is below {limit}{unit}")
-        if self.max_abs_diff is not None:
-            output, worst = max(model.max_abs_diff.items(), key=lambda item: item[1])
-            if worst > self.max_abs_diff:
-                failed.append(f"{name}: max abs difference {worst:.2e} in {output} exceeds {self.max_abs_diff:.0e}")
-        return failed
-
-    def describe(self) -> str:
-        parts = [f"mIoU drop ≤ {self.max_drop}" if self.max_drop is not None else None,
-                 f"confident group agreement ≥ {self.min_confident_group_agreement}%"
-                 if self.min_confident_group_agreement is not None else None,
-                 f"group agreement ≥ {self.min_group_agreement}%" if self.min_group_agreement is not None else None,
-                 f"group cosine mean ≥ {self.min_group_cosine}" if self.min_group_cosine is not None else None,
-                 f"group cosine min ≥ {self.min_group_cosine_worst}" if self.min_group_cosine_worst is not None
-                 else None,
-                 f"max abs diff ≤ {self.max_abs_diff:.0e}" if self.max_abs_diff is not None else None]
-        return ", ".join(part for part in parts if part) or "no limits"
-
-    @classmethod
-    def from_description(cls, text: str) -> DriftBudget:
-        """The inverse of `describe`, which is how drift.json records a budget."""
-        limits: dict[str, float] = {}
-        for part in [] if text == "no limits" else text.split(", "):
-            name = next((name for name, phrase in _BUDGET_PHRASES if part.startswith(phrase)), None)
-            if name is None:
-                raise ValueError(f"unknown budget limit {part!r}")
-            limits[name] = float(part[len(dict(_BUDGET_PHRASES)[name]):].rstrip("%"))
-        budget = cls(**limits)
-        if budget.describe() != text:
-            raise ValueError(f"budget {text!r} does not read back as itself")
-        return budget
-
-
-# How `DriftBudget.describe` words each limit.
-_BUDGET_PHRASES = (("max_drop", "mIoU drop ≤ "), ("min_confident_group_agreement", "confident group agreement ≥ "),
-                   ("min_group_agreement", "group agreement ≥ "), ("min_group_cosine", "group cosine mean ≥ "),
-                   ("min_group_cosine_worst", "group cosine min ≥ "), ("max_abs_diff", "max abs diff ≤ "))
+                   encode_seconds=data["timing"]["encode_s"],
+                   uncertainty=DriftUncertainty.from_dict(data["uncertainty"]) if data.get("uncertainty") else None)
 
 
 @dataclass
@@ -341,8 +276,33 @@ def drift_markdown(report: DriftReport) -> str:
             f"| {model.group_embed_cosine.mean:.5f} / {model.group_embed_cosine.min:.5f} "
             f"| {model.image_embed_cosine.mean:.5f} / {model.image_embed_cosine.min:.5f} "
             f"| {model.max_abs_diff['grouping']:.2e} | {gt} |")
+    lines += uncertainty_lines(report)
     timing = report.timing
     lines += ["", f"time: {timing.total_s:.1f} s total, reference encoding {timing.reference_encode_s:.1f} s, "
                   f"post-processing + metrics {timing.postprocess_and_metrics_s:.1f} s "
                   f"({100 * timing.postprocess_and_metrics_s / max(timing.total_s, 1e-9):.1f}%)"]
     return "\n".join(lines)
+
+
+def uncertainty_lines(report: DriftReport) -> list[str]:
+    """Each candidate's gated figures with their 95% intervals over photos and worst photos; a report read from a
+    drift.json written without them says so."""
+    lines = ["", "Gated figures over photos (95% interval: percentile bootstrap over photos; a budget passes only "
+                 "when the bound does):"]
+    for candidate in report.candidates:
+        uncertainty = candidate.uncertainty
+        if uncertainty is None:
+            lines.append(f"- {candidate.source}: no intervals (this drift.json was written without them)")
+            continue
+        lines.append(f"- {candidate.source}:")
+        lines += [f"  - {what}: {format_estimate(getattr(uncertainty, name), digits, unit, named=True)}"
+                  for name, what, digits, unit in ESTIMATE_ROWS if getattr(uncertainty, name) is not None]
+    return lines
+
+
+# How each estimated figure is named and rounded in the terminal table and report.html.
+ESTIMATE_ROWS = (("group_agreement_confident", "confident group agreement", 3, "%"),
+                 ("group_embed_cosine", "group cosine mean", 5, ""),
+                 ("group_agreement", "group agreement", 2, "%"),
+                 ("miou_vs_reference", "mIoU vs reference", 2, ""),
+                 ("ground_truth_drop", "ground-truth mIoU drop", 2, " points"))

@@ -18,7 +18,7 @@ from ..files import write_bytes_atomic
 from ..segmentation.segmenter import palette
 
 # format_figure is drift.md's rounding, so the page and the terminal table agree
-from .drift_report import CandidateDrift, Cosine, DriftReport, DriftVocabulary, format_figure
+from .drift_report import ESTIMATE_ROWS, CandidateDrift, Cosine, DriftReport, DriftVocabulary, format_figure
 
 Panel = tuple[str, bytes]            # (caption, PNG bytes)
 # The page's fixed outline, which the tests and benchmarks/report_in_browser.py look for.
@@ -132,7 +132,7 @@ def _candidate_section(index: int, candidate: CandidateDrift, report: DriftRepor
     return (f'<section id="{candidate_section_id(index)}">\n<h2>{escape(heading)}</h2>\n'
             f'<p class="note">{escape(candidate.backend)}</p>\n'
             f"{_budget_verdict(report.verdict(candidate), budget)}\n"
-            f"<h3>{CANDIDATE_HEADINGS[0]}</h3>\n{_summary_table(candidate)}\n"
+            f"<h3>{CANDIDATE_HEADINGS[0]}</h3>\n{_uncertainty_table(candidate)}\n{_summary_table(candidate)}\n"
             f"<h3>{CANDIDATE_HEADINGS[1]}</h3>\n{figures}\n"
             f"<h3>{CANDIDATE_HEADINGS[2]}</h3>\n{_per_class_figure(candidate)}\n</section>")
 
@@ -184,6 +184,30 @@ def _summary_table(candidate: CandidateDrift) -> str:
     head = ('<thead><tr><th scope="col">Figure</th><th scope="col">Value</th>'
             '<th scope="col">On confident pixels</th></tr></thead>')
     return f'<table class="summary">{head}<tbody>{"".join(rows)}</tbody></table>'
+
+
+def _uncertainty_table(candidate: CandidateDrift) -> str:
+    """The gated figures with their 95% intervals over photos and worst photos: what a budget is judged on."""
+    uncertainty = candidate.uncertainty
+    if uncertainty is None:
+        return ('<p class="note">No intervals over photos: this report was read from a drift.json written '
+                'without them, so its figures stand alone.</p>')
+    rows = []
+    for name, what, digits, unit in ESTIMATE_ROWS:
+        figure = getattr(uncertainty, name)
+        if figure is None:
+            continue
+        interval = f"{figure.low:.{digits}f}–{figure.high:.{digits}f}" if figure.has_interval else "none"
+        cells = [f"{figure.value:.{digits}f}{unit}", interval,
+                 f"{figure.worst:.{digits}f}{unit} ({Path(figure.worst_photo).name})", str(figure.photos)]
+        rows.append(f'<tr><th scope="row">{escape(what)}</th>'
+                    + "".join(f'<td class="number">{escape(cell)}</td>' for cell in cells) + "</tr>")
+    head = ('<thead><tr><th scope="col">Gated figure</th><th scope="col">Value</th><th scope="col">95% interval'
+            '</th><th scope="col">Worst photo</th><th scope="col">Photos</th></tr></thead>')
+    note = (f'<p class="note">The interval is a percentile bootstrap over photos (seed {uncertainty.seed}, '
+            f'{uncertainty.resamples} resamples): a budget passes only when its bound passes. Its width says how '
+            f'much these photos prove.</p>')
+    return f'<table class="uncertainty">{head}<tbody>{"".join(rows)}</tbody></table>\n{note}'
 
 
 def _row(name: str, value: str, confident: str | None = None) -> str:

@@ -28,8 +28,9 @@ from ..runtimes.tuned import SCHEMA
 from ..segmentation.preprocess import list_images, load_image, prepare
 from .bench import median_ms, stream_throughput
 from .drift import DEFAULT_PROBE, MODEL_LEVEL_BUDGET, check_vocabulary, validate_candidate
-from .drift_report import CandidateDrift, DriftBudget
+from .drift_report import CandidateDrift, DriftBudget, format_figure
 from .isolation import BackendFailed, Failure, open_guarded, run_isolated
+from .uncertainty import format_estimate
 
 LATENCY_WINDOWS = 4
 
@@ -55,7 +56,17 @@ class Measured:
                 "windows_per_s": self.windows_per_s, "fits": self.fits, "failures": self.failures, "error": self.error,
                 "group_agreement_confident": model.group_agreement_confident if model else None,
                 "group_embed_cosine": dataclasses.asdict(model.group_embed_cosine) if model else None,
-                "miou_vs_reference": self.drift.class_level.miou_vs_reference if self.drift else None}
+                "miou_vs_reference": self.drift.class_level.miou_vs_reference if self.drift else None,
+                "uncertainty": self._estimates()}
+
+    def _estimates(self) -> dict | None:
+        """The gated figures' 95% intervals over the photos, without the per-photo list bench and drift keep."""
+        uncertainty = self.drift.uncertainty if self.drift else None
+        if uncertainty is None:
+            return None
+        return {name: figure.to_dict() for name in ("group_agreement_confident", "group_embed_cosine",
+                                                    "miou_vs_reference")
+                if (figure := getattr(uncertainty, name)) is not None}
 
 
 @dataclass
@@ -79,7 +90,7 @@ class TuneReport:
 
     def to_markdown(self) -> str:
         lines = [cpu_header(), f"{self.artifact}: drift vs {self.reference} on {self.photos} photos, budget "
-                               f"{self.budget.describe()}", "",
+                               f"{self.budget.describe()} (on the 95% bounds over the photos)", "",
                  "| configuration | ran as | ms/window | windows/s | confident group agree % | group cos mean / min "
                  "| fits |", "|---|---|---|---|---|---|---|"]
         for m in sorted(self.measured, key=lambda m: (m.latency_ms is None, m.latency_ms or 0)):
@@ -87,11 +98,15 @@ class TuneReport:
                 lines.append(f"| {m.configuration.label} | failed: {m.error} | | | | | no |")
                 continue
             assert m.drift is not None, "a configuration that ran has its drift"
-            model = m.drift.model_level
-            confident = "—" if model.group_agreement_confident is None else f"{model.group_agreement_confident:.3f}"
+            model, uncertainty = m.drift.model_level, m.drift.uncertainty
+            confident = format_figure(model.group_agreement_confident, 3)
+            cosine = f"{model.group_embed_cosine.mean:.5f}"
+            if uncertainty is not None:
+                confident = format_estimate(uncertainty.group_agreement_confident, 3, compact=True)
+                cosine = format_estimate(uncertainty.group_embed_cosine, 5, compact=True)
             chosen = " (chosen)" if m is self.chosen else ""
             lines.append(f"| {m.configuration.label}{chosen} | {m.description} | {m.latency_ms:.1f} | "
-                         f"{m.windows_per_s:.2f} | {confident} | {model.group_embed_cosine.mean:.5f} / "
+                         f"{m.windows_per_s:.2f} | {confident} | {cosine} / "
                          f"{model.group_embed_cosine.min:.5f} | {'yes' if m.fits else 'no: ' + m.failures[0]} |")
         if self.chosen is None:
             lines += ["", "nothing fits the budget: nothing is recorded and the artifact runs as exported; loosen the "

@@ -17,10 +17,12 @@ import numpy as np
 from ..artifact import Preprocess
 from ..assets import sample_photos, samples_description
 from ..errors import UserError
+from ..metrics.uncertainty import ENOUGH_PHOTOS
 from ..progress import progress_bar
 from ..segmentation.preprocess import IMAGE_SUFFIXES, load_image, prepare
 
-DEFAULT_HELD_OUT = 8
+DEFAULT_HELD_OUT = ENOUGH_PHOTOS     # enough for the drift interval to mean something
+VALIDATION_IMAGES = "--validation-images"     # the source of the user's own photos
 MIN_HELD_OUT = 2           # fewer held-out photos than this say too little: the shipped photos are used instead
 
 

@@ -5,8 +5,11 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..artifact import GraphRecord
-from ..metrics.drift import CandidateDrift, DriftBudget
-from .calibration_set import CalibrationSet, PhotoSet
+from ..metrics.budget import EVERY_PHOTO, BudgetFailure
+from ..metrics.drift import MODEL_LEVEL_BUDGET, CandidateDrift, DriftBudget
+from ..metrics.drift_report import format_figure
+from ..metrics.uncertainty import ENOUGH_PHOTOS, format_estimate
+from .calibration_set import VALIDATION_IMAGES, CalibrationSet, PhotoSet
 
 
 @dataclass
@@ -24,11 +27,22 @@ class DriftCheck:
     def failures(self) -> list[str]:
         return self.budget.failures(self.drift) if self.budget is not None else []
 
+    def verdict(self) -> Verdict:
+        """The check against its budget, or — without one — against the default budget, on the 95% bounds."""
+        given = self.budget is not None
+        budget = self.budget if self.budget is not None else MODEL_LEVEL_BUDGET
+        return Verdict.of(budget, budget.judge(self.drift), given, len(self.photos.paths),
+                          self.photos.source == VALIDATION_IMAGES)
+
     def line(self) -> str:
-        model, cls = self.drift.model_level, self.drift.class_level
-        confident = "—" if model.group_agreement_confident is None else f"{model.group_agreement_confident:.3f}%"
+        model, cls, uncertainty = self.drift.model_level, self.drift.class_level, self.drift.uncertainty
+        confident = format_figure(model.group_agreement_confident, 3, "%")
+        cosine = f"{model.group_embed_cosine.mean:.5f}"
+        if uncertainty is not None:
+            confident = format_estimate(uncertainty.group_agreement_confident, 3, "%", named=True)
+            cosine = format_estimate(uncertainty.group_embed_cosine, 5, named=True)
         return (f"{self.candidate} vs {self.reference} on {len(self.photos.paths)} photos ({self.photos.source}): "
-                f"confident group agreement {confident}, group cosine mean {model.group_embed_cosine.mean:.5f} / min "
+                f"confident group agreement {confident}, group cosine mean {cosine} / min "
                 f"{model.group_embed_cosine.min:.5f}, max abs diff {max(model.max_abs_diff.values()):.1e}, "
                 f"{self.vocabulary} mIoU {cls.miou_vs_reference:.2f}")
 
@@ -38,9 +52,54 @@ class DriftCheck:
                        ("miou_vs_reference", "pixel_agreement", "miou_vs_reference_confident")}
         return {"reference": self.reference, "candidate": self.candidate, "images": self.photos.names(),
                 "photos": self.photos.source, "vocabulary": self.vocabulary, "class_level": class_level,
-                "model_level": drift["model_level"],
+                "model_level": drift["model_level"], "uncertainty": drift["uncertainty"],
                 "budget": self.budget.describe() if self.budget is not None else None, "failures": self.failures,
+                "verdict": self.verdict().to_dict(),
                 **({"inference_precision": self.inference_precision} if self.inference_precision else {})}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a drift check proves against a budget: "within" (every bound passes), "not proven" (the figures pass
+    but a bound does not: too few photos, or too spread), or "outside" (a figure itself fails)."""
+    state: str
+    budget: str
+    given: bool                          # the user's budget; else the default one, for information
+    photos: int
+    photos_needed: int | None            # not proven: about how many photos in all would prove it
+    own_photos: bool                     # measured on --validation-images
+    failures: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, budget: DriftBudget, failures: list[BudgetFailure], given: bool, photos: int,
+           own_photos: bool) -> Verdict:
+        state = "within" if not failures else "outside" if any(f.proven for f in failures) else "not proven"
+        needed = [f.photos_needed for f in failures if f.photos_needed is not None]
+        if state != "outside" and photos < ENOUGH_PHOTOS and not budget.every_photo:
+            # Intervals over fewer photos were measured to be unstable: a passing bound proves little.
+            state, needed = "not proven", [*needed, ENOUGH_PHOTOS]
+        return cls(state, budget.describe(), given, photos, max(needed) if state == "not proven" and needed else
+                   None, own_photos, tuple(f.sentence for f in failures))
+
+    def line(self) -> str:
+        which = "the budget" if self.given else "the default budget"
+        judged = "" if self.budget.endswith(EVERY_PHOTO) else " on the 95% bounds"
+        text = {"within": f"within {which} ({self.budget}){judged} over {self.photos} photos",
+                "outside": f"outside {which} ({self.budget}): {'; '.join(self.failures)}",
+                "not proven": f"not proven against {which} ({self.budget}) on {self.photos} photos: "
+                              + ("; ".join(self.failures) if self.failures else
+                                 f"an interval over fewer than {ENOUGH_PHOTOS} photos proves little")}[self.state]
+        if self.state == "not proven":
+            text += (f"; add about {self.photos_needed - self.photos} photos" if self.photos_needed else
+                     "; add photos")
+        if not self.own_photos:
+            text += ("; measure on your own photos from the deployment domain (--validation-images DIR, dozens "
+                     "or more), which is what the figure should stand for")
+        return text
+
+    def to_dict(self) -> dict:
+        return {"state": self.state, "budget": self.budget, "given": self.given, "photos": self.photos,
+                "photos_needed": self.photos_needed}
 
 
 @dataclass
@@ -88,8 +147,9 @@ class BudgetSearch:
         lines = ["| blocks in float | confident group agree % | group cos mean / min | mIoU vs fp32 | fits |",
                  "|---|---|---|---|---|"]
         for step in self.steps:
-            model = step.check.drift.model_level
-            confident = "—" if model.group_agreement_confident is None else f"{model.group_agreement_confident:.3f}"
+            model, uncertainty = step.check.drift.model_level, step.check.drift.uncertainty
+            confident = (format_estimate(uncertainty.group_agreement_confident, 3, compact=True) if uncertainty
+                         else format_figure(model.group_agreement_confident, 3))
             lines.append(f"| {len(step.float_blocks)} | {confident} | {model.group_embed_cosine.mean:.5f} / "
                          f"{model.group_embed_cosine.min:.5f} | {step.check.drift.class_level.miou_vs_reference:.2f} | "
                          f"{'yes' if step.fits else 'no'} |")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from ..metrics.budget import BudgetFailure
 from ..metrics.drift import DriftBudget, DriftReport, measure_drift
 from ..metrics.render import render_drift_report, write_json
 
@@ -21,7 +22,10 @@ def assert_drift_within(reference, candidate, *, images=None, labels="prototypes
                         min_confident_group_agreement: float | None = None,
                         min_group_cosine: float | None = None, min_group_cosine_worst: float | None = None,
                         report_dir=None, **options) -> DriftReport:
-    """Fail with the figures and the report's path when `candidate` drifts from `reference` beyond the budget.
+    """Fail with the figures, the worst photos and the report's path when `candidate` drifts from `reference`
+    beyond the budget. Each limit is checked on the bound of its figure's 95% interval over the photos (the
+    lower bound of an "at least" figure, the upper bound of the mIoU drop): a figure that passes on average but
+    not across the photos fails as "not proven", with about how many photos would prove it.
 
     `reference`: the artifact, checkpoint or runtime whose outputs count as right (usually fp32); `candidate`: the
     one judged against it (e.g. the INT8 artifact).
@@ -35,11 +39,21 @@ def assert_drift_within(reference, candidate, *, images=None, labels="prototypes
     report_dir = Path(report_dir or tempfile.mkdtemp(prefix="groupvit-drift-"))
     report = measure_drift(reference, [candidate], images, labels=labels, progress=False, budget=budget, **options)
     render_drift_report(report, report_dir)
-    failures = report.failures(budget)
+    failures = [failure for candidate in report.candidates for failure in budget.judge(candidate)]
     if failures:
-        raise AssertionError("\n".join(["drift budget exceeded:", *failures, "", report.to_markdown(), "",
+        raise AssertionError("\n".join(["drift budget exceeded:", *map(str, failures), "",
+                                        *_worst_photos(report, failures), "", report.to_markdown(), "",
                                         f"report: {report_dir} (report.html, drift.json, worst-photo PNGs)"]))
     return report
+
+
+def _worst_photos(report: DriftReport, failures: list[BudgetFailure]) -> list[str]:
+    """The photos to look at first: each failed figure's worst photo, then the worst photos by class agreement."""
+    lines = ["worst photos:"]
+    lines += [f"  {failure.worst_photo} (worst for {failure.figure})" for failure in failures if failure.worst_photo]
+    lines += [f"  {worst.image} ({worst.agreement:.2f}% of pixels agree with the reference's classes)"
+              for candidate in report.candidates for worst in candidate.class_level.worst_images[:3]]
+    return lines
 
 
 __all__ = ["assert_drift_within", "measure_drift", "DriftBudget", "DriftReport", "write_json"]
