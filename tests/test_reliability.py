@@ -374,4 +374,4 @@ def test_eval_with_the_paper_resize(onnx_artifact, tmp_path):
     done = cli("eval", onnx_artifact, "--images", sorted(EVAL_IMAGES.glob("*.jpg"))[0], "--masks", EVAL_MASKS,
                "--resample", "opencv", "--json", tmp_path / "eval.json")
     assert done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / "eval.json").read_text())["resample"] == "opencv"
+    assert json.loads((tmp_path / "eval.json").read_text())["protocol"]["settings"]["resample"] == "opencv"

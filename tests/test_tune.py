@@ -103,7 +103,7 @@ def test_a_configuration_that_crashes_or_cannot_open_is_a_failed_row_and_tune_ch
     finished = {}
 
     def run():
-        finished["report"] = tuning.tune(openvino_fp32, photos[:1], runs=1, record=False, log=quiet)
+        finished["report"] = tuning.tune(openvino_fp32, photos[:2], runs=1, record=False, log=quiet)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
