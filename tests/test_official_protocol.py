@@ -276,13 +276,15 @@ def test_eval_on_pascal_context_uses_its_threshold_and_says_so(onnx_artifact, co
 
 def test_cli_eval_marks_each_deviation_in_its_report(onnx_artifact, coco_images, context_masks, tmp_path):
     out = tmp_path / "eval.json"
+    templates = tmp_path / "two.txt"              # two templates: a deviation without 59 × 80 prompts to encode
+    templates.write_text("a photo of a {}.\nitap of a {}.\n")
     done = CliRunner().invoke(cli, ["eval", str(onnx_artifact), "--images", str(coco_images[0]), "--masks",
                                     str(context_masks), "--classes", "pascal-context", "--background-threshold",
-                                    "0.5", "--resample", "pillow", "--templates", "full", "--json", str(out)])
+                                    "0.5", "--resample", "pillow", "--templates", str(templates), "--json", str(out)])
     assert done.exit_code == 0, done.output
     protocol = json.loads(out.read_text())["protocol"]
     deviations = {d["setting"]: (d["official"], d["used"]) for d in protocol["deviations"]}
-    assert deviations == {"templates": ("simple", "full"), "background threshold": ("0.35", "0.5"),
+    assert deviations == {"templates": ("simple", str(templates)), "background threshold": ("0.35", "0.5"),
                           "resample": ("opencv", "pillow")}
     assert "deviating in templates, background threshold, resample" in protocol["title"]
     assert "deviation: resample pillow (official opencv)" in done.output
