@@ -128,6 +128,20 @@ class ModelRecord:
 
 
 @dataclass(frozen=True)
+class OutlierNote:
+    """An INT8 reader the export found activation outliers in (quantization.outliers), as the manifest keeps it."""
+    node: str
+    channels: tuple[int, ...]
+    ratio: float
+    in_float: bool                        # kept in float to hold the drift budget
+
+    def describe(self) -> str:
+        shown = ", ".join(str(c) for c in self.channels[:6]) + (", …" if len(self.channels) > 6 else "")
+        kept = "; kept in float" if self.in_float else ""
+        return f"{self.node} (channels {shown}: {self.ratio:.0f}x the median{kept})"
+
+
+@dataclass(frozen=True)
 class PrecisionInfo:
     """What the artifact's image graph computes in, and which parts stayed float."""
     target: str
@@ -136,13 +150,21 @@ class PrecisionInfo:
     quantized_nodes: tuple[str, ...] | str     # a sentence where the backend chooses (TensorRT implicit INT8)
     inference_precision: str | None       # the OpenVINO hint its drift was measured with
     backends: tuple[str, ...]             # the only backends that run it; empty: every backend
+    outliers: tuple[OutlierNote, ...] = ()
 
     @classmethod
     def parse(cls, fields: ManifestFields, value) -> PrecisionInfo:
         d = fields.mapping("precision", value)
         return cls(fields.text("precision.target", d.get("target"), "a target name"), d.get("compute") or "fp32",
                    tuple(d.get("kept_float") or ()), cls._nodes(d.get("quantized_nodes")),
-                   d.get("inference_precision"), tuple(d.get("backends") or ()))
+                   d.get("inference_precision"), tuple(d.get("backends") or ()), cls._outliers(d))
+
+    @staticmethod
+    def _outliers(d: dict) -> tuple[OutlierNote, ...]:
+        in_float = set(d.get("float_readers") or ())
+        return tuple(OutlierNote(str(r.get("node")), tuple(int(c) for c in r.get("channels") or ()),
+                                 float(r.get("ratio") or 0.0), r.get("node") in in_float)
+                     for r in d.get("outlier_readers") or () if isinstance(r, dict))
 
     @staticmethod
     def _nodes(value) -> tuple[str, ...] | str:

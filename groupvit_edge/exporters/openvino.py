@@ -172,7 +172,8 @@ def _int8_qdq(job, floats) -> ArtifactParts:
     record = dataclasses.replace(reduced.precision, route="qdq", inference_precision=check.inference_precision)
     return ArtifactParts(graphs, record,
                          {"drift_vs_fp32": check, "drift_vs_fp32_onnxruntime": reduced.check},
-                         reduced.calibration, reduced.search, figures={"text_ir_max_abs_diff": text_difference})
+                         reduced.calibration, reduced.search, figures={"text_ir_max_abs_diff": text_difference},
+                         outliers=reduced.outliers)
 
 
 def _int8_nncf_ir(job, floats) -> ArtifactParts:

@@ -79,7 +79,7 @@ def build(job, floats: FloatGraphs) -> ArtifactParts:
 
 def parts_from(reduced: ReducedImageGraph, graphs: dict) -> ArtifactParts:
     return ArtifactParts(graphs, reduced.precision, {"drift_vs_fp32": reduced.check}, reduced.calibration,
-                         reduced.search)
+                         reduced.search, outliers=reduced.outliers)
 
 
 # -------------------------------------------------------------------------------------------------- FP16

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..artifact import GraphRecord
-from ..quantization.records import BudgetSearch, CalibrationRecord, DriftCheck, PrecisionRecord
+from ..quantization.records import BudgetSearch, CalibrationRecord, DriftCheck, OutlierRemedy, PrecisionRecord
 
 
 @dataclass
@@ -24,6 +24,7 @@ class ArtifactParts:
     checks: dict[str, DriftCheck] = field(default_factory=dict)
     calibration: CalibrationRecord | None = None
     search: BudgetSearch | None = None
+    outliers: OutlierRemedy | None = None          # what the INT8 path did about activation outliers
     engines: dict[str, GraphRecord] = field(default_factory=dict)
     sections: dict[str, dict] = field(default_factory=dict)     # backend sections, e.g. "tensorrt"
     figures: dict[str, float] = field(default_factory=dict)     # other validation figures, e.g. text IR diff

@@ -148,6 +148,8 @@ def _assemble_manifest(job: ExportJob, floats: FloatGraphs, parts: ArtifactParts
     validation.update({name: check.to_dict() for name, check in parts.checks.items()})
     if parts.search is not None:
         validation["drift_budget_search"] = parts.search.to_dict()
+    if parts.outliers is not None:
+        validation["outlier_remedy"] = parts.outliers.to_dict()
     validation.update(parts.figures)
     data["validation"] = validation
     data.update(parts.sections)
@@ -211,6 +213,8 @@ def summary(result: ExportResult) -> str:
         chosen = result.parts.search.chosen
         lines.append(f"drift budget ({result.parts.search.budget.describe()}): met with "
                      f"{len(chosen.float_blocks)} block(s) in float ({listed(chosen.float_blocks)})")
+    if result.parts.outliers is not None:
+        lines.append(f"activation outliers: {result.parts.outliers.summary()}")
     model = manifest.model.id
     labels = ",".join(manifest.vocabulary.labels if manifest.vocabulary else ()) or "person,dog,grass,sky"
     lines += ["next (photos: add --images DIR, default the sample photos shipped with groupvit-edge):",

@@ -121,7 +121,7 @@ def to_int8_fp16(job, floats, int8: ReducedImageGraph) -> ReducedImageGraph:
                                  float32_kept=FP16_KEEP_FLOAT_OPS + ["grouping assignment"])
     graph = onnx_record(job.staging, INT8_FP16_FILE, "int8")
     graph = dataclasses.replace(graph, extra={**graph.extra, "opset": QDQ_FP16_OPSET})
-    return ReducedImageGraph(graph, record, check, int8.calibration, int8.search)
+    return ReducedImageGraph(graph, record, check, int8.calibration, int8.search, int8.outliers)
 
 
 # ------------------------------------------------------------------------------------------------- caches

@@ -35,6 +35,7 @@ from typing import Protocol, cast
 import numpy as np
 
 from ..artifact import Manifest
+from ..artifact_records import OutlierNote
 from ..errors import UserError
 from ..files import write_json_atomic, write_text_atomic
 from ..model.blocks import BlockTensors, block_tensors, forward_order, is_block_name
@@ -141,6 +142,7 @@ class BlockReport:
     blocks: tuple[BlockFigures, ...]
     unexposed: tuple[str, ...] = ()      # blocks whose output tensor one of the two graphs does not have
     float_blocks: tuple[str, ...] = ()   # blocks the candidate already computes in float (its manifest)
+    outliers: tuple[OutlierNote, ...] = ()   # readers its export found activation outliers in (its manifest)
 
     @property
     def first_departure(self) -> BlockFigures | None:
@@ -175,7 +177,9 @@ class BlockReport:
                 "tolerance_db": self.tolerance_db, "first_departure": first.block if first else None,
                 "ranking": [figures.block for figures in self.ranking() if figures.own_noise_ratio],
                 "suggested_keep_float": self.suggest(), "float_blocks": list(self.float_blocks),
-                "unexposed": list(self.unexposed), "blocks": [dataclasses.asdict(f) for f in self.blocks]}
+                "unexposed": list(self.unexposed),
+                "outlier_readers": [dataclasses.asdict(note) for note in self.outliers],
+                "blocks": [dataclasses.asdict(f) for f in self.blocks]}
 
     def to_markdown(self) -> str:
         first = self.first_departure
@@ -187,7 +191,8 @@ class BlockReport:
                   else "none — every block output stays within tolerance"),
                  "- most own noise (each block reading the reference's input): " +
                  (", ".join(f"{f.block} ({f.share:.1f} %)" for f in top) or "none"),
-                 f"- keep float (`--keep-float`): {','.join(self.suggest()) or 'nothing to suggest'}", "",
+                 f"- keep float (`--keep-float`): {','.join(self.suggest()) or 'nothing to suggest'}",
+                 *self._outlier_lines(), "",
                  "| block | cosine | SQNR (dB) | max abs | own SQNR (dB) | share of own noise |",
                  "|---|---:|---:|---:|---:|---:|"]
         for figures in self.blocks:
@@ -199,6 +204,14 @@ class BlockReport:
         if self.unexposed:
             lines += ["", f"Not compared (a graph lacks their tensors): {', '.join(self.unexposed)}."]
         return "\n".join(lines)
+
+    def _outlier_lines(self) -> list[str]:
+        if not self.outliers:
+            return []
+        shown = [f"  - {note.describe()}" for note in self.outliers[:8]]
+        more = [f"  - … and {len(self.outliers) - 8} more (manifest precision.outlier_readers)"] \
+            if len(self.outliers) > 8 else []
+        return [f"- activation outliers the export found in {len(self.outliers)} INT8 reader(s):", *shown, *more]
 
     def chart_svg(self) -> str:
         return divergence_chart_svg(self)
@@ -313,7 +326,7 @@ def per_block_divergence(reference, candidate, images=None, *, backend: str | No
     return BlockReport(described[0], described[1], len(paths), count, (preprocess.height, preprocess.width),
                        float(tolerance_db), tuple(_figures(compared, free, teacher_forced)),
                        tuple(block.block for block in blocks if block.output not in measured),
-                       tuple(_float_blocks(candidate_manifest)))
+                       tuple(_float_blocks(candidate_manifest)), candidate_manifest.precision.outliers)
 
 
 def _compare(reference_probe, candidate_probe, windows, tensors) -> tuple[dict, dict, int]:

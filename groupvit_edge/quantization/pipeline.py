@@ -1,24 +1,36 @@
 """The INT8 image graph of an export, in one pass down the quantization steps:
 
     policy (what may be INT8) → statistics (calibrated once, cached) → form (weight bits, symmetric S8 check)
-    → measure (against fp32 on held-out photos) → search (blocks back to float until the drift budget holds)
+    → measure (against fp32 on held-out photos) → outliers (when activation outliers break the budget: SmoothQuant
+    strengths, then the outlier readers in float) → search (blocks back to float until the drift budget holds)
 
 Exporters call `to_int8`; every backend reads the graph it leaves (OpenVINO folds its Q/DQ pairs, TensorRT builds
 from it, ONNX Runtime runs it in its activation form).
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 
+import numpy as np
+
 from ..imports import require
-from ..metrics.drift import DriftBudget
+from ..metrics.drift import MODEL_LEVEL_BUDGET, DriftBudget
 from .cache import cached_quantization, calibration_key, policy_digest
-from .form import qdq_form, quantized_nodes, weight_bits
+from .calibration_set import CalibrationSet
+from .form import qdq_form, quantized_nodes, return_to_float, weight_bits
 from .measure import FloatImageAndText, QuantizationJob, graph_drift, staged_graph
+from .outliers import DETECTION_WINDOWS, OutlierReader, find_outlier_readers
 from .policy import Policy, image_graph_policy, int8_kept_float, kept_float_blocks
-from .records import BudgetSearch, CalibrationRecord, PrecisionRecord, ReducedImageGraph
-from .search import budget_from, search
+from .records import BudgetSearch, CalibrationRecord, OutlierRemedy, OutlierStep, PrecisionRecord, ReducedImageGraph
+from .search import CANDIDATE_FILE, budget_from, search
 from .statistics import MethodOptions, quantize
+
+# SmoothQuant strengths tried when outliers break the budget, the default first. Measured on a stress checkpoint
+# (tests/outliers.py, strength 300): a weaker migration (0.75, 0.5) only loses accuracy, so only stronger ones are
+# worth a recalibration.
+SMOOTH_QUANT_ALPHAS = (0.95, 1.0)
 
 INT8_FILE = "image.int8.onnx"
 
@@ -49,6 +61,12 @@ def to_int8(job: QuantizationJob, floats: FloatImageAndText) -> ReducedImageGrap
     budget = budget_from(job.options)
     check = graph_drift(job, floats, INT8_FILE, photos, budget, precision="int8")
     job.log(f"  {check.line()}")
+    readers = _outlier_readers(job, fp32, policy, calibration)
+    remedy = None
+    if readers and _outside(check, budget):
+        remedy = remedy_outliers(job, floats, fp32, policy, method, calibration, readers, budget, check)
+        quantized, check, method = remedy.graph, remedy.check, remedy.method
+        onnx.save(quantized, str(job.staging / INT8_FILE))
     found = _within_budget(job, floats, fp32, quantized, policy, budget, check) if check.failures else None
     chosen = found.chosen if found is not None else None     # the search raises when no step fits
     if chosen is not None:
@@ -60,9 +78,70 @@ def to_int8(job: QuantizationJob, floats: FloatImageAndText) -> ReducedImageGrap
     record = PrecisionRecord("int8", int8_kept_float(options.int8_attention) + asked_float + searched_float,
                              policy.assignment, quantized_nodes(quantized), method=method.to_dict(), qdq=form,
                              attention_products="int8" if options.int8_attention else "float",
-                             keep_float=asked_float)
+                             keep_float=asked_float, outlier_readers=[r.to_dict() for r in readers],
+                             float_readers=remedy.float_readers if remedy is not None else [])
     calibration_record = CalibrationRecord(calibration, method.to_dict(), reused, calibration_seconds)
-    return ReducedImageGraph(staged_graph(job, floats, INT8_FILE, "int8"), record, check, calibration_record, found)
+    return ReducedImageGraph(staged_graph(job, floats, INT8_FILE, "int8"), record, check, calibration_record, found,
+                             remedy)
+
+
+def _outlier_readers(job: QuantizationJob, fp32, policy: Policy, calibration: CalibrationSet) -> list[OutlierReader]:
+    windows = np.stack(list(itertools.islice(calibration.iter_windows(progress=False), DETECTION_WINDOWS)))
+    readers = find_outlier_readers(fp32, policy.quantizable, windows)
+    if readers:
+        job.log(f"activation outliers in {len(readers)} INT8 reader(s) of the calibration photos, most extreme "
+                f"{readers[0].describe()}")
+    return readers
+
+
+def _outside(check, budget: DriftBudget | None) -> bool:
+    """Whether the check fails the user's budget, or — without one — the default budget (figures themselves,
+    not only their bounds: too few photos is not what a remedy can fix)."""
+    return bool(check.failures) if budget is not None else check.verdict().state == "outside"
+
+
+def remedy_outliers(job: QuantizationJob, floats: FloatImageAndText, fp32, policy: Policy, method: MethodOptions,
+                    calibration: CalibrationSet, readers: list[OutlierReader], budget: DriftBudget | None,
+                    first) -> OutlierRemedy:
+    """The best graph against activation outliers: each SmoothQuant strength (NNCF) measured by drift, and when
+    none holds the budget, the outlier readers of the best one back in float. The first check is the default's."""
+    onnx = require("onnx", extra="export")
+    target = budget if budget is not None else MODEL_LEVEL_BUDGET
+    tried = [(method, onnx.load(str(job.staging / INT8_FILE)), first)]
+    if method.method == "nncf":
+        for alpha in SMOOTH_QUANT_ALPHAS:
+            if alpha == method.smooth_quant_alpha:
+                continue
+            candidate = dataclasses.replace(method, smooth_quant_alpha=alpha)
+            # Not cached: the cache holds one calibration per model and method, the default strength's.
+            graph = quantize(fp32, calibration.windows(), policy, candidate, log=job.log)
+            onnx.save(graph, str(job.staging / CANDIDATE_FILE))
+            check = graph_drift(job, floats, CANDIDATE_FILE, job.drift_photos, budget, precision="int8")
+            job.log(f"  SmoothQuant α={alpha}: {check.line()}")
+            tried.append((candidate, graph, check))
+    steps = [OutlierStep(f"SmoothQuant α={m.smooth_quant_alpha}" if m.method == "nncf" else m.method, c,
+                         not target.failures(c.drift)) for m, _, c in tried]
+    best_method, best_graph, best_check = max(tried, key=lambda item: _margin(target, item[2]))
+    float_readers: list[str] = []
+    if not any(step.fits for step in steps):
+        float_readers = [reader.node for reader in readers]
+        best_graph = return_to_float(best_graph, fp32, float_readers)
+        onnx.save(best_graph, str(job.staging / CANDIDATE_FILE))
+        best_check = graph_drift(job, floats, CANDIDATE_FILE, job.drift_photos, budget, precision="int8")
+        job.log(f"  {len(float_readers)} outlier reader(s) in float: {best_check.line()}")
+        steps.append(OutlierStep(f"{len(float_readers)} outlier readers in float", best_check,
+                                 not target.failures(best_check.drift)))
+    (job.staging / CANDIDATE_FILE).unlink(missing_ok=True)
+    best_check.candidate = f"{INT8_FILE} in ONNX Runtime"
+    return OutlierRemedy(steps, best_method, best_graph, best_check, float_readers)
+
+
+def _margin(budget: DriftBudget, check) -> tuple[int, float]:
+    """Fits first, then the larger lower bound of the group cosine (the figure outliers move most)."""
+    uncertainty = check.drift.uncertainty
+    low = uncertainty.group_embed_cosine.low if uncertainty is not None else None
+    cosine = low if low is not None else check.drift.model_level.group_embed_cosine.mean
+    return (0 if budget.failures(check.drift) else -1, cosine)
 
 
 def _policy(job: QuantizationJob, fp32) -> tuple[Policy, list[str]]:

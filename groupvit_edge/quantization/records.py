@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..artifact import GraphRecord
 from ..metrics.budget import EVERY_PHOTO, BudgetFailure
@@ -182,12 +183,47 @@ class PrecisionRecord:
     float32_kept: list[str] = field(default_factory=list)   # ops kept in float32 inside an FP16 float part
     backends: list[str] = field(default_factory=list)       # the only backends that run this graph fast
     engines: dict[str, str] | None = None          # TensorRT: each engine's typing, by role
+    outlier_readers: list[dict] = field(default_factory=list)   # quantization.outliers.OutlierReader records
+    float_readers: list[str] = field(default_factory=list)      # outlier readers kept in float to hold the budget
 
     def to_dict(self, target: str) -> dict:
         always = ("compute", "kept_float", "kept_float_nodes", "quantized_nodes")
         values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
         return {"target": target, **{name: value for name, value in values.items()
                                      if name in always or value not in (None, [])}}
+
+
+@dataclass
+class OutlierStep:
+    """One remedy tried against activation outliers, and its drift."""
+    remedy: str
+    check: DriftCheck
+    fits: bool                                      # within the user's budget, else the default one
+
+    def to_dict(self) -> dict:
+        model = self.check.drift.model_level
+        return {"remedy": self.remedy, "fits": self.fits, "group_agreement_confident":
+                model.group_agreement_confident, "group_embed_cosine": dataclasses.asdict(model.group_embed_cosine)}
+
+
+@dataclass
+class OutlierRemedy:
+    """What the export did about activation outliers that broke the budget: every step measured, the one kept."""
+    steps: list[OutlierStep]
+    method: Any                                     # statistics.MethodOptions of the kept graph
+    graph: Any                                      # onnx.ModelProto of the kept graph
+    check: DriftCheck
+    float_readers: list[str]
+
+    def summary(self) -> str:
+        kept = f"SmoothQuant α={self.method.smooth_quant_alpha}" if self.method.method == "nncf" else self.method.method
+        readers = f", {len(self.float_readers)} outlier reader(s) in float" if self.float_readers else ""
+        tried = ", ".join(f"{step.remedy} {'fits' if step.fits else 'exceeds'}" for step in self.steps)
+        return f"kept {kept}{readers} (tried: {tried})"
+
+    def to_dict(self) -> dict:
+        return {"steps": [step.to_dict() for step in self.steps], "method": self.method.to_dict(),
+                "float_readers": self.float_readers}
 
 
 @dataclass
@@ -198,4 +234,5 @@ class ReducedImageGraph:
     check: DriftCheck
     calibration: CalibrationRecord | None = None
     search: BudgetSearch | None = None
+    outliers: OutlierRemedy | None = None
 
