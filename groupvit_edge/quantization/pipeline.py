@@ -24,7 +24,7 @@ from .measure import FloatImageAndText, QuantizationJob, graph_drift, staged_gra
 from .outliers import DETECTION_WINDOWS, OutlierReader, find_outlier_readers
 from .policy import Policy, image_graph_policy, int8_kept_float, kept_float_blocks
 from .records import BudgetSearch, CalibrationRecord, OutlierRemedy, OutlierStep, PrecisionRecord, ReducedImageGraph
-from .search import CANDIDATE_FILE, budget_from, search
+from .search import CANDIDATE_FILE, budget_from, fewest_fitting, search
 from .statistics import MethodOptions, quantize
 
 # SmoothQuant strengths tried when outliers break the budget, the default first. Measured on a stress checkpoint
@@ -124,16 +124,34 @@ def remedy_outliers(job: QuantizationJob, floats: FloatImageAndText, fp32, polic
     best_method, best_graph, best_check = max(tried, key=lambda item: _margin(target, item[2]))
     float_readers: list[str] = []
     if not any(step.fits for step in steps):
-        float_readers = [reader.node for reader in readers]
-        best_graph = return_to_float(best_graph, fp32, float_readers)
-        onnx.save(best_graph, str(job.staging / CANDIDATE_FILE))
-        best_check = graph_drift(job, floats, CANDIDATE_FILE, job.drift_photos, budget, precision="int8")
-        job.log(f"  {len(float_readers)} outlier reader(s) in float: {best_check.line()}")
-        steps.append(OutlierStep(f"{len(float_readers)} outlier readers in float", best_check,
-                                 not target.failures(best_check.drift)))
+        best_graph, best_check, float_readers = _readers_in_float(job, floats, fp32, best_graph, readers, budget,
+                                                                  target, steps)
     (job.staging / CANDIDATE_FILE).unlink(missing_ok=True)
     best_check.candidate = f"{INT8_FILE} in ONNX Runtime"
     return OutlierRemedy(steps, best_method, best_graph, best_check, float_readers)
+
+
+def _readers_in_float(job: QuantizationJob, floats: FloatImageAndText, fp32, quantized,
+                      readers: list[OutlierReader], budget: DriftBudget | None, target: DriftBudget,
+                      steps: list[OutlierStep]):
+    """The fewest outlier readers, most extreme first, back in float for the budget to hold (a binary search
+    capped at --search-steps, as the block search); all of them when no count holds it."""
+    onnx = require("onnx", extra="export")
+    measured = {}
+
+    def fits(count: int) -> bool:
+        nodes = [reader.node for reader in readers[:count]]
+        graph = return_to_float(quantized, fp32, nodes)
+        onnx.save(graph, str(job.staging / CANDIDATE_FILE))
+        check = graph_drift(job, floats, CANDIDATE_FILE, job.drift_photos, budget, precision="int8")
+        step = OutlierStep(f"{count} outlier reader(s) in float", check, not target.failures(check.drift))
+        job.log(f"  {step.remedy}: {check.line()} → {'fits' if step.fits else 'exceeds'}")
+        steps.append(step)
+        measured[count] = (graph, check, nodes)
+        return step.fits
+
+    count = fewest_fitting(len(readers) + 1, job.options.budget.search_steps, fits)
+    return measured[count if count is not None else len(readers)]
 
 
 def _margin(budget: DriftBudget, check) -> tuple[int, float]:
