@@ -59,12 +59,12 @@ def measure(out: Path, strength: float, seed: int, calib_count: int, fp32_ms):
     from groupvit_edge.metrics.uncertainty import format_estimate
     checkpoint = "random:0" if strength == 1 else str(save_outlier_checkpoint(out / "checkpoints", strength, seed))
     name = f"s{strength:g}-seed{seed}"
-    common = dict(calib_dir=str(SHARED / "coco" / "calib2017"), calib_count=calib_count,
-                  validation_images=[str(SHARED / "coco" / "eval2017" / "images")], force=True, log=lambda m: None)
+    common = dict(validation_images=[str(SHARED / "coco" / "eval2017" / "images")], force=True, log=lambda m: None)
     if fp32_ms is None:
         export(checkpoint, out / "fp32", "onnx", **common)
         fp32_ms = latency(out / "fp32")
-    export(checkpoint, out / name, "onnx-int8", **common)
+    export(checkpoint, out / name, "onnx-int8", calib_dir=str(SHARED / "coco" / "calib2017"),
+           calib_count=calib_count, **common)
     manifest = json.loads((out / name / "manifest.json").read_text())
     check = manifest["validation"]["drift_vs_fp32"]
     uncertainty = DriftUncertainty.from_dict(check["uncertainty"])
