@@ -98,6 +98,21 @@ def test_the_manifest_keeps_outlier_readers_and_diagnose_names_them():
     assert report.to_dict()["outlier_readers"][0]["node"] == node
 
 
+def test_a_strength_that_fits_is_kept_over_one_with_a_higher_cosine_that_does_not():
+    from types import SimpleNamespace
+
+    from groupvit_edge.quantization.pipeline import _margin
+
+    def check(cosine, fits):
+        figures = SimpleNamespace(group_embed_cosine=SimpleNamespace(low=cosine, mean=cosine), fits=fits)
+        return SimpleNamespace(drift=SimpleNamespace(uncertainty=figures, model_level=figures, fits=fits))
+    budget = SimpleNamespace(failures=lambda drift: [] if drift.fits else ["cosine below"])
+    fitting, failing = check(0.9960, True), check(0.9990, False)
+    assert max([failing, fitting], key=lambda c: _margin(budget, c)) is fitting
+    assert max([check(0.9961, True), fitting], key=lambda c: _margin(budget, c)).drift.model_level.\
+        group_embed_cosine.mean == 0.9961
+
+
 @pytest.mark.slow
 def test_an_int8_export_of_a_stressed_model_holds_the_budget_or_exits_1(stressed_checkpoint, tmp_path, bpe_path):
     """Strength 300 breaks the default INT8 graph (cosine ~0.98); the export tries SmoothQuant strengths, then the

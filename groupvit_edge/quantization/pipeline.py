@@ -159,7 +159,7 @@ def _margin(budget: DriftBudget, check) -> tuple[int, float]:
     uncertainty = check.drift.uncertainty
     low = uncertainty.group_embed_cosine.low if uncertainty is not None else None
     cosine = low if low is not None else check.drift.model_level.group_embed_cosine.mean
-    return (0 if budget.failures(check.drift) else -1, cosine)
+    return (0 if budget.failures(check.drift) else 1, cosine)
 
 
 def _policy(job: QuantizationJob, fp32) -> tuple[Policy, list[str]]:
