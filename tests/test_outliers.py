@@ -132,3 +132,18 @@ def test_an_int8_export_of_a_stressed_model_holds_the_budget_or_exits_1(stressed
     assert remedy["steps"][0]["remedy"] == "SmoothQuant α=0.95" and not remedy["steps"][0]["fits"]
     assert manifest["precision"]["outlier_readers"]
     assert manifest["validation"]["drift_vs_fp32"]["verdict"]["state"] == "within"
+
+
+def test_each_smooth_quant_strength_keeps_its_own_calibration_cache_entry(tmp_path):
+    """The remedy calibrates several strengths of one model; one entry per (weights, method) would let each
+    evict the last, and every export of an outlier model would recalibrate all of them."""
+    from groupvit_edge.quantization.cache import cached_entry
+
+    def key(alpha):
+        return {"weights_sha256": "ab" * 32, "method": {"method": "nncf", "smooth_quant_alpha": alpha}}
+
+    def cached(alpha):
+        return cached_entry(key(alpha), lambda: f"graph at {alpha}", "graph.txt", load=lambda p: p.read_text(),
+                            save=lambda text, p: p.write_text(text), root=tmp_path, log=quiet)
+    assert [cached(0.95)[1], cached(1.0)[1]] == [False, False]
+    assert cached(0.95) == ("graph at 0.95", True) and cached(1.0) == ("graph at 1.0", True)

@@ -1,8 +1,8 @@
 """Calibration cache: a quantized graph is reused only when everything that made it is the same.
 
 Keyed by the weights' sha256, the calibration images' sha256, their count and seed, the preprocessing, the
-method and its options, and the precision policy. One entry per (weights, method): a mismatch says which
-inputs changed and rebuilds — a stale calibration is never silently reused.
+method and its options, and the precision policy. One entry per (weights, method, SmoothQuant strength): a
+mismatch says which inputs changed and rebuilds — a stale calibration is never silently reused.
 """
 from __future__ import annotations
 
@@ -45,12 +45,20 @@ def cached_quantization(key: dict, build: Callable[[], onnx.ModelProto], root: P
                         save=lambda model, path: onnx.save(model, str(path)), root=root, log=log)
 
 
+def entry_name(key: dict) -> str:
+    """The entry of `key`: the outlier remedy calibrates several SmoothQuant strengths of one model, and one entry
+    per (weights, method) would let each replace the last, so every export would recalibrate them all."""
+    method = key["method"]
+    alpha = method.get("smooth_quant_alpha")
+    return f"{key['weights_sha256'][:16]}-{method['method']}" + (f"-sq{alpha:g}" if alpha is not None else "")
+
+
 def cached_entry(key: dict, build: Callable[[], Entry], file_name: str, load: Callable[[Path], Entry],
                  save: Callable[[Entry, Path], object], root: Path | None = None, log=print) -> tuple[Entry, bool]:
     """(result, reused?) for `key`: `load(path)` of the stored `file_name` when its key matches, else `build()`,
     stored atomically with `save(result, path)` (a rebuilt entry replaces the stale one, never half of it)."""
     root = Path(root) if root is not None else cache_root()
-    entry = root / "calibration" / f"{key['weights_sha256'][:16]}-{key['method']['method']}"
+    entry = root / "calibration" / entry_name(key)
     key_file, result_file = entry / "key.json", entry / file_name
     if key_file.is_file() and result_file.is_file():
         stored = json.loads(key_file.read_text())

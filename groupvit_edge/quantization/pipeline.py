@@ -43,18 +43,12 @@ def int8_weight_bits(job: QuantizationJob) -> int:
 def to_int8(job: QuantizationJob, floats: FloatImageAndText) -> ReducedImageGraph:
     """Calibrate once (cached), measure, and with a drift budget search the blocks to return to float."""
     onnx = require("onnx", extra="export")
-    options, calibration = job.options.calibration, job.calibration
-    if calibration is None:
-        raise ValueError("an INT8 export runs with a calibration set (the plan resolves one)")
+    options, calibration = job.options.calibration, calibration_set(job)
     method = MethodOptions(options.calib_method, weight_bits=int8_weight_bits(job))
     fp32 = onnx.load(str(job.staging / floats.image.file))
     policy, asked_float = _policy(job, fp32)
-    key = calibration_key(job.weights_sha256, calibration, method.to_dict(),
-                          policy=policy_digest(policy.quantizable))
     started = time.perf_counter()
-    quantized, reused = cached_quantization(
-        key, lambda: quantize(fp32, calibration.windows(), policy, method, log=job.log),
-        job.options.common.cache_dir, log=job.log)
+    quantized, reused = _calibrated(job, fp32, policy, method)
     calibration_seconds = time.perf_counter() - started
     onnx.save(quantized, str(job.staging / INT8_FILE))
     photos = job.drift_photos
@@ -64,7 +58,7 @@ def to_int8(job: QuantizationJob, floats: FloatImageAndText) -> ReducedImageGrap
     readers = _outlier_readers(job, fp32, policy, calibration)
     remedy = None
     if readers and _outside(check, budget):
-        remedy = remedy_outliers(job, floats, fp32, policy, method, calibration, readers, budget, check)
+        remedy = remedy_outliers(job, floats, fp32, policy, method, readers, budget, check)
         quantized, check, method = remedy.graph, remedy.check, remedy.method
         onnx.save(quantized, str(job.staging / INT8_FILE))
     found = _within_budget(job, floats, fp32, quantized, policy, budget, check) if check.failures else None
@@ -85,6 +79,21 @@ def to_int8(job: QuantizationJob, floats: FloatImageAndText) -> ReducedImageGrap
                              remedy)
 
 
+def calibration_set(job: QuantizationJob) -> CalibrationSet:
+    if job.calibration is None:
+        raise ValueError("an INT8 export runs with a calibration set (the plan resolves one)")
+    return job.calibration
+
+
+def _calibrated(job: QuantizationJob, fp32, policy: Policy, method: MethodOptions):
+    """(quantized graph, reused?): this export's calibration with `method`, from the cache when it holds it."""
+    calibration = calibration_set(job)
+    key = calibration_key(job.weights_sha256, calibration, method.to_dict(),
+                          policy=policy_digest(policy.quantizable))
+    return cached_quantization(key, lambda: quantize(fp32, calibration.windows(), policy, method, log=job.log),
+                               job.options.common.cache_dir, log=job.log)
+
+
 def _outlier_readers(job: QuantizationJob, fp32, policy: Policy, calibration: CalibrationSet) -> list[OutlierReader]:
     windows = np.stack(list(itertools.islice(calibration.iter_windows(progress=False), DETECTION_WINDOWS)))
     readers = find_outlier_readers(fp32, policy.quantizable, windows)
@@ -101,8 +110,7 @@ def _outside(check, budget: DriftBudget | None) -> bool:
 
 
 def remedy_outliers(job: QuantizationJob, floats: FloatImageAndText, fp32, policy: Policy, method: MethodOptions,
-                    calibration: CalibrationSet, readers: list[OutlierReader], budget: DriftBudget | None,
-                    first) -> OutlierRemedy:
+                    readers: list[OutlierReader], budget: DriftBudget | None, first) -> OutlierRemedy:
     """The best graph against activation outliers: each SmoothQuant strength (NNCF) measured by drift, and when
     none holds the budget, the outlier readers of the best one back in float. The first check is the default's."""
     onnx = require("onnx", extra="export")
@@ -113,8 +121,7 @@ def remedy_outliers(job: QuantizationJob, floats: FloatImageAndText, fp32, polic
             if alpha == method.smooth_quant_alpha:
                 continue
             candidate = dataclasses.replace(method, smooth_quant_alpha=alpha)
-            # Not cached: the cache holds one calibration per model and method, the default strength's.
-            graph = quantize(fp32, calibration.windows(), policy, candidate, log=job.log)
+            graph, _ = _calibrated(job, fp32, policy, candidate)
             onnx.save(graph, str(job.staging / CANDIDATE_FILE))
             check = graph_drift(job, floats, CANDIDATE_FILE, job.drift_photos, budget, precision="int8")
             job.log(f"  SmoothQuant α={alpha}: {check.line()}")

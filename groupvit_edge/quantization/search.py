@@ -12,7 +12,6 @@ meaningful with any weights, and on class mIoU only when the user names the voca
 """
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +24,7 @@ from ..segmentation.preprocess import load_image, prepare
 from .calibration_set import PhotoSet
 from .form import return_to_float
 from .measure import FloatImageAndText, QuantizationJob, graph_drift, image_graph_ms
+from .outliers import run_exposing
 from .policy import Policy
 from .records import BudgetSearch, DriftCheck, SearchStep
 
@@ -108,8 +108,6 @@ def block_sensitivity(fp32: onnx.ModelProto, quantized: onnx.ModelProto, policy:
     One run of each graph on a few held-out windows with the tensors exposed; errors compound downstream, so
     the jump across a block, not the error at its output, is what the block itself contributes.
     """
-    onnx = require("onnx", extra="export")
-    ort = require("onnxruntime", extra="export")
     nodes = {node.name: node for node in fp32.graph.node}
     watched = {block: [(nodes[n].input[0], nodes[n].output[0]) for n in names if n in nodes]
                for block, names in policy.blocks().items()}
@@ -117,14 +115,7 @@ def block_sensitivity(fp32: onnx.ModelProto, quantized: onnx.ModelProto, policy:
     pixels = np.concatenate([prepare(load_image(path), preprocess).windows[:1]
                              for path in photos.paths[:SENSITIVITY_PHOTOS]])
 
-    def run(model):
-        exposed = copy.deepcopy(model)
-        existing = {output.name for output in exposed.graph.output}
-        exposed.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors if name not in existing)
-        session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
-        return dict(zip([output.name for output in session.get_outputs()], session.run(None, {"pixels": pixels})))
-
-    reference, candidate = run(fp32), run(quantized)
+    reference, candidate = run_exposing(fp32, tensors, pixels), run_exposing(quantized, tensors, pixels)
 
     def error(name):
         if name not in candidate:
