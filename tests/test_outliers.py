@@ -17,6 +17,7 @@ from groupvit_edge.cli import cli
 from groupvit_edge.exporters import export
 from groupvit_edge.metrics.blocks import BlockReport
 from groupvit_edge.model import load_model
+from groupvit_edge.model.blocks import block_of
 from groupvit_edge.model.graphs import ImageGraph
 from groupvit_edge.quantization.outliers import OUTLIER_RATIO, find_outlier_readers
 from groupvit_edge.quantization.policy import image_graph_policy
@@ -147,3 +148,17 @@ def test_each_smooth_quant_strength_keeps_its_own_calibration_cache_entry(tmp_pa
                             save=lambda text, p: p.write_text(text), root=tmp_path, log=quiet)
     assert [cached(0.95)[1], cached(1.0)[1]] == [False, False]
     assert cached(0.95) == ("graph at 0.95", True) and cached(1.0) == ("graph at 1.0", True)
+
+
+def test_outlier_readers_return_to_float_a_block_at_a_time():
+    """q, k and v read one LayerNorm through one activation quantizer: the search never splits them."""
+    from groupvit_edge.quantization.outliers import OutlierReader
+    from groupvit_edge.quantization.pipeline import reader_groups
+
+    def reader(layer, name, ratio):
+        node = f"/vision_model/encoder/stages.0/layers.{layer}/{name}/MatMul"
+        return OutlierReader(node, block_of(node), (3,), ratio)
+    readers = [reader(1, "self_attn/q_proj", 400), reader(0, "mlp/fc1", 300), reader(1, "self_attn/k_proj", 390),
+               reader(1, "self_attn/v_proj", 200)]
+    groups = reader_groups(readers)
+    assert [[r.node.split("/")[-2] for r in group] for group in groups] == [["q_proj", "k_proj", "v_proj"], ["fc1"]]

@@ -141,24 +141,35 @@ def remedy_outliers(job: QuantizationJob, floats: FloatImageAndText, fp32, polic
 def _readers_in_float(job: QuantizationJob, floats: FloatImageAndText, fp32, quantized,
                       readers: list[OutlierReader], budget: DriftBudget | None, target: DriftBudget,
                       steps: list[OutlierStep]):
-    """The fewest outlier readers, most extreme first, back in float for the budget to hold (a binary search
+    """The fewest outlier-reader groups, most extreme first, back in float for the budget to hold (a binary search
     capped at --search-steps, as the block search); all of them when no count holds it."""
     onnx = require("onnx", extra="export")
+    groups = reader_groups(readers)
     measured = {}
 
     def fits(count: int) -> bool:
-        nodes = [reader.node for reader in readers[:count]]
+        nodes = [reader.node for group in groups[:count] for reader in group]
         graph = return_to_float(quantized, fp32, nodes)
         onnx.save(graph, str(job.staging / CANDIDATE_FILE))
         check = graph_drift(job, floats, CANDIDATE_FILE, job.drift_photos, budget, precision="int8")
-        step = OutlierStep(f"{count} outlier reader(s) in float", check, not target.failures(check.drift))
+        step = OutlierStep(f"{len(nodes)} outlier reader(s) in float", check, not target.failures(check.drift))
         job.log(f"  {step.remedy}: {check.line()} → {'fits' if step.fits else 'exceeds'}")
         steps.append(step)
         measured[count] = (graph, check, nodes)
         return step.fits
 
-    count = fewest_fitting(len(readers) + 1, job.options.budget.search_steps, fits)
-    return measured[count if count is not None else len(readers)]
+    count = fewest_fitting(len(groups) + 1, job.options.budget.search_steps, fits)
+    return measured[count if count is not None else len(groups)]
+
+
+def reader_groups(readers: list[OutlierReader]) -> list[list[OutlierReader]]:
+    """The readers by block, in the order of each block's most extreme reader: the readers of one block read one
+    tensor (attention's q, k, v read its LayerNorm) through one activation quantizer, so returning only some of
+    them to float leaves the others as coarse as before."""
+    groups: dict[str, list[OutlierReader]] = {}
+    for reader in readers:
+        groups.setdefault(reader.block or reader.node, []).append(reader)
+    return list(groups.values())
 
 
 def _margin(budget: DriftBudget, check) -> tuple[int, float]:
