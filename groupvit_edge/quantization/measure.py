@@ -5,12 +5,14 @@ form), so the figure recorded is the figure of what will run. Speed is measured 
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
 from ..artifact import GraphRecord, Preprocess, working_manifest
+from ..imports import require
 from ..metrics.bench import median_ms
 from ..metrics.drift import DEFAULT_PROBE, DriftBudget, validate_candidate
 from ..runtimes.base import Runtime
@@ -18,6 +20,9 @@ from ..runtimes.onnxruntime import OnnxRuntime
 from .calibration_set import CalibrationSet, PhotoSet
 from .form import activation_label
 from .records import DriftCheck
+
+if TYPE_CHECKING:
+    import onnx
 
 LATENCY_RUNS = 5
 
@@ -75,3 +80,14 @@ def image_graph_ms(job: QuantizationJob, floats: FloatImageAndText, file: str, p
         return median_ms(lambda: runtime.encode_image(pixels), LATENCY_RUNS)
     finally:
         runtime.close()
+
+
+def run_exposing(model: onnx.ModelProto, tensors, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of `model` and the named inner tensors, on `pixels`, in ONNX Runtime."""
+    onnx_ = require("onnx", extra="export")
+    ort = require("onnxruntime", extra="export")
+    exposed = copy.deepcopy(model)
+    existing = {output.name for output in exposed.graph.output}
+    exposed.graph.output.extend(onnx_.ValueInfoProto(name=name) for name in tensors if name not in existing)
+    session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([output.name for output in session.get_outputs()], session.run(None, {"pixels": pixels})))

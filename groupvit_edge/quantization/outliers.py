@@ -8,15 +8,14 @@ against the median channel's.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..artifact_records import OutlierNote
-from ..imports import require
 from ..model.blocks import block_of
+from .measure import run_exposing
 
 if TYPE_CHECKING:
     import onnx
@@ -43,17 +42,6 @@ class OutlierReader:
 
     def describe(self) -> str:
         return OutlierNote(self.node, self.channels, self.ratio, in_float=False).describe()
-
-
-def run_exposing(model: onnx.ModelProto, tensors, pixels: np.ndarray) -> dict[str, np.ndarray]:
-    """Every output of `model` and the named inner tensors, on `pixels`, in ONNX Runtime."""
-    onnx_ = require("onnx", extra="export")
-    ort = require("onnxruntime", extra="export")
-    exposed = copy.deepcopy(model)
-    existing = {output.name for output in exposed.graph.output}
-    exposed.graph.output.extend(onnx_.ValueInfoProto(name=name) for name in tensors if name not in existing)
-    session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
-    return dict(zip([output.name for output in session.get_outputs()], session.run(None, {"pixels": pixels})))
 
 
 def find_outlier_readers(fp32: onnx.ModelProto, quantizable, windows: np.ndarray,

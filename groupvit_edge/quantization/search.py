@@ -23,8 +23,7 @@ from ..metrics.drift import MODEL_LEVEL_BUDGET, DriftBudget, budget_from_flags
 from ..segmentation.preprocess import load_image, prepare
 from .calibration_set import PhotoSet
 from .form import return_to_float
-from .measure import FloatImageAndText, QuantizationJob, graph_drift, image_graph_ms
-from .outliers import run_exposing
+from .measure import FloatImageAndText, QuantizationJob, graph_drift, image_graph_ms, run_exposing
 from .policy import Policy
 from .records import BudgetSearch, DriftCheck, SearchStep
 
