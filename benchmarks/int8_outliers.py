@@ -5,7 +5,7 @@
 Each strength S is a function-preserving copy of random:0 (tests/outliers.py: in every image-encoder layer, 4
 LayerNorm channels ×S and their readers' input columns ÷S; S = 1 is random:0 itself). Each is exported with the
 default settings (calibrated on --calib-count COCO calibration photos, drift measured on the 50 COCO eval photos),
-and the table gives what the export chose (SmoothQuant strength, outlier readers kept in float), its drift with the
+and the table gives what the export chose (SmoothQuant strength, outlier readers split or kept in float), its drift with the
 95% interval and worst photo, and the image graph's latency against the fp32 graph, one window at 448² in ONNX
 Runtime on this machine.
 """
@@ -71,8 +71,8 @@ def measure(out: Path, strength: float, seed: int, calib_count: int, fp32_ms):
     precision = manifest["precision"]
     remedy = manifest["validation"].get("outlier_remedy")
     alpha = precision["method"].get("smooth_quant_alpha")
-    chose = f"α={alpha}" + (f", {len(precision.get('float_readers', []))} readers float" if
-                            precision.get("float_readers") else "")
+    chose = f"α={alpha}" + "".join(f", {len(precision[key])} readers {what}" for key, what in (
+        ("split_readers", "split (outlier channels float)"), ("float_readers", "float")) if precision.get(key))
     if remedy is None:
         chose += " (default)"
     return {"strength": strength, "seed": seed, "outlier_readers": len(precision.get("outlier_readers", [])),

@@ -134,10 +134,11 @@ class OutlierNote:
     channels: tuple[int, ...]
     ratio: float
     in_float: bool                        # kept in float to hold the drift budget
+    split: bool = False                   # its outlier channels computed in float, the others in INT8
 
     def describe(self) -> str:
         shown = ", ".join(str(c) for c in self.channels[:6]) + (", …" if len(self.channels) > 6 else "")
-        kept = "; kept in float" if self.in_float else ""
+        kept = "; kept in float" if self.in_float else "; its outlier channels in float" if self.split else ""
         return f"{self.node} (channels {shown}: {self.ratio:.0f}x the median{kept})"
 
 
@@ -161,9 +162,9 @@ class PrecisionInfo:
 
     @staticmethod
     def _outliers(d: dict) -> tuple[OutlierNote, ...]:
-        in_float = set(d.get("float_readers") or ())
+        in_float, split = set(d.get("float_readers") or ()), set(d.get("split_readers") or ())
         return tuple(OutlierNote(str(r.get("node")), tuple(int(c) for c in r.get("channels") or ()),
-                                 float(r.get("ratio") or 0.0), r.get("node") in in_float)
+                                 float(r.get("ratio") or 0.0), r.get("node") in in_float, r.get("node") in split)
                      for r in d.get("outlier_readers") or () if isinstance(r, dict))
 
     @staticmethod

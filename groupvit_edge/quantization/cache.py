@@ -1,8 +1,8 @@
 """Calibration cache: a quantized graph is reused only when everything that made it is the same.
 
 Keyed by the weights' sha256, the calibration images' sha256, their count and seed, the preprocessing, the
-method and its options, and the precision policy. One entry per (weights, method, SmoothQuant strength): a
-mismatch says which inputs changed and rebuilds — a stale calibration is never silently reused.
+method and its options, and the precision policy. One entry per (weights, method, SmoothQuant strength, outlier
+split): a mismatch says which inputs changed and rebuilds — a stale calibration is never silently reused.
 """
 from __future__ import annotations
 
@@ -46,11 +46,13 @@ def cached_quantization(key: dict, build: Callable[[], onnx.ModelProto], root: P
 
 
 def entry_name(key: dict) -> str:
-    """The entry of `key`: the outlier remedy calibrates several SmoothQuant strengths of one model, and one entry
-    per (weights, method) would let each replace the last, so every export would recalibrate them all."""
+    """The entry of `key`: the outlier remedy calibrates several SmoothQuant strengths of one model, and its graph
+    with the outlier channels split off; one entry per (weights, method) would let each replace the last, so every
+    export would recalibrate them all."""
     method = key["method"]
     alpha = method.get("smooth_quant_alpha")
-    return f"{key['weights_sha256'][:16]}-{method['method']}" + (f"-sq{alpha:g}" if alpha is not None else "")
+    return (f"{key['weights_sha256'][:16]}-{method['method']}" + (f"-sq{alpha:g}" if alpha is not None else "")
+            + ("-split" if "outlier_split" in key else ""))
 
 
 def cached_entry(key: dict, build: Callable[[], Entry], file_name: str, load: Callable[[Path], Entry],

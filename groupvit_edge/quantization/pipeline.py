@@ -2,7 +2,8 @@
 
     policy (what may be INT8) → statistics (calibrated once, cached) → form (weight bits, symmetric S8 check)
     → measure (against fp32 on held-out photos) → outliers (when activation outliers break the budget: SmoothQuant
-    strengths, then the outlier readers in float) → search (blocks back to float until the drift budget holds)
+    strengths, then the outlier channels split off in float, then the outlier readers in float)
+    → search (blocks back to float until the drift budget holds)
 
 Exporters call `to_int8`; every backend reads the graph it leaves (OpenVINO folds its Q/DQ pairs, TensorRT builds
 from it, ONNX Runtime runs it in its activation form).
@@ -16,14 +17,22 @@ import time
 import numpy as np
 
 from ..imports import require
-from ..metrics.drift import MODEL_LEVEL_BUDGET, DriftBudget
+from ..metrics.drift import DriftBudget
 from .cache import cached_quantization, calibration_key, policy_digest
 from .calibration_set import CalibrationSet
 from .form import qdq_form, quantized_nodes, return_to_float, weight_bits
 from .measure import FloatImageAndText, QuantizationJob, graph_drift, staged_graph
-from .outliers import DETECTION_WINDOWS, OutlierReader, find_outlier_readers
+from .outliers import DETECTION_WINDOWS, OutlierReader, SplitGraph, find_outlier_readers, split_outlier_channels
 from .policy import Policy, image_graph_policy, int8_kept_float, kept_float_blocks
-from .records import BudgetSearch, CalibrationRecord, OutlierRemedy, OutlierStep, PrecisionRecord, ReducedImageGraph
+from .records import (
+    BudgetSearch,
+    CalibrationRecord,
+    Int8Candidate,
+    OutlierRemedy,
+    OutlierStep,
+    PrecisionRecord,
+    ReducedImageGraph,
+)
 from .search import CANDIDATE_FILE, budget_from, fewest_fitting, search
 from .statistics import MethodOptions, quantize
 
@@ -47,21 +56,17 @@ def to_int8(job: QuantizationJob, floats: FloatImageAndText) -> ReducedImageGrap
     method = MethodOptions(options.calib_method, weight_bits=int8_weight_bits(job))
     fp32 = onnx.load(str(job.staging / floats.image.file))
     policy, asked_float = _policy(job, fp32)
-    started = time.perf_counter()
-    quantized, reused = _calibrated(job, fp32, policy, method)
-    calibration_seconds = time.perf_counter() - started
-    onnx.save(quantized, str(job.staging / INT8_FILE))
-    photos = job.drift_photos
     budget = budget_from(job.options)
-    check = graph_drift(job, floats, INT8_FILE, photos, budget, precision="int8")
-    job.log(f"  {check.line()}")
+    kept = _candidate(job, floats, fp32, policy, method, budget)
+    job.log(f"  {kept.check.line()}")
     readers = _outlier_readers(job, fp32, policy, calibration)
     remedy = None
-    if readers and _outside(check, budget):
-        remedy = remedy_outliers(job, floats, fp32, policy, method, readers, budget, check)
-        quantized, check, method = remedy.graph, remedy.check, remedy.method
-        onnx.save(quantized, str(job.staging / INT8_FILE))
-    found = _within_budget(job, floats, fp32, quantized, policy, budget, check) if check.failures else None
+    if readers and _outside(kept.check, budget):
+        remedy = remedy_outliers(job, floats, kept, policy, readers, budget)
+        kept = remedy.kept
+    quantized, check = kept.graph, remedy.check if remedy is not None else kept.check
+    onnx.save(quantized, str(job.staging / INT8_FILE))
+    found = _within_budget(job, floats, kept.source, quantized, policy, budget, check) if check.failures else None
     chosen = found.chosen if found is not None else None     # the search raises when no step fits
     if chosen is not None:
         quantized, check = onnx.load(str(job.staging / INT8_FILE)), chosen.check
@@ -70,11 +75,13 @@ def to_int8(job: QuantizationJob, floats: FloatImageAndText) -> ReducedImageGrap
         raise RuntimeError(f"the quantizer produced a non-symmetric QDQ graph: {form}")
     searched_float = chosen.float_blocks if chosen is not None else []
     record = PrecisionRecord("int8", int8_kept_float(options.int8_attention) + asked_float + searched_float,
-                             policy.assignment, quantized_nodes(quantized), method=method.to_dict(), qdq=form,
+                             policy.assignment, quantized_nodes(quantized), method=kept.method.to_dict(), qdq=form,
                              attention_products="int8" if options.int8_attention else "float",
                              keep_float=asked_float, outlier_readers=[r.to_dict() for r in readers],
-                             float_readers=remedy.float_readers if remedy is not None else [])
-    calibration_record = CalibrationRecord(calibration, method.to_dict(), reused, calibration_seconds)
+                             float_readers=remedy.float_readers if remedy is not None else [],
+                             split_readers=list(kept.split_readers))
+    calibration_record = CalibrationRecord(calibration, kept.method.to_dict(), kept.reused_cache,
+                                           kept.calibration_seconds)
     return ReducedImageGraph(staged_graph(job, floats, INT8_FILE, "int8"), record, check, calibration_record, found,
                              remedy)
 
@@ -85,13 +92,31 @@ def calibration_set(job: QuantizationJob) -> CalibrationSet:
     return job.calibration
 
 
-def _calibrated(job: QuantizationJob, fp32, policy: Policy, method: MethodOptions):
+def _candidate(job: QuantizationJob, floats: FloatImageAndText, source, policy: Policy, method: MethodOptions,
+               budget: DriftBudget | None, split: SplitGraph | None = None) -> Int8Candidate:
+    """`source` (the fp32 graph, or its outlier split) calibrated with `method` (cached) and measured."""
+    onnx = require("onnx", extra="export")
+    started = time.perf_counter()
+    graph, reused = _calibrated(job, source, policy, method, split)
+    seconds = time.perf_counter() - started
+    onnx.save(graph, str(job.staging / INT8_FILE))     # to_int8 writes the kept one last
+    check = graph_drift(job, floats, INT8_FILE, job.drift_photos, budget, precision="int8")
+    return Int8Candidate(method, graph, check, source, reused, seconds, split.readers if split is not None else ())
+
+
+def _calibrated(job: QuantizationJob, source, policy: Policy, method: MethodOptions, split: SplitGraph | None):
     """(quantized graph, reused?): this export's calibration with `method`, from the cache when it holds it."""
     calibration = calibration_set(job)
+    extra = {"outlier_split": _split_digest(split)} if split is not None else {}
     key = calibration_key(job.weights_sha256, calibration, method.to_dict(),
-                          policy=policy_digest(policy.quantizable))
-    return cached_quantization(key, lambda: quantize(fp32, calibration.windows(), policy, method, log=job.log),
+                          policy=policy_digest(policy.quantizable), **extra)
+    return cached_quantization(key, lambda: quantize(source, calibration.windows(), policy, method, log=job.log),
                                job.options.common.cache_dir, log=job.log)
+
+
+def _split_digest(split: SplitGraph) -> str:
+    return policy_digest([f"{node.name}:{','.join(node.input)}" for node in split.model.graph.node
+                          if node.name.endswith("/outlier_channels")] + list(split.readers))
 
 
 def _outlier_readers(job: QuantizationJob, fp32, policy: Policy, calibration: CalibrationSet) -> list[OutlierReader]:
@@ -109,56 +134,63 @@ def _outside(check, budget: DriftBudget | None) -> bool:
     return bool(check.failures) if budget is not None else check.verdict().state == "outside"
 
 
-def remedy_outliers(job: QuantizationJob, floats: FloatImageAndText, fp32, policy: Policy, method: MethodOptions,
-                    readers: list[OutlierReader], budget: DriftBudget | None, first) -> OutlierRemedy:
-    """The best graph against activation outliers: each SmoothQuant strength (NNCF) measured by drift, and when
-    none holds the budget, the outlier readers of the best one back in float. The first check is the default's."""
-    onnx = require("onnx", extra="export")
-    target = budget if budget is not None else MODEL_LEVEL_BUDGET
-    tried = [(method, onnx.load(str(job.staging / INT8_FILE)), first)]
-    if method.method == "nncf":
-        for alpha in SMOOTH_QUANT_ALPHAS:
-            if alpha == method.smooth_quant_alpha:
-                continue
-            candidate = dataclasses.replace(method, smooth_quant_alpha=alpha)
-            graph, _ = _calibrated(job, fp32, policy, candidate)
-            onnx.save(graph, str(job.staging / CANDIDATE_FILE))
-            check = graph_drift(job, floats, CANDIDATE_FILE, job.drift_photos, budget, precision="int8")
-            job.log(f"  SmoothQuant α={alpha}: {check.line()}")
-            tried.append((candidate, graph, check))
-    steps = [OutlierStep(f"SmoothQuant α={m.smooth_quant_alpha}" if m.method == "nncf" else m.method, c,
-                         not target.failures(c.drift)) for m, _, c in tried]
-    best_method, best_graph, best_check = max(tried, key=lambda item: _margin(target, item[2]))
+def remedy_outliers(job: QuantizationJob, floats: FloatImageAndText, first: Int8Candidate, policy: Policy,
+                    readers: list[OutlierReader], budget: DriftBudget | None) -> OutlierRemedy:
+    """The best graph against activation outliers, each step measured by drift until one holds the budget: the
+    other SmoothQuant strengths (NNCF), then the outlier channels split off in float (the default strength),
+    then the outlier readers of the best graph so far back in float. `first` is the default's graph."""
+    tried, steps = [first], [_step(budget, first)]
+    fp32 = first.source
+
+    def measured(candidate: Int8Candidate) -> bool:
+        tried.append(candidate)
+        steps.append(_step(budget, candidate))
+        job.log(f"  {steps[-1].remedy}: {candidate.check.line()} → {'fits' if steps[-1].fits else 'exceeds'}")
+        return steps[-1].fits
+
+    method = first.method
+    alphas = [alpha for alpha in SMOOTH_QUANT_ALPHAS if alpha != method.smooth_quant_alpha]
+    fitted = any(measured(_candidate(job, floats, fp32, policy, dataclasses.replace(method, smooth_quant_alpha=a),
+                                     budget)) for a in (alphas if method.method == "nncf" else []))
+    if not fitted:
+        split = split_outlier_channels(fp32, readers)
+        if split.readers:
+            job.log(f"splitting the outlier channels of {len(split.readers)} reader(s) off in float")
+            fitted = measured(_candidate(job, floats, split.model, policy, method, budget, split))
+    kept = max(tried, key=lambda candidate: _margin(budget, candidate.check))
     float_readers: list[str] = []
-    if not any(step.fits for step in steps):
-        best_graph, best_check, float_readers = _readers_in_float(job, floats, fp32, best_graph, readers, budget,
-                                                                  target, steps)
-    (job.staging / CANDIDATE_FILE).unlink(missing_ok=True)
-    best_check.candidate = f"{INT8_FILE} in ONNX Runtime"
-    return OutlierRemedy(steps, best_method, best_graph, best_check, float_readers)
+    if not fitted:
+        kept, float_readers = _readers_in_float(job, floats, kept, readers, budget, steps)
+    return OutlierRemedy(steps, kept, float_readers)
 
 
-def _readers_in_float(job: QuantizationJob, floats: FloatImageAndText, fp32, quantized,
-                      readers: list[OutlierReader], budget: DriftBudget | None, target: DriftBudget,
-                      steps: list[OutlierStep]):
-    """The fewest outlier-reader groups, most extreme first, back in float for the budget to hold (a binary search
-    capped at --search-steps, as the block search); all of them when no count holds it."""
+def _step(budget: DriftBudget | None, candidate: Int8Candidate) -> OutlierStep:
+    return OutlierStep(candidate.remedy(), candidate.check, not _outside(candidate.check, budget))
+
+
+def _readers_in_float(job: QuantizationJob, floats: FloatImageAndText, best: Int8Candidate,
+                      readers: list[OutlierReader], budget: DriftBudget | None,
+                      steps: list[OutlierStep]) -> tuple[Int8Candidate, list[str]]:
+    """The fewest outlier-reader groups, most extreme first, back in float in `best` for the budget to hold (a
+    binary search capped at --search-steps, as the block search); all of them when no count holds it."""
     onnx = require("onnx", extra="export")
     groups = reader_groups(readers)
-    measured = {}
+    measured: dict[int, tuple[Int8Candidate, list[str]]] = {}
 
     def fits(count: int) -> bool:
         nodes = [reader.node for group in groups[:count] for reader in group]
-        graph = return_to_float(quantized, fp32, nodes)
+        graph = return_to_float(best.graph, best.source, nodes)
         onnx.save(graph, str(job.staging / CANDIDATE_FILE))
         check = graph_drift(job, floats, CANDIDATE_FILE, job.drift_photos, budget, precision="int8")
-        step = OutlierStep(f"{len(nodes)} outlier reader(s) in float", check, not target.failures(check.drift))
+        check.candidate = check.candidate.replace(CANDIDATE_FILE, INT8_FILE)
+        step = OutlierStep(f"{len(nodes)} outlier reader(s) in float", check, not _outside(check, budget))
         job.log(f"  {step.remedy}: {check.line()} → {'fits' if step.fits else 'exceeds'}")
         steps.append(step)
-        measured[count] = (graph, check, nodes)
+        measured[count] = (dataclasses.replace(best, graph=graph, check=check), nodes)
         return step.fits
 
     count = fewest_fitting(len(groups) + 1, job.options.budget.search_steps, fits)
+    (job.staging / CANDIDATE_FILE).unlink(missing_ok=True)
     return measured[count if count is not None else len(groups)]
 
 
@@ -172,12 +204,13 @@ def reader_groups(readers: list[OutlierReader]) -> list[list[OutlierReader]]:
     return list(groups.values())
 
 
-def _margin(budget: DriftBudget, check) -> tuple[int, float]:
-    """Fits first, then the larger lower bound of the group cosine (the figure outliers move most)."""
+def _margin(budget: DriftBudget | None, check) -> tuple[int, float]:
+    """Fits first (as `_outside` judges), then the larger lower bound of the group cosine (the figure outliers
+    move most)."""
     uncertainty = check.drift.uncertainty
     low = uncertainty.group_embed_cosine.low if uncertainty is not None else None
     cosine = low if low is not None else check.drift.model_level.group_embed_cosine.mean
-    return (0 if budget.failures(check.drift) else 1, cosine)
+    return (0 if _outside(check, budget) else 1, cosine)
 
 
 def _policy(job: QuantizationJob, fp32) -> tuple[Policy, list[str]]:

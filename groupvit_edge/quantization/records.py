@@ -185,6 +185,7 @@ class PrecisionRecord:
     engines: dict[str, str] | None = None          # TensorRT: each engine's typing, by role
     outlier_readers: list[dict] = field(default_factory=list)   # quantization.outliers.OutlierReader records
     float_readers: list[str] = field(default_factory=list)      # outlier readers kept in float to hold the budget
+    split_readers: list[str] = field(default_factory=list)      # outlier readers with their outlier channels float
 
     def to_dict(self, target: str) -> dict:
         always = ("compute", "kept_float", "kept_float_nodes", "quantized_nodes")
@@ -198,7 +199,7 @@ class OutlierStep:
     """One remedy tried against activation outliers, and its drift."""
     remedy: str
     check: DriftCheck
-    fits: bool                                      # within the user's budget, else the default one
+    fits: bool                                      # within the user's budget, else not outside the default one
 
     def to_dict(self) -> dict:
         model = self.check.drift.model_level
@@ -207,23 +208,41 @@ class OutlierStep:
 
 
 @dataclass
+class Int8Candidate:
+    """One calibrated INT8 image graph the outlier remedy weighs, with what made it."""
+    method: Any                                     # statistics.MethodOptions
+    graph: Any                                      # onnx.ModelProto of the quantized graph
+    check: DriftCheck
+    source: Any                                     # onnx.ModelProto of the fp32 graph it quantizes (split or not)
+    reused_cache: bool
+    calibration_seconds: float
+    split_readers: tuple[str, ...] = ()             # readers whose outlier channels compute apart in float
+
+    def remedy(self) -> str:
+        kept = f"SmoothQuant α={self.method.smooth_quant_alpha}" if self.method.method == "nncf" else self.method.method
+        split = f", outlier channels of {len(self.split_readers)} reader(s) in float" if self.split_readers else ""
+        return kept + split
+
+
+@dataclass
 class OutlierRemedy:
     """What the export did about activation outliers that broke the budget: every step measured, the one kept."""
     steps: list[OutlierStep]
-    method: Any                                     # statistics.MethodOptions of the kept graph
-    graph: Any                                      # onnx.ModelProto of the kept graph
-    check: DriftCheck
+    kept: Int8Candidate
     float_readers: list[str]
 
+    @property
+    def check(self) -> DriftCheck:
+        return self.kept.check
+
     def summary(self) -> str:
-        kept = f"SmoothQuant α={self.method.smooth_quant_alpha}" if self.method.method == "nncf" else self.method.method
         readers = f", {len(self.float_readers)} outlier reader(s) in float" if self.float_readers else ""
         tried = ", ".join(f"{step.remedy} {'fits' if step.fits else 'exceeds'}" for step in self.steps)
-        return f"kept {kept}{readers} (tried: {tried})"
+        return f"kept {self.kept.remedy()}{readers} (tried: {tried})"
 
     def to_dict(self) -> dict:
-        return {"steps": [step.to_dict() for step in self.steps], "method": self.method.to_dict(),
-                "float_readers": self.float_readers}
+        return {"steps": [step.to_dict() for step in self.steps], "method": self.kept.method.to_dict(),
+                "split_readers": list(self.kept.split_readers), "float_readers": self.float_readers}
 
 
 @dataclass
