@@ -5,9 +5,9 @@
 Each strength S is a function-preserving copy of random:0 (tests/outliers.py: in every image-encoder layer, 4
 LayerNorm channels ×S and their readers' input columns ÷S; S = 1 is random:0 itself). Each is exported with the
 default settings (calibrated on --calib-count COCO calibration photos, drift measured on the 50 COCO eval photos),
-and the table gives what the export chose (SmoothQuant strength, outlier readers split or kept in float), its drift with the
-95% interval and worst photo, and the image graph's latency against the fp32 graph, one window at 448² in ONNX
-Runtime on this machine.
+and the table gives what the export chose (SmoothQuant strength, outlier readers split or kept in float), its
+drift with the 95% interval and worst photo, and the image graph's latency against the fp32 graph, one window at
+448² in ONNX Runtime on this machine.
 """
 from __future__ import annotations
 
