@@ -106,7 +106,7 @@ def test_the_manifest_keeps_outlier_readers_and_diagnose_names_them():
 def test_a_strength_that_fits_is_kept_over_one_with_a_higher_cosine_that_does_not():
     from types import SimpleNamespace
 
-    from groupvit_edge.quantization.pipeline import _margin
+    from groupvit_edge.quantization.pipeline import margin
 
     def check(cosine, fits=True, state="within"):
         figures = SimpleNamespace(group_embed_cosine=SimpleNamespace(low=cosine, mean=cosine))
@@ -114,13 +114,13 @@ def test_a_strength_that_fits_is_kept_over_one_with_a_higher_cosine_that_does_no
                                failures=[] if fits else ["cosine below"], verdict=lambda: SimpleNamespace(state=state))
     user_budget = object()
     fitting, failing = check(0.9960), check(0.9990, fits=False)
-    assert max([failing, fitting], key=lambda c: _margin(user_budget, c)) is fitting
-    assert max([check(0.9961), fitting], key=lambda c: _margin(user_budget, c)).drift.model_level.\
+    assert max([failing, fitting], key=lambda c: margin(user_budget, c)) is fitting
+    assert max([check(0.9961), fitting], key=lambda c: margin(user_budget, c)).drift.model_level.\
         group_embed_cosine.mean == 0.9961
     # Without a budget, a graph whose figures pass the default one but whose bounds are not proven on these photos
     # fits: more photos, not another remedy, is what proves it.
     not_proven, outside = check(0.9960, state="not proven"), check(0.9990, state="outside")
-    assert max([outside, not_proven], key=lambda c: _margin(None, c)) is not_proven
+    assert max([outside, not_proven], key=lambda c: margin(None, c)) is not_proven
 
 
 @pytest.mark.slow
@@ -223,3 +223,22 @@ def test_split_readers_calibrate_their_inliers_scale_and_return_to_float_from_th
     assert reader in in_int8 and not any(name.endswith("/outlier_product") for name in in_int8)
     restored = return_to_float(separated, split.model, [r.node for r in readers])
     assert not {r.node for r in readers} & set(quantized_nodes(restored))
+
+
+@pytest.mark.slow
+def test_the_openvino_ir_route_splits_the_outliers_that_break_it(stressed_checkpoint, tmp_path, bpe_path):
+    """openvino-int8's default route (NNCF on the IR) runs no drift-budget search, so it must handle outliers
+    itself: the split IR is measured against the plain one and the better kept, and diagnose's manifest says so."""
+    out = tmp_path / "ir"
+    done = CliRunner().invoke(cli, [
+        "export", "--model", str(stressed_checkpoint), "--target", "openvino-int8", "--out", str(out),
+        "--calib-dir", str(CALIB_IMAGES), "--calib-count", "8", "--validation-images", str(EVAL_IMAGES),
+        "--tokenizer", str(bpe_path)])
+    assert done.exit_code == 0, done.output
+    assert "activation outliers in" in done.output and "splitting the outlier channels" in done.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    plain, split = manifest["validation"]["outlier_remedy"]["steps"]
+    assert "outlier channels of" in split["remedy"]
+    assert split["group_embed_cosine"]["mean"] > plain["group_embed_cosine"]["mean"]
+    assert manifest["precision"]["split_readers"] and manifest["precision"]["route"] == "nncf-ir"
+    assert not list(out.glob("*split*")) and (out / "image.xml").is_file()

@@ -6,7 +6,8 @@
 - `openvino-int8`: two routes over the same calibration photos, LayerNorm/Softmax/grouping kept float:
     "qdq"      quantization.pipeline.to_int8's QDQ ONNX (one calibration for every backend), converted to IR;
     "nncf-ir"  NNCF post-training quantization of the fp32 IR (FakeQuantize, OpenVINO's own form), which also
-               quantizes self-attention's q·k; the grouping assignment and the grouping maps stay float.
+               quantizes self-attention's q·k; the grouping assignment and the grouping maps stay float. Activation
+               outliers that break the default budget get the outlier split (quantization/outliers.py) measured.
   The default is "nncf-ir", the faster with the same drift where INT8 pays (benchmarks/openvino_targets.py;
   figures in docs/benchmarks.md). The drift-budget search works on the QDQ graph, so it needs
   `--openvino-int8-route qdq`.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +31,16 @@ from ..imports import require
 from ..metrics.drift import FP32_MAX_ABS_DIFF, FP32_TOLERANCE, validate_candidate
 from ..quantization.cache import cached_entry, calibration_key, policy_digest
 from ..quantization.measure import drift_labels
-from ..quantization.pipeline import int8_weight_bits, to_int8
+from ..quantization.outliers import split_outlier_channels
+from ..quantization.pipeline import int8_weight_bits, margin, outlier_readers, outlier_step, outside, to_int8
 from ..quantization.policy import image_graph_policy
-from ..quantization.records import CalibrationRecord, DriftCheck, PrecisionRecord
+from ..quantization.records import (
+    CalibrationRecord,
+    DriftCheck,
+    Int8Candidate,
+    OutlierRemedy,
+    PrecisionRecord,
+)
 from ..quantization.search import budget_from
 from ..quantization.statistics import MethodOptions, nncf_quantize
 from ..runtimes.onnxruntime import OnnxRuntime
@@ -178,34 +187,73 @@ def _int8_qdq(job, floats) -> ArtifactParts:
 
 def _int8_nncf_ir(job, floats) -> ArtifactParts:
     """NNCF on the fp32 IR: OpenVINO's own FakeQuantize form, free of TensorRT's constraints on the QDQ graph, so
-    self-attention's q and k (inputs of OpenVINO's fused ScaledDotProductAttention) go to INT8 as well."""
+    self-attention's q and k (inputs of OpenVINO's fused ScaledDotProductAttention) go to INT8 as well. When
+    activation outliers put it outside the default budget, the IR of the outlier split (quantization.outliers) is
+    quantized and measured too, and the better one kept."""
     nncf = require("nncf", extra="export", package="NNCF")
     onnx = require("onnx", extra="export")
     ov = _openvino()
-    calibration = job.calibration
-    policy = image_graph_policy(onnx.load(str(job.staging / floats.image.file), load_external_data=False),
-                                attention_products=True)
+    fp32 = onnx.load(str(job.staging / floats.image.file))
+    policy = image_graph_policy(fp32, attention_products=True)
     kept_float = nncf_ir_float_nodes(policy)
     bits = int8_weight_bits(job)
     method = {"method": "nncf-ir", "smooth_quant_alpha": SMOOTH_QUANT_ALPHA, "fast_bias_correction": True,
               "weight_bits": bits, "nncf": nncf.__version__, "openvino": ov.__version__.split("-")[0]}
-    key = calibration_key(job.weights_sha256, calibration, method, policy=policy_digest(kept_float))
-    started = time.perf_counter()
-    quantized, reused = cached_ir(key, lambda: _quantize_ir(job, floats, kept_float, bits),
-                                  job.options.common.cache_dir, job.log)
-    seconds = time.perf_counter() - started
-    image_ir = write_ir(job, "image", quantized, "int8", "f32", floats.image)
-    ir, check, text_difference = _int8_ir(job, floats, floats.image, image_ir)
-    graphs = {"image": floats.image, "text": floats.text, **ir}
+    kept = _nncf_ir_candidate(job, floats, fp32, kept_float, method)
+    readers = outlier_readers(job, fp32, policy)
+    remedy = None
+    if readers and outside(kept.int8.check, None):
+        kept, remedy = _split_outliers_ir(job, floats, kept, readers, kept_float, method)
+    graphs = {"image": floats.image, "text": floats.text, **kept.ir}
     record = PrecisionRecord(
         "int8", ["LayerNormalization", "Softmax", "Erf (GELU)", "grouping assignment", "grouping maps product",
                  "projection head after ReLU", "L2 normalisation",
                  "image.onnx (fp32, what ONNX Runtime runs from this artifact)"],
-        kept_float, fake_quantized_nodes(quantized),
-        method=method, route="nncf-ir", attention_products="int8", inference_precision=check.inference_precision)
-    calibration_record = CalibrationRecord(calibration, method, reused, seconds)
-    return ArtifactParts(graphs, record, {"drift_vs_fp32": check}, calibration_record,
-                         figures={"text_ir_max_abs_diff": text_difference})
+        kept_float, fake_quantized_nodes(kept.int8.graph), method=method, route="nncf-ir",
+        attention_products="int8", inference_precision=kept.int8.check.inference_precision,
+        outlier_readers=[r.to_dict() for r in readers], split_readers=list(kept.int8.split_readers))
+    calibration_record = CalibrationRecord(job.calibration, method, kept.int8.reused_cache,
+                                           kept.int8.calibration_seconds)
+    return ArtifactParts(graphs, record, {"drift_vs_fp32": kept.int8.check}, calibration_record,
+                         figures={"text_ir_max_abs_diff": kept.text_difference}, outliers=remedy)
+
+
+@dataclass
+class _IrInt8:
+    int8: Int8Candidate                  # its graph: the quantized ov.Model
+    ir: dict                             # its IR records (image_ir with the inference precision, text_ir)
+    text_difference: float
+
+
+def _nncf_ir_candidate(job, floats, source, kept_float: list[str], method: dict, split=None) -> _IrInt8:
+    """`source` (the fp32 ONNX image graph or its outlier split) as an NNCF-quantized IR, written and measured."""
+    float_nodes = kept_float + list(split.added if split is not None else ())
+    key = calibration_key(job.weights_sha256, job.calibration, method, policy=policy_digest(float_nodes),
+                          **({"outlier_split": split.digest()} if split is not None else {}))
+    started = time.perf_counter()
+    quantized, reused = cached_ir(key, lambda: _quantize_ir(job, source, float_nodes, method["weight_bits"]),
+                                  job.options.common.cache_dir, job.log)
+    seconds = time.perf_counter() - started
+    image_ir = write_ir(job, "image", quantized, "int8", "f32", floats.image)
+    ir, check, text_difference = _int8_ir(job, floats, floats.image, image_ir)
+    options = MethodOptions("nncf", smooth_quant_alpha=SMOOTH_QUANT_ALPHA, weight_bits=method["weight_bits"])
+    int8 = Int8Candidate(options, quantized, check, source, reused, seconds,
+                         split.readers if split is not None else ())
+    return _IrInt8(int8, ir, text_difference)
+
+
+def _split_outliers_ir(job, floats, plain: _IrInt8, readers, kept_float: list[str],
+                       method: dict) -> tuple[_IrInt8, OutlierRemedy | None]:
+    split = split_outlier_channels(plain.int8.source, readers)
+    if not split.readers:
+        return plain, None
+    job.log(f"splitting the outlier channels of {len(split.readers)} reader(s) off in float")
+    candidate = _nncf_ir_candidate(job, floats, split.model, kept_float, method, split)
+    steps = [outlier_step(None, c.int8) for c in (plain, candidate)]
+    kept = max((plain, candidate), key=lambda c: margin(None, c.int8.check))
+    if kept is plain:       # the split's IR overwrote the plain one's files
+        write_ir(job, "image", plain.int8.graph, "int8", "f32", floats.image)
+    return kept, OutlierRemedy(steps, kept.int8, [])
 
 
 def int8_float_rest() -> list[str]:
@@ -238,9 +286,14 @@ def _int8_ir(job, floats, onnx_image: GraphRecord, image_ir: GraphRecord, budget
     return ir, check, text_difference
 
 
-def _quantize_ir(job, floats, kept_float: list[str], weight_bits: int):
+def _quantize_ir(job, source, kept_float: list[str], weight_bits: int):
+    """NNCF on the IR of `source`, an ONNX image graph (converted from a scratch file: the staging directory
+    holds only what the artifact keeps)."""
     nncf = require("nncf", extra="export", package="NNCF")
-    model = _openvino().convert_model(str(job.staging / floats.image.file))
+    with tempfile.TemporaryDirectory() as scratch:
+        onnx_file = Path(scratch) / "image.onnx"
+        require("onnx", extra="export").save(source, str(onnx_file))
+        model = _openvino().convert_model(str(onnx_file))
     windows = job.calibration.windows()
     job.log(f"quantizing the fp32 IR with NNCF (symmetric INT8, SmoothQuant α={SMOOTH_QUANT_ALPHA}, bias "
             f"correction; grouping assignment, grouping maps, LayerNorm and Softmax in float) on "

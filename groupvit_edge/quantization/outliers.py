@@ -13,6 +13,7 @@ channels in float, and adds the two. Only when that does not hold the budget do 
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -80,6 +81,12 @@ class SplitGraph:
     """An fp32 graph whose outlier readers compute their outlier channels apart (split_outlier_channels)."""
     model: onnx.ModelProto
     readers: tuple[str, ...]             # the readers split; their names, inputs' order and weights are unchanged
+    added: tuple[str, ...]               # the nodes the split added: masks, gathers, outlier products, sums
+
+    def digest(self) -> str:
+        """What a calibration of this graph depends on beyond the fp32 weights: which channels go where."""
+        gathers = [f"{node.name}:{','.join(node.input)}" for node in self.model.graph.node if node.name in self.added]
+        return hashlib.sha256("\n".join(gathers + list(self.readers)).encode()).hexdigest()[:16]
 
 
 def split_outlier_channels(fp32: onnx.ModelProto, readers: list[OutlierReader]) -> SplitGraph:
@@ -121,9 +128,10 @@ def split_outlier_channels(fp32: onnx.ModelProto, readers: list[OutlierReader]) 
             if output in sums:
                 nodes.append(sums[output])
     _read_sums(nodes, sums)
+    before = {node.name for node in graph.node}
     graph.ClearField("node")
     graph.node.extend(nodes)
-    return SplitGraph(model, tuple(split))
+    return SplitGraph(model, tuple(split), tuple(node.name for node in nodes if node.name not in before))
 
 
 def _mask_and_gather(graph, nodes: list, reader, channels: tuple[int, ...]) -> tuple[str, str]:

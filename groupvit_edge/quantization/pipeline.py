@@ -59,12 +59,12 @@ def to_int8(job: QuantizationJob, floats: FloatImageAndText) -> ReducedImageGrap
     budget = budget_from(job.options)
     kept = _candidate(job, floats, fp32, policy, method, budget)
     job.log(f"  {kept.check.line()}")
-    readers = _outlier_readers(job, fp32, policy, calibration)
+    readers = outlier_readers(job, fp32, policy)
     remedy = None
-    if readers and _outside(kept.check, budget):
+    if readers and outside(kept.check, budget):
         remedy = remedy_outliers(job, floats, kept, policy, readers, budget)
         kept = remedy.kept
-    quantized, check = kept.graph, remedy.check if remedy is not None else kept.check
+    quantized, check = kept.graph, kept.check
     onnx.save(quantized, str(job.staging / INT8_FILE))
     found = _within_budget(job, floats, kept.source, quantized, policy, budget, check) if check.failures else None
     chosen = found.chosen if found is not None else None     # the search raises when no step fits
@@ -107,19 +107,16 @@ def _candidate(job: QuantizationJob, floats: FloatImageAndText, source, policy: 
 def _calibrated(job: QuantizationJob, source, policy: Policy, method: MethodOptions, split: SplitGraph | None):
     """(quantized graph, reused?): this export's calibration with `method`, from the cache when it holds it."""
     calibration = calibration_set(job)
-    extra = {"outlier_split": _split_digest(split)} if split is not None else {}
+    extra = {"outlier_split": split.digest()} if split is not None else {}
     key = calibration_key(job.weights_sha256, calibration, method.to_dict(),
                           policy=policy_digest(policy.quantizable), **extra)
     return cached_quantization(key, lambda: quantize(source, calibration.windows(), policy, method, log=job.log),
                                job.options.common.cache_dir, log=job.log)
 
 
-def _split_digest(split: SplitGraph) -> str:
-    return policy_digest([f"{node.name}:{','.join(node.input)}" for node in split.model.graph.node
-                          if node.name.endswith("/outlier_channels")] + list(split.readers))
-
-
-def _outlier_readers(job: QuantizationJob, fp32, policy: Policy, calibration: CalibrationSet) -> list[OutlierReader]:
+def outlier_readers(job: QuantizationJob, fp32, policy: Policy) -> list[OutlierReader]:
+    """The INT8 readers of `fp32` with activation outliers on this export's first calibration windows (logged)."""
+    calibration = calibration_set(job)
     windows = np.stack(list(itertools.islice(calibration.iter_windows(progress=False), DETECTION_WINDOWS)))
     readers = find_outlier_readers(fp32, policy.quantizable, windows)
     if readers:
@@ -128,7 +125,7 @@ def _outlier_readers(job: QuantizationJob, fp32, policy: Policy, calibration: Ca
     return readers
 
 
-def _outside(check, budget: DriftBudget | None) -> bool:
+def outside(check, budget: DriftBudget | None) -> bool:
     """Whether the check fails the user's budget, or — without one — the default budget (figures themselves,
     not only their bounds: too few photos is not what a remedy can fix)."""
     return bool(check.failures) if budget is not None else check.verdict().state == "outside"
@@ -139,12 +136,12 @@ def remedy_outliers(job: QuantizationJob, floats: FloatImageAndText, first: Int8
     """The best graph against activation outliers, each step measured by drift until one holds the budget: the
     other SmoothQuant strengths (NNCF), then the outlier channels split off in float (the default strength),
     then the outlier readers of the best graph so far back in float. `first` is the default's graph."""
-    tried, steps = [first], [_step(budget, first)]
+    tried, steps = [first], [outlier_step(budget, first)]
     fp32 = first.source
 
     def measured(candidate: Int8Candidate) -> bool:
         tried.append(candidate)
-        steps.append(_step(budget, candidate))
+        steps.append(outlier_step(budget, candidate))
         job.log(f"  {steps[-1].remedy}: {candidate.check.line()} → {'fits' if steps[-1].fits else 'exceeds'}")
         return steps[-1].fits
 
@@ -157,15 +154,16 @@ def remedy_outliers(job: QuantizationJob, floats: FloatImageAndText, first: Int8
         if split.readers:
             job.log(f"splitting the outlier channels of {len(split.readers)} reader(s) off in float")
             fitted = measured(_candidate(job, floats, split.model, policy, method, budget, split))
-    kept = max(tried, key=lambda candidate: _margin(budget, candidate.check))
+    kept = max(tried, key=lambda candidate: margin(budget, candidate.check))
     float_readers: list[str] = []
     if not fitted:
         kept, float_readers = _readers_in_float(job, floats, kept, readers, budget, steps)
     return OutlierRemedy(steps, kept, float_readers)
 
 
-def _step(budget: DriftBudget | None, candidate: Int8Candidate) -> OutlierStep:
-    return OutlierStep(candidate.remedy(), candidate.check, not _outside(candidate.check, budget))
+def outlier_step(budget: DriftBudget | None, candidate: Int8Candidate) -> OutlierStep:
+    """The step `candidate` is in an outlier remedy: what it did, its drift, whether it fits."""
+    return OutlierStep(candidate.remedy(), candidate.check, not outside(candidate.check, budget))
 
 
 def _readers_in_float(job: QuantizationJob, floats: FloatImageAndText, best: Int8Candidate,
@@ -183,7 +181,7 @@ def _readers_in_float(job: QuantizationJob, floats: FloatImageAndText, best: Int
         onnx.save(graph, str(job.staging / CANDIDATE_FILE))
         check = graph_drift(job, floats, CANDIDATE_FILE, job.drift_photos, budget, precision="int8")
         check.candidate = check.candidate.replace(CANDIDATE_FILE, INT8_FILE)
-        step = OutlierStep(f"{len(nodes)} outlier reader(s) in float", check, not _outside(check, budget))
+        step = OutlierStep(f"{len(nodes)} outlier reader(s) in float", check, not outside(check, budget))
         job.log(f"  {step.remedy}: {check.line()} → {'fits' if step.fits else 'exceeds'}")
         steps.append(step)
         measured[count] = (dataclasses.replace(best, graph=graph, check=check), nodes)
@@ -204,13 +202,13 @@ def reader_groups(readers: list[OutlierReader]) -> list[list[OutlierReader]]:
     return list(groups.values())
 
 
-def _margin(budget: DriftBudget | None, check) -> tuple[int, float]:
-    """Fits first (as `_outside` judges), then the larger lower bound of the group cosine (the figure outliers
+def margin(budget: DriftBudget | None, check) -> tuple[int, float]:
+    """Fits first (as `outside` judges), then the larger lower bound of the group cosine (the figure outliers
     move most)."""
     uncertainty = check.drift.uncertainty
     low = uncertainty.group_embed_cosine.low if uncertainty is not None else None
     cosine = low if low is not None else check.drift.model_level.group_embed_cosine.mean
-    return (0 if _outside(check, budget) else 1, cosine)
+    return (0 if outside(check, budget) else 1, cosine)
 
 
 def _policy(job: QuantizationJob, fp32) -> tuple[Policy, list[str]]:
