@@ -34,15 +34,34 @@ def describe(artifact) -> str:
     for name, check in (manifest.validation or {}).items():
         if isinstance(check, dict) and "model_level" in check:
             lines.append(f"  {name}: {_check_line(check)}")
-        elif isinstance(check, dict) and "steps" in check:
+        elif name == "outlier_remedy" and isinstance(check, dict):
+            lines += _remedy_lines(check, len(manifest.precision.outliers))
+        elif isinstance(check, dict) and "budget" in check:
             kept = check.get("kept_float_blocks") or []
-            lines.append(f"  {name}: budget {check['budget']}, {'met' if check['fits'] else 'not met'} with "
+            lines.append(f"  {name}: budget {check['budget']}, {'met' if check.get('fits') else 'not met'} with "
                          f"{len(kept)} block(s) in float")
     vocabulary = manifest.vocabulary
     lines += ["", f"vocabulary: {', '.join(vocabulary.labels)}" if vocabulary else
               "vocabulary: none precomputed (labels are encoded on the fly)"]
     lines.append(f"runs here on: {_runs_here(directory)}")
     return "\n".join(lines)
+
+
+def _remedy_lines(remedy: dict, readers: int) -> list[str]:
+    """What the export did about activation outliers (quantization.records.OutlierRemedy), and each step's drift."""
+    method = remedy.get("method") or {}
+    kept = [f"SmoothQuant α={method['smooth_quant_alpha']}" if "smooth_quant_alpha" in method
+            else str(method.get("method"))]
+    for key, what in (("split_readers", "split"), ("float_readers", "in float")):
+        if remedy.get(key):
+            kept.append(f"{len(remedy[key])} reader(s) {what}")
+    lines = [f"  activation outliers in {readers} INT8 reader(s): kept {', '.join(kept)}; tried:"]
+    for step in remedy.get("steps") or []:
+        confident = step.get("group_agreement_confident")
+        figure = "—" if confident is None else f"{confident:.3f}%"
+        lines.append(f"    {step.get('remedy')}: {figure} / {step['group_embed_cosine']['mean']:.5f}, "
+                     f"{'fits' if step.get('fits') else 'exceeds'}")
+    return lines
 
 
 def _precision(precision: PrecisionInfo) -> str:

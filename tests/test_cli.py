@@ -62,6 +62,30 @@ def test_info_describes_a_valid_artifact(onnx_artifact):
     assert "precision: fp32" in done.stdout and "runs here on: onnxruntime" in done.stdout
 
 
+def test_info_describes_an_artifact_whose_export_remedied_activation_outliers(onnx_artifact, tmp_path):
+    """The outlier remedy's record sits in `validation` beside the budget search's, with steps too: info once
+    read it as a budget search and crashed on the missing budget."""
+    import shutil
+    artifact = tmp_path / "remedied"
+    shutil.copytree(onnx_artifact, artifact)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    node = "/vision_model/encoder/stages.0/layers.0/mlp/fc1/MatMul"
+    manifest["precision"].update(outlier_readers=[{"node": node, "channels": [3, 7], "ratio": 412.0}],
+                                 split_readers=[node])
+    step = {"group_embed_cosine": {"mean": 0.98288, "min": 0.96}}
+    manifest["validation"]["outlier_remedy"] = {
+        "steps": [{"remedy": "SmoothQuant α=0.95", "fits": False, "group_agreement_confident": 97.829, **step},
+                  {"remedy": "SmoothQuant α=0.95, outlier channels of 1 reader(s) in float", "fits": True,
+                   "group_agreement_confident": 99.914, "group_embed_cosine": {"mean": 0.99741, "min": 0.98}}],
+        "method": {"method": "nncf", "weight_bits": 8, "smooth_quant_alpha": 0.95}, "split_readers": [node],
+        "float_readers": []}
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    done = run("info", artifact)
+    assert done.returncode == 0, done.stderr
+    assert "activation outliers in 1 INT8 reader(s): kept SmoothQuant α=0.95, 1 reader(s) split" in done.stdout
+    assert "SmoothQuant α=0.95: 97.829% / 0.98288, exceeds" in done.stdout
+
+
 def test_doctor_reports_backends():
     done = run("doctor")
     assert done.returncode == 0, done.stderr
