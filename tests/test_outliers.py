@@ -242,3 +242,17 @@ def test_the_openvino_ir_route_splits_the_outliers_that_break_it(stressed_checkp
     assert split["group_embed_cosine"]["mean"] > plain["group_embed_cosine"]["mean"]
     assert manifest["precision"]["split_readers"] and manifest["precision"]["route"] == "nncf-ir"
     assert not list(out.glob("*split*")) and (out / "image.xml").is_file()
+
+
+def test_a_reader_whose_output_is_the_graph_output_is_left_whole():
+    """The split adds its float product after the reader and points the reader's consumers at the sum; a graph
+    output has no consumer to repoint, so splitting it would silently drop the outlier channels' product."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from groupvit_edge.quantization.outliers import OutlierReader, split_outlier_channels
+    weight = numpy_helper.from_array(np.ones((4, 2), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="reader")], "toy",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [weight])
+    split = split_outlier_channels(helper.make_model(graph), [OutlierReader("reader", None, (0,), 50.0)])
+    assert split.readers == () and split.added == () and len(split.model.graph.node) == 1

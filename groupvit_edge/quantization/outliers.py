@@ -107,9 +107,12 @@ def split_outlier_channels(fp32: onnx.ModelProto, readers: list[OutlierReader]) 
     sums: dict[str, object] = {}           # tensor the sum follows → the Add node
     nodes: list = []
     split: list[str] = []
+    outputs = {output.name for output in graph.output}
     for node in graph.node:
         reader = wanted.get(node.name)
-        if reader is not None and node.op_type == "MatMul" and node.input[1] in weights:
+        # A reader whose (biased) output is a graph output has no consumer to read the sum instead: left whole.
+        if reader is not None and node.op_type == "MatMul" and node.input[1] in weights \
+                and _bias_output(node, consumers, weights) not in outputs:
             split.append(node.name)
             activation, channels = node.input[0], reader.channels
             if (activation, channels) not in shared:
