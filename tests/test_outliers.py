@@ -256,3 +256,19 @@ def test_a_reader_whose_output_is_the_graph_output_is_left_whole():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [weight])
     split = split_outlier_channels(helper.make_model(graph), [OutlierReader("reader", None, (0,), 50.0)])
     assert split.readers == () and split.added == () and len(split.model.graph.node) == 1
+
+
+def test_the_split_cache_key_tells_apart_which_channels_go_to_float():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from groupvit_edge.quantization.outliers import OutlierReader, split_outlier_channels
+    weight = numpy_helper.from_array(np.ones((4, 2), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"], name="reader"),
+                               helper.make_node("Relu", ["h"], ["y"], name="after")], "toy",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [weight])
+    model = helper.make_model(graph)
+
+    def digest(channels):
+        return split_outlier_channels(model, [OutlierReader("reader", None, channels, 50.0)]).digest()
+    assert digest((0,)) != digest((1,)) and digest((0, 2)) == digest((0, 2))

@@ -82,11 +82,12 @@ class SplitGraph:
     model: onnx.ModelProto
     readers: tuple[str, ...]             # the readers split; their names, inputs' order and weights are unchanged
     added: tuple[str, ...]               # the nodes the split added: masks, gathers, outlier products, sums
+    channels: tuple[tuple[int, ...], ...]    # each split reader's outlier channels
 
     def digest(self) -> str:
         """What a calibration of this graph depends on beyond the fp32 weights: which channels go where."""
-        gathers = [f"{node.name}:{','.join(node.input)}" for node in self.model.graph.node if node.name in self.added]
-        return hashlib.sha256("\n".join(gathers + list(self.readers)).encode()).hexdigest()[:16]
+        lines = [f"{reader}:{','.join(map(str, channels))}" for reader, channels in zip(self.readers, self.channels)]
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def split_outlier_channels(fp32: onnx.ModelProto, readers: list[OutlierReader]) -> SplitGraph:
@@ -106,14 +107,14 @@ def split_outlier_channels(fp32: onnx.ModelProto, readers: list[OutlierReader]) 
     shared: dict[tuple[str, tuple[int, ...]], tuple[str, str]] = {}
     sums: dict[str, object] = {}           # tensor the sum follows → the Add node
     nodes: list = []
-    split: list[str] = []
+    split: list[OutlierReader] = []
     outputs = {output.name for output in graph.output}
     for node in graph.node:
         reader = wanted.get(node.name)
         # A reader whose (biased) output is a graph output has no consumer to read the sum instead: left whole.
         if reader is not None and node.op_type == "MatMul" and node.input[1] in weights \
                 and _bias_output(node, consumers, weights) not in outputs:
-            split.append(node.name)
+            split.append(reader)
             activation, channels = node.input[0], reader.channels
             if (activation, channels) not in shared:
                 shared[(activation, channels)] = _mask_and_gather(graph, nodes, node, channels)
@@ -134,7 +135,9 @@ def split_outlier_channels(fp32: onnx.ModelProto, readers: list[OutlierReader]) 
     before = {node.name for node in graph.node}
     graph.ClearField("node")
     graph.node.extend(nodes)
-    return SplitGraph(model, tuple(split), tuple(node.name for node in nodes if node.name not in before))
+    return SplitGraph(model, tuple(reader.node for reader in split),
+                      tuple(node.name for node in nodes if node.name not in before),
+                      tuple(reader.channels for reader in split))
 
 
 def _mask_and_gather(graph, nodes: list, reader, channels: tuple[int, ...]) -> tuple[str, str]:

@@ -65,7 +65,8 @@ def to_int8(job: QuantizationJob, floats: FloatImageAndText) -> ReducedImageGrap
         remedy = remedy_outliers(job, floats, kept, policy, readers, budget)
         kept = remedy.kept
     quantized, check = kept.graph, kept.check
-    onnx.save(quantized, str(job.staging / INT8_FILE))
+    if remedy is not None:
+        onnx.save(quantized, str(job.staging / INT8_FILE))
     found = _within_budget(job, floats, kept.source, quantized, policy, budget, check) if check.failures else None
     chosen = found.chosen if found is not None else None     # the search raises when no step fits
     if chosen is not None:
@@ -99,7 +100,7 @@ def _candidate(job: QuantizationJob, floats: FloatImageAndText, source, policy: 
     started = time.perf_counter()
     graph, reused = _calibrated(job, source, policy, method, split)
     seconds = time.perf_counter() - started
-    onnx.save(graph, str(job.staging / INT8_FILE))     # to_int8 writes the kept one last
+    onnx.save(graph, str(job.staging / INT8_FILE))     # after a remedy, to_int8 writes the kept one
     check = graph_drift(job, floats, INT8_FILE, job.drift_photos, budget, precision="int8")
     return Int8Candidate(method, graph, check, source, reused, seconds, split.readers if split is not None else ())
 
